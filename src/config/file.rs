@@ -1,0 +1,95 @@
+//! The config file as written: serde structs that mirror the TOML, with unknown keys refused.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::values::{ConfigDuration, ConfigSize, HashKey, ServerAddr};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub global: GlobalFile,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerFile>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteFile>,
+    #[serde(default, rename = "upstream")]
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+}
+
+/// `[global]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalFile {
+    pub worker_threads: Option<usize>,
+    pub max_body_size: Option<ConfigSize>,
+    pub shutdown_timeout: Option<ConfigDuration>,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub name: Option<String>,
+    pub listen: Spanned<String>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub upstream: Spanned<String>,
+    pub max_body_size: Option<ConfigSize>,
+}
+
+/// The strategies a pool can balance with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Smooth weighted round robin, the nginx sequence.
+    RoundRobin,
+    /// Weighted random.
+    Weighted,
+    /// Fewest in-flight requests per unit of weight.
+    LeastConn,
+    /// Hash of the client address.
+    IpHash,
+    /// Ketama-style ring over a configured key.
+    ConsistentHash,
+}
+
+/// One `[upstream.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub strategy: Option<Strategy>,
+    pub hash_key: Option<Spanned<HashKey>>,
+    pub ip_hash_prefix: Option<Spanned<u8>>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<ConfigDuration>,
+    pub connect_timeout: Option<ConfigDuration>,
+    pub read_timeout: Option<ConfigDuration>,
+    pub retries: Option<u32>,
+    pub retry_on: Option<Spanned<Vec<String>>>,
+    pub keepalive_timeout: Option<ConfigDuration>,
+    pub keepalive: Option<usize>,
+    pub servers: Spanned<Vec<ServerFile>>,
+}
+
+/// One entry of an upstream's `servers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub addr: Spanned<ServerAddr>,
+    pub weight: Option<Spanned<u32>>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<ConfigDuration>,
+    #[serde(default)]
+    pub backup: bool,
+}

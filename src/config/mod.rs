@@ -1,0 +1,186 @@
+//! Loading the config: TOML -> file structs -> validation -> the immutable [`Config`].
+
+mod error;
+mod file;
+mod validate;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use error::ConfigError;
+pub use file::Strategy;
+pub use values::HashKey;
+
+/// A validated config, ready to build a snapshot from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[global]`.
+    pub global: Global,
+    /// `[[listener]]`, in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// `[[route]]`, in file order.
+    pub routes: Vec<RouteConfig>,
+    /// `[upstream.NAME]`, by name.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// Tokio worker threads; 0 means one per core.
+    pub worker_threads: usize,
+    /// Largest request body accepted (nginx `client_max_body_size`), unless a route says otherwise.
+    pub max_body_size: u64,
+    /// How long in-flight requests may run after SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+/// One address to accept client connections on.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Name used in logs.
+    pub name: String,
+    /// Address to bind.
+    pub listen: SocketAddr,
+}
+
+/// Which requests go to which upstream.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Host to match: exact (`example.com`) or wildcard (`*.example.com`); `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix to match.
+    pub path: String,
+    /// Name of the upstream to send to.
+    pub upstream: String,
+    /// Per-route override of `global.max_body_size`.
+    pub max_body_size: Option<u64>,
+}
+
+/// Which failures count against a server and may be retried (nginx `proxy_next_upstream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn {
+    bits: u16,
+}
+
+impl RetryOn {
+    /// Connect errors, resets, malformed responses.
+    pub const ERROR: u16 = 1;
+    /// `connect_timeout` or `read_timeout` passed.
+    pub const TIMEOUT: u16 = 1 << 1;
+    /// A 500 answer.
+    pub const HTTP_500: u16 = 1 << 2;
+    /// A 502 answer.
+    pub const HTTP_502: u16 = 1 << 3;
+    /// A 503 answer.
+    pub const HTTP_503: u16 = 1 << 4;
+    /// A 504 answer.
+    pub const HTTP_504: u16 = 1 << 5;
+    /// A 429 answer.
+    pub const HTTP_429: u16 = 1 << 6;
+    /// Retry non-idempotent methods too (nginx `non_idempotent`).
+    pub const NON_IDEMPOTENT: u16 = 1 << 7;
+
+    /// The words accepted in `retry_on` and their flags.
+    pub const WORDS: [(&'static str, u16); 10] = [
+        ("error", Self::ERROR),
+        ("timeout", Self::TIMEOUT),
+        ("invalid_header", Self::ERROR),
+        ("http_500", Self::HTTP_500),
+        ("http_502", Self::HTTP_502),
+        ("http_503", Self::HTTP_503),
+        ("http_504", Self::HTTP_504),
+        ("http_429", Self::HTTP_429),
+        ("non_idempotent", Self::NON_IDEMPOTENT),
+        ("off", 0),
+    ];
+
+    /// nginx's default: `error timeout`.
+    pub const fn nginx_default() -> Self {
+        Self {
+            bits: Self::ERROR | Self::TIMEOUT,
+        }
+    }
+
+    /// Builds from flag bits.
+    pub const fn from_bits(bits: u16) -> Self {
+        Self { bits }
+    }
+
+    /// Whether a flag is set.
+    pub const fn has(self, flag: u16) -> bool {
+        self.bits & flag != 0
+    }
+
+    /// Whether an upstream answer with this status counts as a failure.
+    pub fn status_counts(self, status: u16) -> bool {
+        let flag = match status {
+            500 => Self::HTTP_500,
+            502 => Self::HTTP_502,
+            503 => Self::HTTP_503,
+            504 => Self::HTTP_504,
+            429 => Self::HTTP_429,
+            _ => return false,
+        };
+        self.has(flag)
+    }
+}
+
+/// One pool of servers and how to balance over it.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The pool's name (the key after `upstream.`).
+    pub name: String,
+    /// Balancing strategy.
+    pub strategy: Strategy,
+    /// What `consistent_hash` hashes (default `client_ip`).
+    pub hash_key: HashKey,
+    /// `ip_hash` groups IPv4 clients by this prefix length (default 32: the full address).
+    pub ip_hash_prefix: u8,
+    /// Time to establish a TCP connection to a server.
+    pub connect_timeout: Duration,
+    /// Time from sending the request to the first response byte.
+    pub read_timeout: Duration,
+    /// Extra attempts on other servers; `None` means each remaining server once.
+    pub retries: Option<u32>,
+    /// Failures that count and may be retried.
+    pub retry_on: RetryOn,
+    /// How long an idle pooled connection to a server is kept.
+    pub keepalive_timeout: Duration,
+    /// Idle pooled connections kept per server.
+    pub keepalive: usize,
+    /// The servers, primaries and backups, in file order.
+    pub servers: Vec<ServerConfig>,
+}
+
+/// One upstream server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `host:port`.
+    pub addr: http::uri::Authority,
+    /// Relative weight, 1..=1000.
+    pub weight: u32,
+    /// Failures within `fail_timeout` that take the server out; 0 disables passive health.
+    pub max_fails: u32,
+    /// The failure window and the time the server stays out.
+    pub fail_timeout: Duration,
+    /// Used only when every primary server is down.
+    pub backup: bool,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
+        Self::parse(&source, path)
+    }
+
+    /// Parses and validates config text; `path` is used in error messages only.
+    pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
+        validate::parse(source, path)
+    }
+}

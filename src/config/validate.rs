@@ -1,0 +1,324 @@
+//! Turns the file structs into a [`Config`], checking everything the types alone cannot.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::error::ConfigError;
+use super::file::{FileConfig, ListenerFile, RouteFile, Strategy, UpstreamFile};
+use super::values::HashKey;
+use super::{Config, Global, ListenerConfig, RetryOn, RouteConfig, ServerConfig, UpstreamConfig};
+
+/// nginx `client_max_body_size` default.
+const DEFAULT_MAX_BODY_SIZE: u64 = 1 << 20;
+/// Largest weight a server may have; keeps the round-robin table small.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// Parses TOML text into a validated config.
+pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
+    let file: FileConfig = serde_path_to_error::deserialize(toml::Deserializer::new(source))
+        .map_err(|e| {
+            let key = full_key(&e.path().to_string());
+            ConfigError::at(path, source, e.inner().span(), key, e.inner().message())
+        })?;
+    Validator { path, source }.config(file)
+}
+
+/// The dotted key of a deserialization error, without the markers `toml::Spanned` leaves in the path.
+fn full_key(path: &str) -> String {
+    if path == "." {
+        return String::new();
+    }
+    path.replace(".$__serde_spanned_private_value", "")
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    source: &'a str,
+}
+
+impl Validator<'_> {
+    fn err(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::at(self.path, self.source, span, key, message)
+    }
+
+    fn config(&self, file: FileConfig) -> Result<Config, ConfigError> {
+        let global = Global {
+            worker_threads: file.global.worker_threads.unwrap_or(0),
+            max_body_size: file
+                .global
+                .max_body_size
+                .map_or(DEFAULT_MAX_BODY_SIZE, |s| s.0),
+            shutdown_timeout: file
+                .global
+                .shutdown_timeout
+                .map_or(Duration::from_secs(30), |d| d.0),
+        };
+        if file.listeners.is_empty() {
+            return Err(self.err(
+                None,
+                "listener",
+                "no [[listener]] is configured; add one with listen = \"127.0.0.1:8080\"",
+            ));
+        }
+        let listeners = self.listeners(&file.listeners)?;
+        let mut upstreams = BTreeMap::new();
+        for (name, upstream) in file.upstreams {
+            let checked = self.upstream(&name, upstream)?;
+            upstreams.insert(name, checked);
+        }
+        let routes = self.routes(&file.routes, &upstreams)?;
+        Ok(Config {
+            global,
+            listeners,
+            routes,
+            upstreams,
+        })
+    }
+
+    fn listeners(&self, files: &[ListenerFile]) -> Result<Vec<ListenerConfig>, ConfigError> {
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        let mut out = Vec::with_capacity(files.len());
+        for (i, file) in files.iter().enumerate() {
+            let key = format!("listener[{i}].listen");
+            let listen: SocketAddr = file.listen.get_ref().parse().map_err(|_| {
+                self.err(
+                    Some(file.listen.span()),
+                    &key,
+                    format!(
+                        "`{}` is not an address to listen on; write ip:port, e.g. \"0.0.0.0:8080\"",
+                        file.listen.get_ref()
+                    ),
+                )
+            })?;
+            if listen.port() != 0 && !addrs.insert(listen) {
+                return Err(self.err(
+                    Some(file.listen.span()),
+                    &key,
+                    format!("{listen} is already used by another listener"),
+                ));
+            }
+            let name = file.name.clone().unwrap_or_else(|| format!("listener{i}"));
+            if !names.insert(name.clone()) {
+                return Err(self.err(
+                    Some(file.listen.span()),
+                    format!("listener[{i}].name"),
+                    format!("listener name `{name}` is used twice"),
+                ));
+            }
+            out.push(ListenerConfig { name, listen });
+        }
+        Ok(out)
+    }
+
+    fn routes(
+        &self,
+        files: &[RouteFile],
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+    ) -> Result<Vec<RouteConfig>, ConfigError> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(files.len());
+        for (i, file) in files.iter().enumerate() {
+            let upstream = file.upstream.get_ref();
+            if !upstreams.contains_key(upstream) {
+                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                return Err(self.err(
+                    Some(file.upstream.span()),
+                    format!("route[{i}].upstream"),
+                    format!(
+                        "no upstream named `{upstream}` (defined: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+            let host =
+                match &file.host {
+                    Some(host) => Some(self.host_pattern(host.get_ref()).map_err(|why| {
+                        self.err(Some(host.span()), format!("route[{i}].host"), why)
+                    })?),
+                    None => None,
+                };
+            let path = match &file.path {
+                Some(path) if !path.get_ref().starts_with('/') => {
+                    return Err(self.err(
+                        Some(path.span()),
+                        format!("route[{i}].path"),
+                        format!("`{}` must start with /", path.get_ref()),
+                    ))
+                }
+                Some(path) => path.get_ref().clone(),
+                None => "/".to_string(),
+            };
+            if !seen.insert((host.clone(), path.clone())) {
+                return Err(self.err(
+                    Some(file.upstream.span()),
+                    format!("route[{i}]"),
+                    format!(
+                        "another route already matches host {} and path {path}",
+                        host.as_deref().unwrap_or("(any)")
+                    ),
+                ));
+            }
+            out.push(RouteConfig {
+                host,
+                path,
+                upstream: upstream.clone(),
+                max_body_size: file.max_body_size.map(|s| s.0),
+            });
+        }
+        Ok(out)
+    }
+
+    fn host_pattern(&self, host: &str) -> Result<String, String> {
+        let lower = host.to_ascii_lowercase();
+        let name = lower.strip_prefix("*.").unwrap_or(&lower);
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !name.starts_with('.')
+            && !name.ends_with('.');
+        if valid {
+            Ok(lower)
+        } else {
+            Err(format!(
+                "`{host}` is not a host name; write example.com or *.example.com"
+            ))
+        }
+    }
+
+    fn upstream(&self, name: &str, file: UpstreamFile) -> Result<UpstreamConfig, ConfigError> {
+        let key = |k: &str| format!("upstream.{name}.{k}");
+        let strategy = file.strategy.unwrap_or(Strategy::RoundRobin);
+        if let Some(hash_key) = &file.hash_key {
+            if strategy != Strategy::ConsistentHash {
+                return Err(self.err(
+                    Some(hash_key.span()),
+                    key("hash_key"),
+                    "hash_key applies only to strategy = \"consistent_hash\"",
+                ));
+            }
+        }
+        let ip_hash_prefix = match &file.ip_hash_prefix {
+            Some(prefix) if strategy != Strategy::IpHash => {
+                return Err(self.err(
+                    Some(prefix.span()),
+                    key("ip_hash_prefix"),
+                    "ip_hash_prefix applies only to strategy = \"ip_hash\"",
+                ))
+            }
+            Some(prefix) if !(1..=32).contains(prefix.get_ref()) => {
+                return Err(self.err(
+                    Some(prefix.span()),
+                    key("ip_hash_prefix"),
+                    "must be an IPv4 prefix length from 1 to 32",
+                ))
+            }
+            Some(prefix) => *prefix.get_ref(),
+            None => 32,
+        };
+        let retry_on = match &file.retry_on {
+            Some(words) => self.retry_on(words, &key("retry_on"))?,
+            None => RetryOn::nginx_default(),
+        };
+        let max_fails = file.max_fails.unwrap_or(1);
+        let fail_timeout = file.fail_timeout.map_or(Duration::from_secs(10), |d| d.0);
+        let servers_span = file.servers.span();
+        let mut servers = Vec::with_capacity(file.servers.get_ref().len());
+        let mut addrs = HashSet::new();
+        for (i, server) in file.servers.into_inner().into_iter().enumerate() {
+            let addr = server.addr.get_ref().0.clone();
+            if !addrs.insert(addr.as_str().to_ascii_lowercase()) {
+                return Err(self.err(
+                    Some(server.addr.span()),
+                    key(&format!("servers[{i}].addr")),
+                    format!("server {addr} is listed twice"),
+                ));
+            }
+            let weight = match server.weight {
+                Some(w) if !(1..=MAX_WEIGHT).contains(w.get_ref()) => {
+                    return Err(self.err(
+                        Some(w.span()),
+                        key(&format!("servers[{i}].weight")),
+                        format!("must be from 1 to {MAX_WEIGHT}"),
+                    ))
+                }
+                Some(w) => w.into_inner(),
+                None => 1,
+            };
+            servers.push(ServerConfig {
+                addr,
+                weight,
+                max_fails: server.max_fails.unwrap_or(max_fails),
+                fail_timeout: server.fail_timeout.map_or(fail_timeout, |d| d.0),
+                backup: server.backup,
+            });
+        }
+        if !servers.iter().any(|s| !s.backup) {
+            return Err(self.err(
+                Some(servers_span),
+                key("servers"),
+                "the pool has no server (a pool needs at least one server that is not a backup)",
+            ));
+        }
+        let positive = |d: Option<super::values::ConfigDuration>, default: u64, k: &str| {
+            let value = d.map_or(Duration::from_secs(default), |d| d.0);
+            if value.is_zero() {
+                Err(self.err(None, key(k), "must be greater than zero"))
+            } else {
+                Ok(value)
+            }
+        };
+        Ok(UpstreamConfig {
+            name: name.to_string(),
+            strategy,
+            hash_key: file.hash_key.map_or(HashKey::ClientIp, |k| k.into_inner()),
+            ip_hash_prefix,
+            connect_timeout: positive(file.connect_timeout, 3, "connect_timeout")?,
+            read_timeout: positive(file.read_timeout, 60, "read_timeout")?,
+            retries: file.retries,
+            retry_on,
+            keepalive_timeout: positive(file.keepalive_timeout, 60, "keepalive_timeout")?,
+            keepalive: file.keepalive.unwrap_or(256),
+            servers,
+        })
+    }
+
+    fn retry_on(
+        &self,
+        words: &toml::Spanned<Vec<String>>,
+        key: &str,
+    ) -> Result<RetryOn, ConfigError> {
+        let mut bits = 0;
+        for word in words.get_ref() {
+            let Some((_, flag)) = RetryOn::WORDS.iter().find(|(w, _)| w == word) else {
+                let known: Vec<&str> = RetryOn::WORDS.iter().map(|(w, _)| *w).collect();
+                return Err(self.err(
+                    Some(words.span()),
+                    key,
+                    format!("unknown value `{word}`; expected {}", known.join(", ")),
+                ));
+            };
+            bits |= flag;
+        }
+        if words.get_ref().iter().any(|w| w == "off") && words.get_ref().len() > 1 {
+            return Err(self.err(
+                Some(words.span()),
+                key,
+                "`off` cannot be combined with other values",
+            ));
+        }
+        Ok(RetryOn::from_bits(bits))
+    }
+}

@@ -1,0 +1,166 @@
+//! Demo and test backends: small hyper servers on loopback that answer with a handler, count requests, and
+//! can be stopped (closing every open connection) to show failover.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A response body a handler may return.
+pub type DemoBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+/// What a handler returns: a response, or an error that makes the backend drop the connection unanswered.
+pub type HandlerResult = Result<Response<DemoBody>, Box<dyn std::error::Error + Send + Sync>>;
+/// A request handler.
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = HandlerResult> + Send>> + Send + Sync,
+>;
+
+/// A running backend.
+#[derive(Debug)]
+pub struct Backend {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// A body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> DemoBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A `200 OK` whose body is `name` and whose `x-backend` header is `name`.
+pub fn named_response(name: &str) -> Response<DemoBody> {
+    let mut response = Response::new(full(name.to_string()));
+    if let Ok(value) = http::HeaderValue::from_str(name) {
+        response.headers_mut().insert("x-backend", value);
+    }
+    response
+}
+
+impl Backend {
+    /// A backend on `127.0.0.1:port` (0 for any) that answers `200` with its name, after `delay`.
+    pub async fn named(name: &str, port: u16, delay: Duration) -> io::Result<Backend> {
+        let name: Arc<str> = Arc::from(name);
+        let handler: Handler = Arc::new(move |request: Request<Incoming>| {
+            let name = Arc::clone(&name);
+            Box::pin(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if request.uri().path() == "/health" {
+                    return Ok(Response::new(full("ok")));
+                }
+                Ok(named_response(&name))
+            })
+        });
+        Self::start(SocketAddr::from(([127, 0, 0, 1], port)), handler).await
+    }
+
+    /// A backend on `addr` answering with `handler`.
+    pub async fn start(addr: SocketAddr, handler: Handler) -> io::Result<Backend> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept(listener, handler, Arc::clone(&requests), stop_rx));
+        Ok(Backend {
+            addr,
+            requests,
+            stop,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and closes every open connection at once (like a crashed replica).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    handler: Handler,
+    requests: Arc<AtomicUsize>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let handler = Arc::clone(&handler);
+                let requests = Arc::clone(&requests);
+                connections.spawn(serve_connection(stream, DemoService { handler, requests }));
+            }
+            _ = stop.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, service: DemoService) {
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await;
+}
+
+/// Counts each request and hands it to the handler.
+#[derive(Clone)]
+struct DemoService {
+    handler: Handler,
+    requests: Arc<AtomicUsize>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for DemoService {
+    type Response = Response<DemoBody>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        (self.handler)(request)
+    }
+}
+
+/// A plain status answer, for handlers.
+pub fn status_response(status: StatusCode, text: &str) -> Response<DemoBody> {
+    let mut response = Response::new(full(text.to_string()));
+    *response.status_mut() = status;
+    response
+}
+
+/// Convenience for handlers that never fail.
+pub fn ok(response: Response<DemoBody>) -> HandlerResult {
+    Ok::<_, Infallible>(response).map_err(|never| match never {})
+}

@@ -1,0 +1,19 @@
+//! Fulcrum: a reverse-proxy load balancer.
+//!
+//! The binary (`src/main.rs`) parses the command line and calls into this library; tests, examples and
+//! benches drive the same code.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod balance;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;
+
+pub use config::{Config, ConfigError};
+pub use server::{start, RunningProxy};

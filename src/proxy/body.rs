@@ -1,0 +1,178 @@
+//! Body wrappers: the request body shared across retry attempts with a size limit, and the response body
+//! that holds its server's in-flight count until it ends.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+
+use crate::upstream::InFlightGuard;
+
+/// Error a request body raises once it passes `max_body_size`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than max_body_size")]
+pub struct BodyTooLarge;
+
+/// The client's request body, held until an attempt first reads it, so an attempt that failed before reading
+/// (connect error) leaves it for the next one.
+#[derive(Debug)]
+pub struct BodySlot {
+    body: Mutex<Option<Incoming>>,
+    hint: SizeHint,
+    touched: AtomicBool,
+    too_large: AtomicBool,
+}
+
+impl BodySlot {
+    /// Wraps the client's body; `None` when it is known to be empty.
+    pub fn new(body: Incoming) -> Option<Arc<BodySlot>> {
+        if body.is_end_stream() {
+            return None;
+        }
+        Some(Arc::new(BodySlot {
+            hint: body.size_hint(),
+            body: Mutex::new(Some(body)),
+            touched: AtomicBool::new(false),
+            too_large: AtomicBool::new(false),
+        }))
+    }
+
+    /// Whether some attempt started reading the body (so it cannot be sent again).
+    pub fn touched(&self) -> bool {
+        self.touched.load(Ordering::Acquire)
+    }
+
+    /// Whether the body passed the size limit.
+    pub fn too_large(&self) -> bool {
+        self.too_large.load(Ordering::Acquire)
+    }
+}
+
+/// The body one attempt sends upstream.
+#[derive(Debug)]
+pub struct RequestBody {
+    slot: Option<Arc<BodySlot>>,
+    inner: Option<Incoming>,
+    seen: u64,
+    limit: u64,
+}
+
+impl RequestBody {
+    /// A body reading from `slot` (empty when `None`), failing past `limit` bytes.
+    pub fn new(slot: Option<Arc<BodySlot>>, limit: u64) -> Self {
+        Self {
+            slot,
+            inner: None,
+            seen: 0,
+            limit,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.inner.is_none() {
+            let Some(slot) = &this.slot else {
+                return Poll::Ready(None);
+            };
+            slot.touched.store(true, Ordering::Release);
+            this.inner = slot.body.lock().take();
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        if let Some(slot) = &this.slot {
+                            slot.too_large.store(true, Ordering::Release);
+                        }
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match (&self.slot, &self.inner) {
+            (None, _) => true,
+            (Some(_), Some(inner)) => inner.is_end_stream(),
+            (Some(_), None) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.slot {
+            None => SizeHint::with_exact(0),
+            Some(slot) => slot.hint,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body that keeps its server's in-flight count until the body ends or is dropped.
+    #[derive(Debug)]
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        guard: Option<InFlightGuard>,
+    }
+}
+
+impl UpstreamBody {
+    /// Wraps `inner`, releasing `guard` at its end.
+    pub fn new(inner: Incoming, guard: InFlightGuard) -> Self {
+        let guard = (!inner.is_end_stream()).then_some(guard);
+        Self { inner, guard }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                this.guard.take();
+            }
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the proxy answers with: an upstream body or a short local one.
+pub type ProxyBody = http_body_util::Either<UpstreamBody, http_body_util::Full<Bytes>>;

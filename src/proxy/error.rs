@@ -1,0 +1,59 @@
+//! What went wrong with a request, who is to blame, and what status to answer.
+
+use http::StatusCode;
+
+/// A request the proxy answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// The request body is larger than `max_body_size`.
+    #[error("request body larger than max_body_size")]
+    BodyTooLarge,
+    /// Every server of the pool (and its backups) is down or already tried.
+    #[error("no upstream server available")]
+    NoServer,
+    /// The TCP connection to the server failed.
+    #[error("cannot connect to upstream: {0}")]
+    Connect(String),
+    /// The server reset, closed early or sent a malformed response.
+    #[error("upstream error: {0}")]
+    Upstream(String),
+    /// The server did not answer within the timeout.
+    #[error("upstream timed out")]
+    Timeout,
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoServer | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Describes a client error from the pooled client, walking its sources for the root cause.
+    pub fn from_client(error: &hyper_util::client::legacy::Error) -> ProxyError {
+        let mut cause = String::new();
+        let mut source: Option<&(dyn std::error::Error + 'static)> =
+            std::error::Error::source(error);
+        while let Some(err) = source {
+            cause = err.to_string();
+            source = err.source();
+        }
+        if cause.is_empty() {
+            cause = error.to_string();
+        }
+        if error.is_connect() {
+            ProxyError::Connect(cause)
+        } else {
+            ProxyError::Upstream(cause)
+        }
+    }
+}

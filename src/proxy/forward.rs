@@ -1,0 +1,191 @@
+//! Forwarding with retries: pick a server, send, classify the outcome, account passive health, maybe retry.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use tracing::{info, warn};
+
+use super::body::{BodySlot, RequestBody, UpstreamBody};
+use super::error::ProxyError;
+use crate::balance::PickContext;
+use crate::clock::now_ms;
+use crate::config::RetryOn;
+use crate::snapshot::{Pool, TierKind};
+use crate::upstream::{Server, Transition};
+
+/// What one request needs to know to be forwarded.
+pub struct Forward<'a> {
+    /// The pool to send to.
+    pub pool: &'a Pool,
+    /// Method, URI, headers (already rewritten).
+    pub parts: Parts,
+    /// The client's body.
+    pub body: Incoming,
+    /// Client address for balancing.
+    pub client_ip: IpAddr,
+    /// Hash of the pool's key, if it hashes.
+    pub key_hash: Option<u64>,
+    /// Largest body accepted.
+    pub max_body_size: u64,
+}
+
+/// An answer from a server, with the in-flight guard moved into its body.
+pub type UpstreamResponse = Response<UpstreamBody>;
+
+enum Outcome {
+    Answered(UpstreamResponse),
+    Failed(ProxyError),
+}
+
+/// Sends the request to the pool, retrying on another server when that is safe, and returns one answer.
+pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyError> {
+    let Forward {
+        pool,
+        parts,
+        body,
+        client_ip,
+        key_hash,
+        max_body_size,
+    } = request;
+    let slot = BodySlot::new(body);
+    let replayable_method =
+        is_idempotent(&parts.method) || pool.retry_on.has(RetryOn::NON_IDEMPOTENT);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut tried_primary = Vec::new();
+    let mut tried_backup = Vec::new();
+    let mut last: Option<Outcome> = None;
+
+    for attempt in 1..=pool.max_attempts {
+        let now = now_ms();
+        let base = PickContext {
+            client_ip,
+            key_hash,
+            tried: &[],
+            now_ms: now,
+        };
+        let picked = match pool.primary.pick(base, &mut tried_primary) {
+            Some(index) => Some((TierKind::Primary, index)),
+            None => pool
+                .backup
+                .as_ref()
+                .and_then(|tier| tier.pick(base, &mut tried_backup))
+                .map(|index| (TierKind::Backup, index)),
+        };
+        let Some((kind, index)) = picked else {
+            break;
+        };
+        match kind {
+            TierKind::Primary => tried_primary.push(index),
+            TierKind::Backup => tried_backup.push(index),
+        }
+        let Some(server) = pool.tier(kind).map(|tier| &tier.servers[index]) else {
+            break;
+        };
+        let guard = server.in_flight_guard();
+        let upstream_request = build_request(&parts, server, &path_and_query, &slot, max_body_size);
+        let sent =
+            tokio::time::timeout(pool.read_timeout, pool.client.request(upstream_request)).await;
+        let outcome = match sent {
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                let response = response.map(|b| UpstreamBody::new(b, guard));
+                if !pool.retry_on.status_counts(status) {
+                    note_transition(pool, server, server.state.passive.record_success());
+                    return Ok(response);
+                }
+                warn!(pool = %pool.name, server = %server.addr, status, attempt, "upstream answered with a failure status");
+                Outcome::Answered(response)
+            }
+            Ok(Err(error)) => {
+                if slot.as_ref().is_some_and(|s| s.too_large()) {
+                    return Err(ProxyError::BodyTooLarge);
+                }
+                let error = ProxyError::from_client(&error);
+                warn!(pool = %pool.name, server = %server.addr, %error, attempt, "upstream attempt failed");
+                Outcome::Failed(error)
+            }
+            Err(_elapsed) => {
+                warn!(pool = %pool.name, server = %server.addr, timeout = ?pool.read_timeout, attempt, "upstream timed out");
+                Outcome::Failed(ProxyError::Timeout)
+            }
+        };
+        let counts = match &outcome {
+            Outcome::Answered(_) => true,
+            Outcome::Failed(ProxyError::Timeout) => pool.retry_on.has(RetryOn::TIMEOUT),
+            Outcome::Failed(_) => pool.retry_on.has(RetryOn::ERROR),
+        };
+        if counts {
+            let transition = server.state.passive.record_failure(
+                now_ms(),
+                server.max_fails,
+                server.fail_timeout_ms,
+            );
+            note_transition(pool, server, transition);
+        }
+        let body_untouched = slot.as_ref().is_none_or(|s| !s.touched());
+        let never_sent = matches!(outcome, Outcome::Failed(ProxyError::Connect(_)));
+        let retry = counts && body_untouched && (replayable_method || never_sent);
+        last = Some(outcome);
+        if !retry {
+            break;
+        }
+    }
+
+    match last {
+        Some(Outcome::Answered(response)) => Ok(response),
+        Some(Outcome::Failed(error)) => Err(error),
+        None => {
+            warn!(pool = %pool.name, "no upstream server available: every server is down or was tried");
+            Err(ProxyError::NoServer)
+        }
+    }
+}
+
+fn build_request(
+    parts: &Parts,
+    server: &Server,
+    path_and_query: &PathAndQuery,
+    slot: &Option<Arc<BodySlot>>,
+    max_body_size: u64,
+) -> Request<RequestBody> {
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.scheme = Some(Scheme::HTTP);
+    uri_parts.authority = Some(server.addr.clone());
+    uri_parts.path_and_query = Some(path_and_query.clone());
+    let mut request = Request::new(RequestBody::new(slot.clone(), max_body_size));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = Uri::from_parts(uri_parts).unwrap_or_default();
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = parts.headers.clone();
+    request
+}
+
+fn note_transition(pool: &Pool, server: &Server, transition: Transition) {
+    match transition {
+        Transition::Down => warn!(
+            pool = %pool.name,
+            server = %server.addr,
+            fails = server.state.passive.fails(),
+            fail_timeout_ms = server.fail_timeout_ms,
+            "server marked down after max_fails failures"
+        ),
+        Transition::Up => info!(pool = %pool.name, server = %server.addr, "server back up"),
+        Transition::None => {}
+    }
+}
+
+/// RFC 9110 9.2.2 idempotent methods.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}

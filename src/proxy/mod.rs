@@ -1,0 +1,188 @@
+//! The per-request service: route, check limits, rewrite headers, forward, answer.
+
+pub mod body;
+pub mod client;
+pub mod error;
+mod forward;
+pub mod headers;
+pub mod router;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tracing::warn;
+
+use crate::balance::hash_bytes;
+use crate::config::HashKey;
+use crate::runtime::Runtime;
+use body::ProxyBody;
+use error::ProxyError;
+use forward::{forward, Forward};
+
+/// Serves the requests of one client connection.
+#[derive(Debug, Clone)]
+pub struct ProxyService {
+    runtime: Arc<Runtime>,
+    peer: SocketAddr,
+    proto: &'static str,
+}
+
+impl ProxyService {
+    /// A service for a connection from `peer`; `proto` is `http` or `https`.
+    pub fn new(runtime: Arc<Runtime>, peer: SocketAddr, proto: &'static str) -> Self {
+        Self {
+            runtime,
+            peer,
+            proto,
+        }
+    }
+
+    async fn handle(self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let snapshot = self.runtime.snapshot();
+        let client_ip = self.peer.ip();
+        let host = request_host(&request);
+        let path = request.uri().path();
+        let Some(route) = snapshot
+            .router
+            .find(host.as_ref().and_then(|h| h.to_str().ok()), path)
+        else {
+            warn!(client = %client_ip, host = ?host, path, "no route");
+            return local_answer(&ProxyError::NoRoute);
+        };
+        let Some(pool) = snapshot.pools.get(route.pool) else {
+            return local_answer(&ProxyError::NoRoute);
+        };
+        if content_length(&request).is_some_and(|len| len > route.max_body_size) {
+            warn!(client = %client_ip, path, limit = route.max_body_size, "request body larger than max_body_size");
+            return local_answer(&ProxyError::BodyTooLarge);
+        }
+        let (mut parts, body) = request.into_parts();
+        let key_hash = pool
+            .hash_key
+            .as_ref()
+            .and_then(|key| request_key_hash(key, &parts, client_ip));
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::add_forwarding(&mut parts.headers, client_ip, self.proto, host.as_ref());
+        if let Some(host) = host {
+            parts.headers.insert(header::HOST, host);
+        }
+        let result = forward(Forward {
+            pool,
+            parts,
+            body,
+            client_ip,
+            key_hash,
+            max_body_size: route.max_body_size,
+        })
+        .await;
+        match result {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Err(error) => {
+                warn!(client = %client_ip, pool = %pool.name, status = error.status().as_u16(), %error, "answering with an error");
+                local_answer(&error)
+            }
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move { Ok(service.handle(request).await) })
+    }
+}
+
+/// The request's host: the `Host` header, or the URI authority (HTTP/2 `:authority`, absolute-form).
+fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
+    if let Some(host) = request.headers().get(header::HOST) {
+        return Some(host.clone());
+    }
+    request
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+fn content_length(request: &Request<Incoming>) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Hashes the pool's key for this request; `None` when the request lacks it.
+fn request_key_hash(key: &HashKey, parts: &http::request::Parts, client_ip: IpAddr) -> Option<u64> {
+    match key {
+        HashKey::ClientIp => Some(match client_ip {
+            IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+            IpAddr::V6(v6) => hash_bytes(&v6.octets()),
+        }),
+        HashKey::Path => Some(hash_bytes(parts.uri.path().as_bytes())),
+        HashKey::Header(name) => parts.headers.get(name).map(|v| hash_bytes(v.as_bytes())),
+        HashKey::Cookie(name) => parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash_bytes(v.as_bytes())),
+        HashKey::Query(name) => parts
+            .uri
+            .query()?
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash_bytes(v.as_bytes())),
+    }
+}
+
+/// A short plain-text answer from the proxy itself.
+fn local_answer(error: &ProxyError) -> Response<ProxyBody> {
+    let status = error.status();
+    let text = format!(
+        "{} {}: {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        public_reason(error)
+    );
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// What the client is told; internal details (addresses, OS errors) stay in the log.
+fn public_reason(error: &ProxyError) -> &'static str {
+    match error {
+        ProxyError::NoRoute => "no route for this host and path",
+        ProxyError::BodyTooLarge => "request body larger than max_body_size",
+        ProxyError::NoServer => "no upstream server available",
+        ProxyError::Connect(_) => "cannot connect to the upstream server",
+        ProxyError::Upstream(_) => "the upstream server failed to answer",
+        ProxyError::Timeout => "the upstream server did not answer in time",
+    }
+}

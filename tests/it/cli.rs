@@ -1,0 +1,193 @@
+//! The `fulcrum` binary: `check` on good and bad configs, `--version`, and `run` serving real traffic.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::harness::*;
+
+fn fulcrum() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+}
+
+fn check(path: &Path) -> (bool, String) {
+    let output = fulcrum()
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .expect("run fulcrum check");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    let path = dir.path().join("fulcrum.toml");
+    std::fs::write(&path, text).expect("write a config file");
+    path
+}
+
+#[test]
+fn every_file_in_config_dir_passes_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("read config/") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (ok, stderr) = check(&path);
+            assert!(ok, "{} fails check: {stderr}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "config/ holds no .toml file");
+}
+
+#[test]
+fn check_names_file_line_and_key_of_each_bad_config() {
+    let cases: [(&str, &str, &str); 9] = [
+        (
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[upstream.api]\nstrategy = \"fastest\"\nservers = [{ addr = \"127.0.0.1:1\" }]\n",
+            ":4: upstream.api.strategy:",
+            "unknown variant `fastest`",
+        ),
+        (
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\ncolour = \"blue\"\n",
+            ":3: listener[0].colour:",
+            "unknown field",
+        ),
+        (
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"missing\"\n[upstream.api]\nservers = [{ addr = \"127.0.0.1:1\" }]\n",
+            ":6: route[0].upstream:",
+            "no upstream named `missing`",
+        ),
+        (
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[upstream.api]\nservers = []\n",
+            ":4: upstream.api.servers:",
+            "no server",
+        ),
+        (
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[upstream.api]\nservers = [{ addr = \"localhost\" }]\n",
+            ":4: upstream.api.servers[0].addr:",
+            "host:port",
+        ),
+        (
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[upstream.api]\nfail_timeout = \"soon\"\nservers = [{ addr = \"127.0.0.1:1\" }]\n",
+            ":4: upstream.api.fail_timeout:",
+            "not a duration",
+        ),
+        (
+            "[[listener]]\nlisten = \"nowhere\"\n",
+            ":2: listener[0].listen:",
+            "not an address",
+        ),
+        (
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[upstream.api]\nstrategy = \"round_robin\"\nhash_key = \"header:x\"\nservers = [{ addr = \"127.0.0.1:1\" }]\n",
+            ":5: upstream.api.hash_key:",
+            "consistent_hash",
+        ),
+        (
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[upstream.api]\nservers = [{ addr = \"127.0.0.1:1\", weight = 0 }]\n",
+            ":4: upstream.api.servers[0].weight:",
+            "from 1 to",
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (text, place, why) in cases {
+        let path = write_config(&dir, text);
+        let (ok, stderr) = check(&path);
+        assert!(!ok, "check accepted:\n{text}");
+        let expected_prefix = format!("config file {}{place}", path.display());
+        assert!(
+            stderr.starts_with(&expected_prefix),
+            "expected `{expected_prefix}`, got: {stderr}"
+        );
+        assert!(stderr.contains(why), "expected `{why}` in: {stderr}");
+    }
+}
+
+#[test]
+fn check_reports_unreadable_file() {
+    let (ok, stderr) = check(Path::new("/nonexistent/fulcrum.toml"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("/nonexistent/fulcrum.toml") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let output = fulcrum()
+        .arg("--version")
+        .output()
+        .expect("run fulcrum --version");
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("fulcrum {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_traffic_and_exits_0_on_sigterm() {
+    let a = named("a").await;
+    let b = named("b").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n[upstream.app]\nstrategy = \"round_robin\"\nservers = [{{ addr = \"{}\" }}, {{ addr = \"{}\" }}]\n",
+            a.addr(),
+            b.addr()
+        ),
+    );
+    let mut child = fulcrum()
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fulcrum run");
+    let stderr = child.stderr.take().expect("child stderr");
+    // The log line "listening listener=public addr=127.0.0.1:PORT" tells where it listens.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("addr=").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("fulcrum logs its listening address");
+    let client = TestClient::new();
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        let reply = client.get(&format!("http://{addr}/")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        names.push(reply.body);
+    }
+    assert_eq!(names, ["a", "b", "a", "b"]);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fulcrum did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+}

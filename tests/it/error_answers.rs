@@ -1,0 +1,159 @@
+//! The proxy's own answers: 404, 413, 502, 504, each with a short plain-text body.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_answers_404() {
+    let backend = named("a").await;
+    let proxy = TestProxy::start(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nhost = \"example.com\"\npath = \"/api/\"\nupstream = \"a\"\n[upstream.a]\nservers = [{{ addr = \"{}\" }}]\n",
+        backend.addr()
+    ))
+    .await;
+    let client = TestClient::new();
+    let miss = client.get(&proxy.url("/api/x")).await;
+    assert_eq!(miss.status, StatusCode::NOT_FOUND);
+    assert_eq!(miss.headers["content-type"], "text/plain; charset=utf-8");
+    assert!(miss.body.starts_with("404 Not Found"), "{}", miss.body);
+    let hit = client
+        .get_with(&proxy.url("/api/x"), "host", "EXAMPLE.com:80")
+        .await;
+    assert_eq!(hit.status, StatusCode::OK);
+    assert_eq!(backend.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_max_body_size_answers_413_before_reaching_upstream() {
+    let backend = named("a").await;
+    let proxy = TestProxy::start(&format!(
+        "[global]\nmax_body_size = \"1k\"\n{}",
+        one_pool(&format!("servers = [{{ addr = \"{}\" }}]", backend.addr()))
+    ))
+    .await;
+    let client = TestClient::new();
+    let big = client
+        .send(
+            Request::post(proxy.url("/"))
+                .body(body(vec![b'x'; 2048]))
+                .expect("POST"),
+        )
+        .await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(big.body.contains("max_body_size"), "{}", big.body);
+    assert_eq!(backend.requests(), 0);
+    let small = client
+        .send(
+            Request::post(proxy.url("/"))
+                .body(body(vec![b'x'; 1024]))
+                .expect("POST"),
+        )
+        .await;
+    assert_eq!(small.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_body_over_max_body_size_answers_413() {
+    // The backend reads the whole body before answering, as a real application would.
+    let backend = backend_with(|request: http::Request<hyper::body::Incoming>| async move {
+        let read = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len());
+        text(StatusCode::OK, format!("{read:?}"))
+    })
+    .await;
+    let proxy = TestProxy::start(&format!(
+        "[global]\nmax_body_size = \"1k\"\n{}",
+        one_pool(&format!("servers = [{{ addr = \"{}\" }}]", backend.addr()))
+    ))
+    .await;
+    // A streamed body of unknown length is sent chunked.
+    let stream = chunked(vec![Bytes::from(vec![b'y'; 512]); 8]);
+    let reply = TestClient::new()
+        .send(Request::post(proxy.url("/")).body(stream).expect("POST"))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_answers_502() {
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "servers = [{{ addr = \"{}\" }}]",
+        refusing_addr()
+    )))
+    .await;
+    let reply = TestClient::new().get(&proxy.url("/")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(reply.body.starts_with("502 Bad Gateway"), "{}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_before_headers_answers_502() {
+    let backend =
+        backend_with(|_| std::future::ready(Err::<http::Response<_>, _>("close".into()))).await;
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "servers = [{{ addr = \"{}\" }}]",
+        backend.addr()
+    )))
+    .await;
+    let reply = TestClient::new().get(&proxy.url("/")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_upstream_response_answers_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(b"HTTP/1.1 ABC Nonsense\r\n\r\n").await;
+        }
+    });
+    let proxy = TestProxy::start(&one_pool(&format!("servers = [{{ addr = \"{addr}\" }}]"))).await;
+    let reply = TestClient::new().get(&proxy.url("/")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_past_read_timeout_answers_504() {
+    let backend = backend_with(|_| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        text(StatusCode::OK, "late")
+    })
+    .await;
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "read_timeout = \"200ms\"\nservers = [{{ addr = \"{}\" }}]",
+        backend.addr()
+    )))
+    .await;
+    let started = std::time::Instant::now();
+    let reply = TestClient::new().get(&proxy.url("/")).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        reply.body.starts_with("504 Gateway Timeout"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the 504 came only after {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,248 @@
+//! Test harness: real backends, the real proxy started from a TOML string, a real client; all on loopback.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fulcrum::demo::{Backend, DemoBody, Handler, HandlerResult};
+use fulcrum::{Config, RunningProxy};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Body type the test client sends.
+pub type ClientBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A backend that answers 200 with its name.
+pub async fn named(name: &str) -> Backend {
+    Backend::named(name, 0, Duration::ZERO)
+        .await
+        .expect("bind a test backend on 127.0.0.1:0")
+}
+
+/// A backend answering with `handler`.
+pub async fn backend_with<F, Fut>(handler: F) -> Backend
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    let handler: Handler = Arc::new(move |request| Box::pin(handler(request)));
+    Backend::start(SocketAddr::from(([127, 0, 0, 1], 0)), handler)
+        .await
+        .expect("bind a test backend on 127.0.0.1:0")
+}
+
+/// A loopback address where nothing listens (bound then released).
+pub fn refusing_addr() -> SocketAddr {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
+    socket.local_addr().expect("probe socket address")
+}
+
+/// The real proxy, started in-process from TOML text.
+pub struct TestProxy {
+    /// The running proxy.
+    pub proxy: RunningProxy,
+    addr: SocketAddr,
+}
+
+impl TestProxy {
+    /// Starts a proxy from `toml`; its first listener should listen on `127.0.0.1:0`.
+    pub async fn start(toml: &str) -> TestProxy {
+        let config = Config::parse(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let proxy = fulcrum::start(config).await.expect("bind the proxy");
+        let addr = proxy.listeners()[0].addr;
+        TestProxy { proxy, addr }
+    }
+
+    /// A URL on the proxy's first listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Applies a new config (as a reload will).
+    pub fn apply(&self, toml: &str) {
+        let config = Config::parse(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+        self.proxy.runtime().apply(config);
+    }
+}
+
+/// A config with one listener on an ephemeral port, one catch-all route to `upstream "pool"`, and the given
+/// upstream body (`strategy = ..., servers = [...]`).
+pub fn one_pool(upstream_body: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"test\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"pool\"\n\n[upstream.pool]\n{upstream_body}\n"
+    )
+}
+
+/// `servers = [...]` for these addresses with these weights.
+pub fn servers(addrs: &[(SocketAddr, u32)]) -> String {
+    let list: Vec<String> = addrs
+        .iter()
+        .map(|(addr, weight)| format!("{{ addr = \"{addr}\", weight = {weight} }}"))
+        .collect();
+    format!("servers = [{}]", list.join(", "))
+}
+
+/// An answer as the test client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body as text.
+    pub body: String,
+}
+
+/// A real HTTP client (pooled, keep-alive).
+#[derive(Clone)]
+pub struct TestClient {
+    client: Client<HttpConnector, ClientBody>,
+}
+
+impl TestClient {
+    /// A client over HTTP/1.1.
+    pub fn new() -> Self {
+        Self::bound_to(None)
+    }
+
+    /// A client whose connections come from `local` (e.g. 127.0.0.7).
+    pub fn bound_to(local: Option<IpAddr>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(local);
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// A client that speaks HTTP/2 with prior knowledge (h2c).
+    pub fn h2c() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(HttpConnector::new()),
+        }
+    }
+
+    /// GET `url`.
+    pub async fn get(&self, url: &str) -> Reply {
+        self.send(Request::get(url).body(empty()).expect("a valid GET"))
+            .await
+    }
+
+    /// GET `url` with one extra header.
+    pub async fn get_with(&self, url: &str, name: &str, value: &str) -> Reply {
+        let request = Request::get(url)
+            .header(name, value)
+            .body(empty())
+            .expect("a valid GET");
+        self.send(request).await
+    }
+
+    /// Sends a request and reads the whole answer.
+    pub async fn send(&self, request: Request<ClientBody>) -> Reply {
+        let response = self.response(request).await;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("read the response body")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// Sends a request and returns the response with its body unread.
+    pub async fn response(&self, request: Request<ClientBody>) -> http::Response<Incoming> {
+        tokio::time::timeout(Duration::from_secs(20), self.client.request(request))
+            .await
+            .expect("the proxy answers within 20 s")
+            .expect("the proxy answers")
+    }
+}
+
+/// An empty request body.
+pub fn empty() -> ClientBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A request body from bytes.
+pub fn body(bytes: impl Into<Bytes>) -> ClientBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A handler answer from text.
+pub fn text(status: StatusCode, text: impl Into<String>) -> HandlerResult {
+    let mut response = http::Response::new(fulcrum::demo::full(text.into()));
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// A handler body from bytes.
+pub fn demo_body(bytes: impl Into<Bytes>) -> DemoBody {
+    fulcrum::demo::full(bytes)
+}
+
+/// Polls `condition` every 10 ms until it holds or `limit` passes; panics with `what` on time-out.
+pub async fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Counts how many replies came from each backend name.
+pub fn tally<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for name in names {
+        *counts.entry(name.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A body of these chunks with no declared length, so the client sends it chunked.
+pub fn chunked(chunks: Vec<Bytes>) -> ClientBody {
+    ChunkedBody {
+        chunks: chunks.into(),
+    }
+    .boxed()
+}
+
+struct ChunkedBody {
+    chunks: std::collections::VecDeque<Bytes>,
+}
+
+impl http_body::Body for ChunkedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.chunks
+                .pop_front()
+                .map(|c| Ok(http_body::Frame::data(c))),
+        )
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests over real sockets: real backends, the real proxy, a real client.
+
+mod harness;
+
+mod backup_and_failover;
+mod cli;
+mod error_answers;
+mod forwarding;
+mod strategies;
