@@ -1,1 +1,60 @@
-fn main() {}
+//! `pick` of every strategy at 3, 100 and 1,000 servers (target: under 100 ns at 100 servers).
+//!
+//! ```text
+//! cargo bench --bench pick
+//! ```
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use fulcrum::balance::{self, hash_bytes, BalancerOptions, PickContext};
+use fulcrum::clock::now_ms;
+use fulcrum::config::Strategy;
+use fulcrum::upstream::Server;
+
+fn servers(count: usize) -> Vec<Server> {
+    (0..count)
+        .map(|i| {
+            let addr = format!("10.{}.{}.{}:8080", i / 65536, (i / 256) % 256, i % 256);
+            Server::standalone(&addr, 1 + (i % 3) as u32).expect("a valid bench address")
+        })
+        .collect()
+}
+
+fn bench_pick(c: &mut Criterion) {
+    let strategies = [
+        ("round_robin", Strategy::RoundRobin),
+        ("weighted", Strategy::Weighted),
+        ("least_conn", Strategy::LeastConn),
+        ("ip_hash", Strategy::IpHash),
+        ("consistent_hash", Strategy::ConsistentHash),
+    ];
+    for (name, strategy) in strategies {
+        let mut group = c.benchmark_group(format!("pick/{name}"));
+        for count in [3usize, 100, 1000] {
+            let servers = servers(count);
+            let balancer =
+                balance::build(strategy, &servers, BalancerOptions { ip_hash_prefix: 32 });
+            let now = now_ms();
+            let mut client: u32 = 0;
+            group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
+                b.iter(|| {
+                    client = client.wrapping_add(1);
+                    let ip = IpAddr::from(client.to_be_bytes());
+                    let ctx = PickContext {
+                        client_ip: ip,
+                        key_hash: Some(hash_bytes(&client.to_le_bytes())),
+                        tried: &[],
+                        now_ms: now,
+                    };
+                    black_box(balancer.pick(black_box(&servers), &ctx))
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_pick);
+criterion_main!(benches);

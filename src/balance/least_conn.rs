@@ -1,48 +1,151 @@
 //! Least connections: the fewest in-flight requests per unit of weight wins; ties go round robin.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::{Balancer, PickContext};
-use crate::upstream::Server;
+use crate::upstream::{Server, ServerState};
+
+/// Fixed-point scale for 1 / weight (weights are at most 1000, so every inverse is at least 1048).
+const SCALE: u64 = 1 << 20;
+/// Bits of a scan key that hold the server's position in the rotated scan order.
+const POSITION_BITS: u32 = 20;
+/// A key is `in_flight * (inverse_weight << POSITION_BITS) | position`; it stays below 2^64 while a server
+/// holds fewer than 2^24 requests at once, far beyond what file descriptors allow.
+const _: () = assert!((SCALE << POSITION_BITS) <= 1 << 40);
 
 /// Scans every server's in-flight counter, starting at a rotating offset so ties rotate.
-#[derive(Debug, Default)]
+///
+/// Each server becomes one `u64` key: `load * (SCALE / weight)` in the high bits and its position in the
+/// rotated order in the low bits, so the minimum key is the least loaded server per unit of weight, the
+/// earliest in rotated order on ties, found with a branch-free `min`. States and inverse weights are flat
+/// arrays built with the snapshot, so a scan reads one pointer and one atomic word per server.
+#[derive(Debug)]
 pub struct LeastConn {
+    states: Vec<Arc<ServerState>>,
+    shifted_inverse_weights: Vec<u64>,
     next: AtomicUsize,
+    /// Lemire's fastmod constant for the server count: the rotating start without a division per pick.
+    fastmod: u64,
 }
 
 impl LeastConn {
-    /// A least-connections balancer.
-    pub fn new() -> Self {
-        Self::default()
+    /// A least-connections balancer over `servers` (at most 2^20 of them; config allows far fewer).
+    pub fn new(servers: &[Server]) -> Self {
+        Self {
+            states: servers.iter().map(|s| Arc::clone(&s.state)).collect(),
+            shifted_inverse_weights: servers
+                .iter()
+                .map(|s| (SCALE / u64::from(s.weight.max(1))) << POSITION_BITS)
+                .collect(),
+            next: AtomicUsize::new(0),
+            fastmod: (u64::MAX / servers.len().max(1) as u64).wrapping_add(1),
+        }
+    }
+
+    /// `turn % n` for a 32-bit turn with two multiplications instead of a division (Lemire, "Faster
+    /// remainder by direct computation", 2019).
+    #[inline]
+    fn rotate(&self, turn: u32, n: usize) -> usize {
+        let low = self.fastmod.wrapping_mul(u64::from(turn));
+        ((u128::from(low) * n as u128) >> 64) as usize
+    }
+
+    /// The minimum key over `range`, whose first element has rotated position `first_position`.
+    #[inline]
+    fn scan<const CHECK_TRIED: bool>(
+        &self,
+        range: std::ops::Range<usize>,
+        first_position: u64,
+        ctx: &PickContext<'_>,
+        mut best: u64,
+    ) -> u64 {
+        let offset = range.start;
+        let states = &self.states[range.clone()];
+        let inverse_weights = &self.shifted_inverse_weights[range];
+        let key = |position: u64, state: &ServerState, inverse_weight: u64, tried_index: usize| {
+            match state.in_flight_if_selectable(ctx.now_ms) {
+                Some(_) if CHECK_TRIED && ctx.tried.contains(&tried_index) => u64::MAX,
+                Some(load) => load.wrapping_mul(inverse_weight) | position,
+                None => u64::MAX,
+            }
+        };
+        // Two running minimums over alternate servers halve the compare-and-select chain that bounds the
+        // scan; keys carry their position, so `min` of the two keeps the earliest server on ties.
+        let mut odd = u64::MAX;
+        let pairs = states.chunks_exact(2).zip(inverse_weights.chunks_exact(2));
+        for (pair, (state, weight)) in pairs.enumerate() {
+            let k = pair * 2;
+            let position = first_position + k as u64;
+            best = best.min(key(position, &state[0], weight[0], offset + k));
+            odd = odd.min(key(position + 1, &state[1], weight[1], offset + k + 1));
+        }
+        if states.len() % 2 == 1 {
+            let k = states.len() - 1;
+            best = best.min(key(
+                first_position + k as u64,
+                &states[k],
+                inverse_weights[k],
+                offset + k,
+            ));
+        }
+        best = best.min(odd);
+        best
+    }
+
+    fn scan_all<const CHECK_TRIED: bool>(
+        &self,
+        start: usize,
+        ctx: &PickContext<'_>,
+    ) -> Option<usize> {
+        let n = self.states.len();
+        let first = self.scan::<CHECK_TRIED>(start..n, 0, ctx, u64::MAX);
+        let best = self.scan::<CHECK_TRIED>(0..start, (n - start) as u64, ctx, first);
+        if best == u64::MAX {
+            return None;
+        }
+        // start < n and position < n: one conditional subtraction instead of a division.
+        let index = start + (best & ((1 << POSITION_BITS) - 1)) as usize;
+        Some(if index >= n { index - n } else { index })
     }
 }
 
 impl Balancer for LeastConn {
     fn pick(&self, servers: &[Server], ctx: &PickContext<'_>) -> Option<usize> {
-        let n = servers.len();
-        if n == 0 {
+        let n = self.states.len();
+        if n == 0 || n != servers.len() {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best: Option<(usize, u64, u64)> = None;
-        for step in 0..n {
-            let i = if start + step >= n {
-                start + step - n
-            } else {
-                start + step
-            };
-            if !ctx.usable(servers, i) {
-                continue;
-            }
-            let load = servers[i].state.in_flight() as u64;
-            let weight = u64::from(servers[i].weight);
-            // load / weight < best_load / best_weight, without division.
-            match best {
-                Some((_, best_load, best_weight)) if load * best_weight >= best_load * weight => {}
-                _ => best = Some((i, load, weight)),
+        // The turn wraps at 2^32, where the rotation skips a beat once every four billion picks.
+        let start = self.rotate(self.next.fetch_add(1, Ordering::Relaxed) as u32, n);
+        if ctx.tried.is_empty() {
+            self.scan_all::<false>(start, ctx)
+        } else {
+            self.scan_all::<true>(start, ctx)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_matches_remainder() {
+        for n in [1usize, 2, 3, 7, 100, 1000, 60_000] {
+            let servers: Vec<Server> = (0..n)
+                .map(|i| {
+                    Server::standalone(&format!("127.0.0.1:{}", 1 + i), 1).expect("a valid address")
+                })
+                .collect();
+            let balancer = LeastConn::new(&servers);
+            for turn in [0u32, 1, 2, 99, 1000, 123_456_789, u32::MAX] {
+                assert_eq!(
+                    balancer.rotate(turn, n),
+                    turn as usize % n,
+                    "turn {turn}, {n} servers"
+                );
             }
         }
-        best.map(|(i, _, _)| i)
     }
 }

@@ -68,7 +68,7 @@ pub fn build(
     match strategy {
         Strategy::RoundRobin => Box::new(RoundRobin::new(servers)),
         Strategy::Weighted => Box::new(WeightedRandom::new(servers)),
-        Strategy::LeastConn => Box::new(LeastConn::new()),
+        Strategy::LeastConn => Box::new(LeastConn::new(servers)),
         Strategy::IpHash => Box::new(IpHash::new(servers, options.ip_hash_prefix)),
         Strategy::ConsistentHash => Box::new(ConsistentHash::new(servers)),
     }

@@ -7,7 +7,7 @@ use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::body::{BodySlot, RequestBody, UpstreamBody};
 use super::error::ProxyError;
@@ -98,7 +98,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                 let status = response.status().as_u16();
                 let response = response.map(|b| UpstreamBody::new(b, guard));
                 if !pool.retry_on.status_counts(status) {
-                    note_transition(pool, server, server.state.passive.record_success());
+                    note_transition(pool, server, server.state.record_success());
                     return Ok(response);
                 }
                 warn!(pool = %pool.name, server = %server.addr, status, attempt, "upstream answered with a failure status");
@@ -123,11 +123,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             Outcome::Failed(_) => pool.retry_on.has(RetryOn::ERROR),
         };
         if counts {
-            let transition = server.state.passive.record_failure(
-                now_ms(),
-                server.max_fails,
-                server.fail_timeout_ms,
-            );
+            let transition = server.record_failure(now_ms());
             note_transition(pool, server, transition);
         }
         let body_untouched = slot.as_ref().is_none_or(|s| !s.touched());
@@ -143,7 +139,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         Some(Outcome::Answered(response)) => Ok(response),
         Some(Outcome::Failed(error)) => Err(error),
         None => {
-            warn!(pool = %pool.name, "no upstream server available: every server is down or was tried");
+            error!(pool = %pool.name, "no upstream server available: every server and backup is down or was tried");
             Err(ProxyError::NoServer)
         }
     }
@@ -173,7 +169,7 @@ fn note_transition(pool: &Pool, server: &Server, transition: Transition) {
         Transition::Down => warn!(
             pool = %pool.name,
             server = %server.addr,
-            fails = server.state.passive.fails(),
+            fails = server.state.passive().fails(),
             fail_timeout_ms = server.fail_timeout_ms,
             "server marked down after max_fails failures"
         ),

@@ -62,7 +62,9 @@ impl Router {
         for (_, group) in &mut router.wildcard {
             group.sort_by_key(longest_first);
         }
-        router.wildcard.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        router
+            .wildcard
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         router
     }
 

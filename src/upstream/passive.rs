@@ -27,13 +27,18 @@ impl PassiveHealth {
     /// Whether a balancer may consider this server: up, or down with its `fail_timeout` over (probe due).
     #[inline]
     pub fn selectable(&self, now_ms: u64) -> bool {
-        let until = self.down_until_ms.load(Ordering::Relaxed);
-        until == 0 || now_ms >= until
+        // `until` is 0 while up and `now_ms` is never 0, so one comparison covers both cases.
+        self.down_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
     /// Whether the server is currently out (down and no probe due yet).
     pub fn is_down(&self, now_ms: u64) -> bool {
         !self.selectable(now_ms)
+    }
+
+    /// 0 while up; otherwise when the next probe is due.
+    pub fn marked_until(&self) -> u64 {
+        self.down_until_ms.load(Ordering::SeqCst)
     }
 
     /// Failures counted in the current window.
@@ -77,7 +82,7 @@ impl PassiveHealth {
         }
         let previous = self
             .down_until_ms
-            .swap(now_ms.saturating_add(fail_timeout_ms), Ordering::AcqRel);
+            .swap(now_ms.saturating_add(fail_timeout_ms), Ordering::SeqCst);
         if previous == 0 {
             Transition::Down
         } else {
@@ -91,7 +96,7 @@ impl PassiveHealth {
             return Transition::None;
         }
         self.fails.store(0, Ordering::Relaxed);
-        if self.down_until_ms.swap(0, Ordering::AcqRel) != 0 {
+        if self.down_until_ms.swap(0, Ordering::SeqCst) != 0 {
             Transition::Up
         } else {
             Transition::None
