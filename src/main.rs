@@ -39,7 +39,10 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!("config file {} is valid", config.display());
                 ExitCode::SUCCESS
             }
@@ -70,6 +73,9 @@ fn init_logging() {
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.global.worker_threads > 0 {
         builder.worker_threads(config.global.worker_threads);

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::{Balancer, PickContext};
+use super::{smooth_weighted_sequence, Balancer, PickContext};
 use crate::upstream::{Server, ServerState};
 
 /// Fixed-point scale for 1 / weight (weights are at most 1000, so every inverse is at least 1048).
@@ -14,7 +14,8 @@ const POSITION_BITS: u32 = 20;
 /// holds fewer than 2^24 requests at once, far beyond what file descriptors allow.
 const _: () = assert!((SCALE << POSITION_BITS) <= 1 << 40);
 
-/// Scans every server's in-flight counter, starting at a rotating offset so ties rotate.
+/// Scans every server's in-flight counter, starting where the pool's smooth weighted round-robin sequence
+/// says, so ties go weighted round robin as in nginx (weights 3:1 with idle servers give 3:1).
 ///
 /// Each server becomes one `u64` key: `load * (SCALE / weight)` in the high bits and its position in the
 /// rotated order in the low bits, so the minimum key is the least loaded server per unit of weight, the
@@ -24,14 +25,18 @@ const _: () = assert!((SCALE << POSITION_BITS) <= 1 << 40);
 pub struct LeastConn {
     states: Vec<Arc<ServerState>>,
     shifted_inverse_weights: Vec<u64>,
+    /// Where each turn's scan starts: the smooth weighted round-robin sequence of the servers.
+    starts: Vec<u32>,
     next: AtomicUsize,
-    /// Lemire's fastmod constant for the server count: the rotating start without a division per pick.
+    /// Lemire's fastmod constant for `starts.len()`: a turn's start without a division per pick.
     fastmod: u64,
 }
 
 impl LeastConn {
     /// A least-connections balancer over `servers` (at most 2^20 of them; config allows far fewer).
     pub fn new(servers: &[Server]) -> Self {
+        let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
+        let starts = smooth_weighted_sequence(&weights);
         Self {
             states: servers.iter().map(|s| Arc::clone(&s.state)).collect(),
             shifted_inverse_weights: servers
@@ -39,16 +44,17 @@ impl LeastConn {
                 .map(|s| (SCALE / u64::from(s.weight.max(1))) << POSITION_BITS)
                 .collect(),
             next: AtomicUsize::new(0),
-            fastmod: (u64::MAX / servers.len().max(1) as u64).wrapping_add(1),
+            fastmod: (u64::MAX / starts.len().max(1) as u64).wrapping_add(1),
+            starts,
         }
     }
 
     /// `turn % n` for a 32-bit turn with two multiplications instead of a division (Lemire, "Faster
     /// remainder by direct computation", 2019).
     #[inline]
-    fn rotate(&self, turn: u32, n: usize) -> usize {
+    fn rotate(&self, turn: u32, len: usize) -> usize {
         let low = self.fastmod.wrapping_mul(u64::from(turn));
-        ((u128::from(low) * n as u128) >> 64) as usize
+        ((u128::from(low) * len as u128) >> 64) as usize
     }
 
     /// The minimum key over `range`, whose first element has rotated position `first_position`.
@@ -117,7 +123,11 @@ impl Balancer for LeastConn {
             return None;
         }
         // The turn wraps at 2^32, where the rotation skips a beat once every four billion picks.
-        let start = self.rotate(self.next.fetch_add(1, Ordering::Relaxed) as u32, n);
+        let turn = self.rotate(
+            self.next.fetch_add(1, Ordering::Relaxed) as u32,
+            self.starts.len(),
+        );
+        let start = self.starts[turn] as usize;
         if ctx.tried.is_empty() {
             self.scan_all::<false>(start, ctx)
         } else {
@@ -147,5 +157,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn idle_servers_share_by_weight_and_load_wins_over_weight() {
+        let servers: Vec<Server> = [("127.0.0.1:1", 3), ("127.0.0.1:2", 1)]
+            .iter()
+            .map(|(addr, weight)| Server::standalone(addr, *weight).expect("a valid address"))
+            .collect();
+        let balancer = LeastConn::new(&servers);
+        let ctx = PickContext {
+            client_ip: [127, 0, 0, 1].into(),
+            key_hash: None,
+            tried: &[],
+            now_ms: 1,
+        };
+        let picks: Vec<usize> = (0..8)
+            .filter_map(|_| balancer.pick(&servers, &ctx))
+            .collect();
+        assert_eq!(
+            picks,
+            [0, 0, 1, 0, 0, 0, 1, 0],
+            "idle ties follow the smooth 3:1 sequence"
+        );
+        // Four in flight on the weight-3 server (4/3) against one on the weight-1 server (1/1): the latter wins.
+        let _held: Vec<_> = (0..4).map(|_| servers[0].in_flight_guard()).collect();
+        let _one = servers[1].in_flight_guard();
+        assert_eq!(balancer.pick(&servers, &ctx), Some(1));
     }
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[upstream.NAME]`, by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Things that are valid but probably not what was meant (e.g. a key the chosen strategy ignores).
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Process-wide settings.

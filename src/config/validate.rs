@@ -1,5 +1,6 @@
 //! Turns the file structs into a [`Config`], checking everything the types alone cannot.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,7 +23,12 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
             let key = full_key(&e.path().to_string());
             ConfigError::at(path, source, e.inner().span(), key, e.inner().message())
         })?;
-    Validator { path, source }.config(file)
+    Validator {
+        path,
+        source,
+        warnings: RefCell::new(Vec::new()),
+    }
+    .config(file)
 }
 
 /// The dotted key of a deserialization error, without the markers `toml::Spanned` leaves in the path.
@@ -36,9 +42,14 @@ fn full_key(path: &str) -> String {
 struct Validator<'a> {
     path: &'a Path,
     source: &'a str,
+    warnings: RefCell<Vec<ConfigError>>,
 }
 
 impl Validator<'_> {
+    fn warn(&self, warning: ConfigError) {
+        self.warnings.borrow_mut().push(warning);
+    }
+
     fn err(
         &self,
         span: Option<std::ops::Range<usize>>,
@@ -79,6 +90,7 @@ impl Validator<'_> {
             listeners,
             routes,
             upstreams,
+            warnings: self.warnings.take(),
         })
     }
 
@@ -201,23 +213,26 @@ impl Validator<'_> {
     fn upstream(&self, name: &str, file: UpstreamFile) -> Result<UpstreamConfig, ConfigError> {
         let key = |k: &str| format!("upstream.{name}.{k}");
         let strategy = file.strategy.unwrap_or(Strategy::RoundRobin);
+        // A key that another strategy would use is kept (switching strategy back needs no edit) but said.
         if let Some(hash_key) = &file.hash_key {
             if strategy != Strategy::ConsistentHash {
-                return Err(self.err(
+                self.warn(self.err(
                     Some(hash_key.span()),
                     key("hash_key"),
-                    "hash_key applies only to strategy = \"consistent_hash\"",
+                    "is used only by strategy = \"consistent_hash\"; ignored",
+                ));
+            }
+        }
+        if let Some(prefix) = &file.ip_hash_prefix {
+            if strategy != Strategy::IpHash {
+                self.warn(self.err(
+                    Some(prefix.span()),
+                    key("ip_hash_prefix"),
+                    "is used only by strategy = \"ip_hash\"; ignored",
                 ));
             }
         }
         let ip_hash_prefix = match &file.ip_hash_prefix {
-            Some(prefix) if strategy != Strategy::IpHash => {
-                return Err(self.err(
-                    Some(prefix.span()),
-                    key("ip_hash_prefix"),
-                    "ip_hash_prefix applies only to strategy = \"ip_hash\"",
-                ))
-            }
             Some(prefix) if !(1..=32).contains(prefix.get_ref()) => {
                 return Err(self.err(
                     Some(prefix.span()),

@@ -85,9 +85,9 @@ fn check_names_file_line_and_key_of_each_bad_config() {
             "not an address",
         ),
         (
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[upstream.api]\nstrategy = \"round_robin\"\nhash_key = \"header:x\"\nservers = [{ addr = \"127.0.0.1:1\" }]\n",
-            ":5: upstream.api.hash_key:",
-            "consistent_hash",
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[upstream.api]\nretry_on = [\"error\", \"sometimes\"]\nservers = [{ addr = \"127.0.0.1:1\" }]\n",
+            ":4: upstream.api.retry_on:",
+            "unknown value `sometimes`",
         ),
         (
             "[[listener]]\nlisten = \"127.0.0.1:0\"\n[upstream.api]\nservers = [{ addr = \"127.0.0.1:1\", weight = 0 }]\n",
@@ -107,6 +107,24 @@ fn check_names_file_line_and_key_of_each_bad_config() {
         );
         assert!(stderr.contains(why), "expected `{why}` in: {stderr}");
     }
+}
+
+#[test]
+fn check_accepts_a_key_the_strategy_ignores_with_a_warning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_config(
+        &dir,
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[upstream.api]\nstrategy = \"least_conn\"\nhash_key = \"header:x-user-id\"\nservers = [{ addr = \"127.0.0.1:1\" }]\n",
+    );
+    let (ok, stderr) = check(&path);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: config file {}:5: upstream.api.hash_key:",
+            path.display()
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -158,6 +158,14 @@ async fn least_conn_balances_idle_servers_evenly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_shares_idle_servers_by_weight() {
+    let (_backends, proxy) = three_weighted("least_conn").await;
+    // Sequential requests always find every server idle: ties go weighted round robin, as in nginx.
+    let counts = spread(&proxy, 600, 1).await;
+    assert_proportions(&counts, &[("a", 3), ("b", 2), ("c", 1)], 600, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_hash_pins_each_client_address_and_spreads_clients() {
     let backends = [named("a").await, named("b").await, named("c").await];
     let proxy = TestProxy::start(&one_pool(&format!(
