@@ -19,12 +19,12 @@ const _: () = assert!((SCALE << POSITION_BITS) <= 1 << 40);
 ///
 /// Each server becomes one `u64` key: `load * (SCALE / weight)` in the high bits and its position in the
 /// rotated order in the low bits, so the minimum key is the least loaded server per unit of weight, the
-/// earliest in rotated order on ties, found with a branch-free `min`. States and inverse weights are flat
-/// arrays built with the snapshot, so a scan reads one pointer and one atomic word per server.
+/// earliest in rotated order on ties, found with a branch-free `min`. States and inverse weights sit side by
+/// side in one flat array built with the snapshot, so a scan reads one slot and one atomic word per server.
 #[derive(Debug)]
 pub struct LeastConn {
-    states: Vec<Arc<ServerState>>,
-    shifted_inverse_weights: Vec<u64>,
+    /// Each server's live state and `(SCALE / weight) << POSITION_BITS`, side by side.
+    slots: Vec<(Arc<ServerState>, u64)>,
     /// Where each turn's scan starts: the smooth weighted round-robin sequence of the servers.
     starts: Vec<u32>,
     next: AtomicUsize,
@@ -38,10 +38,12 @@ impl LeastConn {
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
         let starts = smooth_weighted_sequence(&weights);
         Self {
-            states: servers.iter().map(|s| Arc::clone(&s.state)).collect(),
-            shifted_inverse_weights: servers
+            slots: servers
                 .iter()
-                .map(|s| (SCALE / u64::from(s.weight.max(1))) << POSITION_BITS)
+                .map(|s| {
+                    let inverse_weight = (SCALE / u64::from(s.weight.max(1))) << POSITION_BITS;
+                    (Arc::clone(&s.state), inverse_weight)
+                })
                 .collect(),
             next: AtomicUsize::new(0),
             fastmod: (u64::MAX / starts.len().max(1) as u64).wrapping_add(1),
@@ -67,8 +69,7 @@ impl LeastConn {
         mut best: u64,
     ) -> u64 {
         let offset = range.start;
-        let states = &self.states[range.clone()];
-        let inverse_weights = &self.shifted_inverse_weights[range];
+        let slots = &self.slots[range];
         let key = |position: u64, state: &ServerState, inverse_weight: u64, tried_index: usize| {
             match state.in_flight_if_selectable(ctx.now_ms) {
                 Some(_) if CHECK_TRIED && ctx.tried.contains(&tried_index) => u64::MAX,
@@ -79,21 +80,22 @@ impl LeastConn {
         // Two running minimums over alternate servers halve the compare-and-select chain that bounds the
         // scan; keys carry their position, so `min` of the two keeps the earliest server on ties.
         let mut odd = u64::MAX;
-        let pairs = states.chunks_exact(2).zip(inverse_weights.chunks_exact(2));
-        for (pair, (state, weight)) in pairs.enumerate() {
+        for (pair, two) in slots.chunks_exact(2).enumerate() {
             let k = pair * 2;
             let position = first_position + k as u64;
-            best = best.min(key(position, &state[0], weight[0], offset + k));
-            odd = odd.min(key(position + 1, &state[1], weight[1], offset + k + 1));
+            best = best.min(key(position, &two[0].0, two[0].1, offset + k));
+            odd = odd.min(key(position + 1, &two[1].0, two[1].1, offset + k + 1));
         }
-        if states.len() % 2 == 1 {
-            let k = states.len() - 1;
-            best = best.min(key(
-                first_position + k as u64,
-                &states[k],
-                inverse_weights[k],
-                offset + k,
-            ));
+        if let [.., (state, inverse_weight)] = slots {
+            if slots.len() % 2 == 1 {
+                let k = slots.len() - 1;
+                best = best.min(key(
+                    first_position + k as u64,
+                    state,
+                    *inverse_weight,
+                    offset + k,
+                ));
+            }
         }
         best = best.min(odd);
         best
@@ -104,7 +106,7 @@ impl LeastConn {
         start: usize,
         ctx: &PickContext<'_>,
     ) -> Option<usize> {
-        let n = self.states.len();
+        let n = self.slots.len();
         let first = self.scan::<CHECK_TRIED>(start..n, 0, ctx, u64::MAX);
         let best = self.scan::<CHECK_TRIED>(0..start, (n - start) as u64, ctx, first);
         if best == u64::MAX {
@@ -118,7 +120,7 @@ impl LeastConn {
 
 impl Balancer for LeastConn {
     fn pick(&self, servers: &[Server], ctx: &PickContext<'_>) -> Option<usize> {
-        let n = self.states.len();
+        let n = self.slots.len();
         if n == 0 || n != servers.len() {
             return None;
         }

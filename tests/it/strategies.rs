@@ -67,6 +67,16 @@ async fn three_weighted(strategy: &str) -> (Vec<fulcrum::demo::Backend>, TestPro
     (backends, TestProxy::start(&config).await)
 }
 
+/// Backends a, b, c with equal weights behind `strategy`, plus `extra` upstream keys.
+async fn three_equal(strategy: &str, extra: &str) -> (Vec<fulcrum::demo::Backend>, TestProxy) {
+    let backends = vec![named("a").await, named("b").await, named("c").await];
+    let config = one_pool(&format!(
+        "strategy = \"{strategy}\"\n{extra}\n{}",
+        servers(&backends.iter().map(|b| (b.addr(), 1)).collect::<Vec<_>>())
+    ));
+    (backends, TestProxy::start(&config).await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_follows_weights_3_2_1() {
     let (_backends, proxy) = three_weighted("round_robin").await;
@@ -143,12 +153,7 @@ async fn least_conn_prefers_idle_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_balances_idle_servers_evenly() {
-    let backends = [named("a").await, named("b").await, named("c").await];
-    let proxy = TestProxy::start(&one_pool(&format!(
-        "strategy = \"least_conn\"\n{}",
-        servers(&backends.iter().map(|b| (b.addr(), 1)).collect::<Vec<_>>())
-    )))
-    .await;
+    let (_backends, proxy) = three_equal("least_conn", "").await;
     let counts = spread(&proxy, 300, 1).await;
     // Sequential requests always see ties; ties rotate.
     assert_eq!(
@@ -167,12 +172,7 @@ async fn least_conn_shares_idle_servers_by_weight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_hash_pins_each_client_address_and_spreads_clients() {
-    let backends = [named("a").await, named("b").await, named("c").await];
-    let proxy = TestProxy::start(&one_pool(&format!(
-        "strategy = \"ip_hash\"\n{}",
-        servers(&backends.iter().map(|b| (b.addr(), 1)).collect::<Vec<_>>())
-    )))
-    .await;
+    let (_backends, proxy) = three_equal("ip_hash", "").await;
     let mut server_of_client = HashMap::new();
     for last_octet in 2..=31u8 {
         let source: IpAddr = [127, 0, 0, last_octet].into();
@@ -197,12 +197,7 @@ async fn ip_hash_pins_each_client_address_and_spreads_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_hash_prefix_24_groups_a_subnet() {
-    let backends = [named("a").await, named("b").await, named("c").await];
-    let proxy = TestProxy::start(&one_pool(&format!(
-        "strategy = \"ip_hash\"\nip_hash_prefix = 24\n{}",
-        servers(&backends.iter().map(|b| (b.addr(), 1)).collect::<Vec<_>>())
-    )))
-    .await;
+    let (_backends, proxy) = three_equal("ip_hash", "ip_hash_prefix = 24").await;
     let mut names = Vec::new();
     for last_octet in 2..=21u8 {
         let client = TestClient::bound_to(Some([127, 0, 0, last_octet].into()));
@@ -280,12 +275,7 @@ async fn consistent_hash_spreads_keys_and_keeps_them_when_a_server_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_without_the_key_falls_back_to_round_robin() {
-    let backends = [named("a").await, named("b").await, named("c").await];
-    let proxy = TestProxy::start(&one_pool(&format!(
-        "strategy = \"consistent_hash\"\nhash_key = \"cookie:sid\"\n{}",
-        servers(&backends.iter().map(|b| (b.addr(), 1)).collect::<Vec<_>>())
-    )))
-    .await;
+    let (_backends, proxy) = three_equal("consistent_hash", "hash_key = \"cookie:sid\"").await;
     let counts = spread(&proxy, 30, 1).await;
     assert_eq!(
         counts.values().copied().collect::<Vec<_>>(),
