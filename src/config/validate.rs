@@ -39,6 +39,14 @@ fn full_key(path: &str) -> String {
     path.replace(".$__serde_spanned_private_value", "")
 }
 
+/// `ip:port`, or `host:port` resolved now (as nginx resolves `listen localhost:8080` at start).
+fn listen_addr(text: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(text).ok()?.next()
+}
+
 struct Validator<'a> {
     path: &'a Path,
     source: &'a str,
@@ -100,7 +108,7 @@ impl Validator<'_> {
         let mut out = Vec::with_capacity(files.len());
         for (i, file) in files.iter().enumerate() {
             let key = format!("listener[{i}].listen");
-            let listen: SocketAddr = file.listen.get_ref().parse().map_err(|_| {
+            let listen = listen_addr(file.listen.get_ref()).ok_or_else(|| {
                 self.err(
                     Some(file.listen.span()),
                     &key,
