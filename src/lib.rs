@@ -9,6 +9,7 @@ pub mod balance;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

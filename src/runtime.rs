@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::proxy::client::{build_client, ClientSettings, UpstreamClient};
@@ -17,6 +18,8 @@ pub struct Runtime {
     snapshot: ArcSwap<Snapshot>,
     registry: Registry,
     clients: Mutex<HashMap<ClientSettings, UpstreamClient>>,
+    /// Bumped on every publish, so background tasks (the health checker) follow new snapshots.
+    published: watch::Sender<u64>,
 }
 
 impl Runtime {
@@ -24,19 +27,21 @@ impl Runtime {
     pub fn new(config: Config) -> Arc<Runtime> {
         let registry = Registry::default();
         let clients = Mutex::new(HashMap::new());
-        let snapshot = Self::build(Arc::new(config), &registry, &clients);
+        let snapshot = Self::build(Arc::new(config), &registry, &clients, true);
         Arc::new(Runtime {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             clients,
+            published: watch::Sender::new(0),
         })
     }
 
     /// Builds a snapshot for `config` and publishes it with one atomic swap; requests already running keep
     /// the snapshot they started with.
     pub fn apply(&self, config: Config) {
-        let snapshot = Self::build(Arc::new(config), &self.registry, &self.clients);
+        let snapshot = Self::build(Arc::new(config), &self.registry, &self.clients, false);
         self.snapshot.store(Arc::new(snapshot));
+        self.published.send_modify(|generation| *generation += 1);
     }
 
     /// The current snapshot (load once per request).
@@ -45,17 +50,28 @@ impl Runtime {
         self.snapshot.load_full()
     }
 
+    /// A receiver that changes whenever a new snapshot is published.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
     fn build(
         config: Arc<Config>,
         registry: &Registry,
         clients: &Mutex<HashMap<ClientSettings, UpstreamClient>>,
+        first: bool,
     ) -> Snapshot {
-        Snapshot::build(config, registry, |settings| {
-            clients
-                .lock()
-                .entry(settings)
-                .or_insert_with(|| build_client(settings))
-                .clone()
-        })
+        Snapshot::build(
+            config,
+            registry,
+            |settings| {
+                clients
+                    .lock()
+                    .entry(settings)
+                    .or_insert_with(|| build_client(settings))
+                    .clone()
+            },
+            first,
+        )
     }
 }

@@ -4,7 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balance::{self, Balancer, BalancerOptions, PickContext};
-use crate::config::{Config, HashKey, RetryOn, Strategy, UpstreamConfig};
+use crate::clock::now_ms;
+use crate::config::{
+    AllUnhealthy, Config, HashKey, HealthCheckConfig, RetryOn, Strategy, UpstreamConfig,
+};
+use crate::health;
 use crate::proxy::client::{ClientSettings, UpstreamClient};
 use crate::proxy::router::Router;
 use crate::upstream::{Registry, Server};
@@ -39,6 +43,14 @@ pub struct Pool {
     pub retry_on: RetryOn,
     /// The pooled client for this pool's connect settings.
     pub client: UpstreamClient,
+    /// Active probes, when configured.
+    pub health_check: Option<Arc<HealthCheckConfig>>,
+    /// What to do when no server can be picked; `None` answers 502 (nginx).
+    pub all_unhealthy: Option<AllUnhealthy>,
+    /// Slow-start ramp for recovered and added servers, in ms (0 = off; hash strategies never ramp).
+    pub slow_start_ms: u64,
+    /// Servers with `drain = true`: no new requests, listed for status.
+    pub drained: Vec<Server>,
 }
 
 /// Servers of one kind (primary or backup) and their balancer.
@@ -86,20 +98,30 @@ impl Tier {
         }
         None
     }
+
+    /// Fail-open pick: any server not drained and not yet tried, health ignored, in rotation.
+    pub fn pick_any(&self, turn: usize, tried: &[usize]) -> Option<usize> {
+        let n = self.servers.len();
+        (0..n)
+            .map(|step| (turn + step) % n.max(1))
+            .find(|&i| !tried.contains(&i) && !self.servers[i].state.is_drained())
+    }
 }
 
 impl Snapshot {
     /// Builds a snapshot; `client_for` hands out pooled clients so pools stay warm across snapshots.
+    /// `first` is the runtime's first snapshot: servers it adds are not slow-started.
     pub fn build(
         config: Arc<Config>,
         registry: &Registry,
         client_for: impl Fn(ClientSettings) -> UpstreamClient,
+        first: bool,
     ) -> Snapshot {
         let names: Vec<&String> = config.upstreams.keys().collect();
         let pools = config
             .upstreams
             .values()
-            .map(|upstream| build_pool(upstream, registry, &client_for))
+            .map(|upstream| build_pool(upstream, registry, &client_for, first))
             .collect();
         let router = Router::new(
             &config.routes,
@@ -118,16 +140,29 @@ fn build_pool(
     upstream: &UpstreamConfig,
     registry: &Registry,
     client_for: &impl Fn(ClientSettings) -> UpstreamClient,
+    first: bool,
 ) -> Pool {
     // nginx: with a single server, max_fails and fail_timeout are ignored; it is never marked down.
     let single = upstream.servers.len() == 1;
-    let server = |config: &crate::config::ServerConfig| Server {
-        addr: config.addr.clone(),
-        weight: config.weight,
-        max_fails: if single { 0 } else { config.max_fails },
-        fail_timeout_ms: u64::try_from(config.fail_timeout.as_millis()).unwrap_or(u64::MAX),
-        backup: config.backup,
-        state: registry.state_for(config.addr.as_str()),
+    let slow_start_ms = match upstream.strategy {
+        Strategy::RoundRobin | Strategy::Weighted | Strategy::LeastConn => millis(upstream.slow_start),
+        Strategy::IpHash | Strategy::ConsistentHash => 0,
+    };
+    let now = now_ms();
+    let server = |config: &crate::config::ServerConfig| {
+        let (state, is_new) = registry.state_for(config.addr.as_str());
+        health::prepare_state(&state, upstream.health_check.as_ref(), is_new);
+        if is_new && !first {
+            state.begin_slow_start(now, slow_start_ms);
+        }
+        Server {
+            addr: config.addr.clone(),
+            weight: config.weight,
+            max_fails: if single { 0 } else { config.max_fails },
+            fail_timeout_ms: millis(config.fail_timeout),
+            backup: config.backup,
+            state,
+        }
     };
     let options = BalancerOptions {
         ip_hash_prefix: upstream.ip_hash_prefix,
@@ -136,18 +171,17 @@ fn build_pool(
         balancer: balance::build(upstream.strategy, &servers, options),
         servers,
     };
-    let primaries: Vec<Server> = upstream
-        .servers
-        .iter()
-        .filter(|s| !s.backup)
-        .map(server)
-        .collect();
-    let backups: Vec<Server> = upstream
-        .servers
-        .iter()
-        .filter(|s| s.backup)
-        .map(server)
-        .collect();
+    let serving = |backup: bool| -> Vec<Server> {
+        upstream
+            .servers
+            .iter()
+            .filter(|s| s.backup == backup && !s.drain)
+            .map(server)
+            .collect()
+    };
+    let primaries = serving(false);
+    let backups = serving(true);
+    let drained: Vec<Server> = upstream.servers.iter().filter(|s| s.drain).map(server).collect();
     let total = primaries.len() + backups.len();
     let retries = upstream
         .retries
@@ -166,5 +200,15 @@ fn build_pool(
             keepalive_timeout: upstream.keepalive_timeout,
             keepalive: upstream.keepalive,
         }),
+        health_check: upstream.health_check.clone().map(Arc::new),
+        all_unhealthy: upstream
+            .all_unhealthy
+            .or(upstream.health_check.as_ref().map(|_| AllUnhealthy::FailClosed)),
+        slow_start_ms,
+        drained,
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -79,7 +79,51 @@ pub struct UpstreamFile {
     pub retry_on: Option<Spanned<Vec<String>>>,
     pub keepalive_timeout: Option<ConfigDuration>,
     pub keepalive: Option<usize>,
+    pub slow_start: Option<ConfigDuration>,
+    pub all_unhealthy: Option<AllUnhealthy>,
+    pub start_unhealthy: Option<bool>,
+    pub health_check: Option<HealthCheckFile>,
     pub servers: Spanned<Vec<ServerFile>>,
+}
+
+/// What a pool does when no server is healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllUnhealthy {
+    /// Answer 503 with `Retry-After`.
+    FailClosed,
+    /// Send to every server anyway (Envoy's panic mode).
+    FailOpen,
+}
+
+/// The kinds of active probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// An HTTP GET whose status (and optionally body) is checked.
+    #[default]
+    Http,
+    /// A TCP connect.
+    Tcp,
+}
+
+/// `[upstream.NAME.health_check]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    #[serde(rename = "type")]
+    pub kind: Option<ProbeKind>,
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<ConfigDuration>>,
+    pub timeout: Option<Spanned<ConfigDuration>>,
+    pub max_fails: Option<Spanned<u32>>,
+    pub passes: Option<Spanned<u32>>,
+    pub expected_status: Option<Spanned<String>>,
+    pub expect_body: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub start_unhealthy: Option<bool>,
+    pub concurrency: Option<Spanned<usize>>,
 }
 
 /// One entry of an upstream's `servers`.
@@ -92,4 +136,6 @@ pub struct ServerFile {
     pub fail_timeout: Option<ConfigDuration>,
     #[serde(default)]
     pub backup: bool,
+    #[serde(default)]
+    pub drain: bool,
 }

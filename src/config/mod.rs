@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use error::ConfigError;
-pub use file::Strategy;
+pub use file::{AllUnhealthy, ProbeKind, Strategy};
 pub use values::HashKey;
 
 /// A validated config, ready to build a snapshot from.
@@ -154,8 +154,52 @@ pub struct UpstreamConfig {
     pub keepalive_timeout: Duration,
     /// Idle pooled connections kept per server.
     pub keepalive: usize,
+    /// Ramp a recovered or newly added server from a small share to its full weight over this (0 = off).
+    pub slow_start: Duration,
+    /// What to do when no server is healthy; unset means `fail_closed` with health checks, else a 502.
+    pub all_unhealthy: Option<AllUnhealthy>,
+    /// Active probes, when configured.
+    pub health_check: Option<HealthCheckConfig>,
     /// The servers, primaries and backups, in file order.
     pub servers: Vec<ServerConfig>,
+}
+
+/// `[upstream.NAME.health_check]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// HTTP GET or TCP connect.
+    pub kind: ProbeKind,
+    /// Path of the HTTP probe.
+    pub path: String,
+    /// Time between two probes of one server.
+    pub interval: Duration,
+    /// Time a probe may take.
+    pub timeout: Duration,
+    /// Consecutive failed probes that make a server unhealthy (HAProxy `fall`).
+    pub max_fails: u32,
+    /// Consecutive good probes that make it healthy again (HAProxy `rise`).
+    pub passes: u32,
+    /// Status ranges that count as good, inclusive.
+    pub expected_status: Vec<(u16, u16)>,
+    /// Text the body must contain, if set.
+    pub expect_body: Option<String>,
+    /// Host header of the probe; default the server's address.
+    pub host: Option<String>,
+    /// Port to probe instead of the traffic port.
+    pub port: Option<u16>,
+    /// New servers wait for `passes` good probes before taking traffic.
+    pub start_unhealthy: bool,
+    /// Probes of this pool in flight at once, at most.
+    pub concurrency: usize,
+}
+
+impl HealthCheckConfig {
+    /// Whether a probe answer with this status is good.
+    pub fn status_ok(&self, status: u16) -> bool {
+        self.expected_status
+            .iter()
+            .any(|&(low, high)| (low..=high).contains(&status))
+    }
 }
 
 /// One upstream server.
@@ -171,6 +215,8 @@ pub struct ServerConfig {
     pub fail_timeout: Duration,
     /// Used only when every primary server is down.
     pub backup: bool,
+    /// Gets no new requests (rolling deploys); its in-flight requests finish.
+    pub drain: bool,
 }
 
 impl Config {

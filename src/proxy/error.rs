@@ -14,6 +14,12 @@ pub enum ProxyError {
     /// Every server of the pool (and its backups) is down or already tried.
     #[error("no upstream server available")]
     NoServer,
+    /// Every server is unhealthy and the pool fails closed.
+    #[error("no healthy upstream server")]
+    NoHealthyServer {
+        /// Seconds the client should wait before trying again.
+        retry_after: u64,
+    },
     /// The TCP connection to the server failed.
     #[error("cannot connect to upstream: {0}")]
     Connect(String),
@@ -35,6 +41,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -13,7 +13,7 @@ use super::body::{BodySlot, RequestBody, UpstreamBody};
 use super::error::ProxyError;
 use crate::balance::PickContext;
 use crate::clock::now_ms;
-use crate::config::RetryOn;
+use crate::config::{AllUnhealthy, RetryOn};
 use crate::snapshot::{Pool, TierKind};
 use crate::upstream::{Server, Transition};
 
@@ -78,7 +78,8 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                 .as_ref()
                 .and_then(|tier| tier.pick(base, &mut tried_backup))
                 .map(|index| (TierKind::Backup, index)),
-        };
+        }
+        .or_else(|| fail_open_pick(pool, last.is_none(), attempt, &tried_primary));
         let Some((kind, index)) = picked else {
             break;
         };
@@ -138,11 +139,36 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
     match last {
         Some(Outcome::Answered(response)) => Ok(response),
         Some(Outcome::Failed(error)) => Err(error),
+        None if pool.all_unhealthy == Some(AllUnhealthy::FailClosed) => {
+            error!(pool = %pool.name, "no healthy upstream server: answering 503 (all_unhealthy = fail_closed)");
+            let retry_after = pool
+                .health_check
+                .as_ref()
+                .map_or(1, |check| check.interval.as_secs_f64().ceil().max(1.0) as u64);
+            Err(ProxyError::NoHealthyServer { retry_after })
+        }
         None => {
             error!(pool = %pool.name, "no upstream server available: every server and backup is down or was tried");
             Err(ProxyError::NoServer)
         }
     }
+}
+
+/// With `all_unhealthy = "fail_open"`, a request that found no healthy server at all goes to any primary
+/// server anyway (Envoy's panic mode); a request that already tried servers does not start over.
+fn fail_open_pick(
+    pool: &Pool,
+    nothing_tried_yet: bool,
+    turn: usize,
+    tried: &[usize],
+) -> Option<(TierKind, usize)> {
+    if pool.all_unhealthy != Some(AllUnhealthy::FailOpen) || !nothing_tried_yet {
+        return None;
+    }
+    let turn = turn + fastrand::usize(..pool.primary.servers.len().max(1));
+    let index = pool.primary.pick_any(turn, tried)?;
+    warn!(pool = %pool.name, server = %pool.primary.servers[index].addr, "no healthy server: failing open");
+    Some((TierKind::Primary, index))
 }
 
 fn build_request(
@@ -173,7 +199,10 @@ fn note_transition(pool: &Pool, server: &Server, transition: Transition) {
             fail_timeout_ms = server.fail_timeout_ms,
             "server marked down after max_fails failures"
         ),
-        Transition::Up => info!(pool = %pool.name, server = %server.addr, "server back up"),
+        Transition::Up => {
+            server.state.begin_slow_start(now_ms(), pool.slow_start_ms);
+            info!(pool = %pool.name, server = %server.addr, "server back up");
+        }
         Transition::None => {}
     }
 }

@@ -172,6 +172,11 @@ fn local_answer(error: &ProxyError) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if let ProxyError::NoHealthyServer { retry_after } = error {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+    }
     response
 }
 
@@ -184,5 +189,6 @@ fn public_reason(error: &ProxyError) -> &'static str {
         ProxyError::Connect(_) => "cannot connect to the upstream server",
         ProxyError::Upstream(_) => "the upstream server failed to answer",
         ProxyError::Timeout => "the upstream server did not answer in time",
+        ProxyError::NoHealthyServer { .. } => "no healthy upstream server",
     }
 }

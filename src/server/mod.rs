@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::health;
 use crate::proxy::ProxyService;
 use crate::runtime::Runtime;
 
@@ -86,6 +87,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, BindError> {
             shutdown_timeout,
         ));
     }
+    tasks.spawn(health::run_checker(Arc::clone(&runtime), stop.subscribe()));
     Ok(RunningProxy {
         listeners,
         runtime,

@@ -15,17 +15,17 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The live state for `addr`, creating it if no snapshot holds one.
-    pub fn state_for(&self, addr: &str) -> Arc<ServerState> {
+    /// The live state for `addr`, and whether it was just created (no snapshot held one).
+    pub fn state_for(&self, addr: &str) -> (Arc<ServerState>, bool) {
         let key = addr.to_ascii_lowercase();
         let mut states = self.states.lock();
         if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
-            return state;
+            return (state, false);
         }
         states.retain(|_, weak| weak.strong_count() > 0);
         let state = Arc::new(ServerState::default());
         states.insert(key, Arc::downgrade(&state));
-        state
+        (state, true)
     }
 }
 
@@ -36,11 +36,13 @@ mod tests {
     #[test]
     fn same_address_shares_state_while_held() {
         let registry = Registry::default();
-        let a = registry.state_for("127.0.0.1:1");
-        let b = registry.state_for("127.0.0.1:1");
+        let (a, a_new) = registry.state_for("127.0.0.1:1");
+        let (b, b_new) = registry.state_for("127.0.0.1:1");
         assert!(Arc::ptr_eq(&a, &b));
+        assert!(a_new && !b_new);
         drop((a, b));
-        let c = registry.state_for("127.0.0.1:1");
+        let (c, c_new) = registry.state_for("127.0.0.1:1");
+        assert!(c_new);
         assert_eq!(Arc::strong_count(&c), 1);
     }
 }

@@ -1,0 +1,157 @@
+//! Active health checks: one background checker owned by the running proxy probes every server of every
+//! pool that has a `health_check`, spread over the interval and bounded per pool, and flips a server's
+//! health only when its rise/fall counter says so.
+
+mod probe;
+mod rise_fall;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+pub use probe::{probe, ProbeResult};
+pub use rise_fall::{Flip, ProbeCounter};
+
+use crate::clock::now_ms;
+use crate::config::HealthCheckConfig;
+use crate::runtime::Runtime;
+use crate::snapshot::Snapshot;
+use crate::upstream::ServerState;
+
+/// One server to probe, as the current snapshot describes it.
+struct Target {
+    pool: String,
+    server: String,
+    host: String,
+    port: u16,
+    state: Arc<ServerState>,
+    check: Arc<HealthCheckConfig>,
+    slow_start_ms: u64,
+    limit: Arc<Semaphore>,
+}
+
+/// Runs until `stop` fires; restarts its probe loops whenever a new snapshot is published (the counters
+/// live in the servers' state, so nothing is lost).
+pub async fn run_checker(runtime: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
+    let mut published = runtime.subscribe();
+    loop {
+        let mut probes = JoinSet::new();
+        for target in targets(&runtime.snapshot()) {
+            probes.spawn(probe_loop(target));
+        }
+        tokio::select! {
+            _ = stop.changed() => {
+                probes.shutdown().await;
+                return;
+            }
+            changed = published.changed() => {
+                probes.shutdown().await;
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn targets(snapshot: &Snapshot) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for pool in &snapshot.pools {
+        let Some(check) = &pool.health_check else {
+            continue;
+        };
+        let limit = Arc::new(Semaphore::new(check.concurrency));
+        let servers = pool
+            .primary
+            .servers
+            .iter()
+            .chain(pool.backup.iter().flat_map(|tier| tier.servers.iter()));
+        for server in servers {
+            targets.push(Target {
+                pool: pool.name.clone(),
+                server: server.addr.to_string(),
+                host: server.addr.host().to_string(),
+                port: check.port.or(server.addr.port_u16()).unwrap_or(80),
+                state: Arc::clone(&server.state),
+                check: Arc::clone(check),
+                slow_start_ms: pool.slow_start_ms,
+                limit: Arc::clone(&limit),
+            });
+        }
+    }
+    targets
+}
+
+/// Spreads first probes over the interval so a thousand servers are not probed in one burst, then probes
+/// every interval with a little jitter.
+async fn probe_loop(target: Target) {
+    let interval = target.check.interval;
+    tokio::time::sleep(jittered(interval, 1.0)).await;
+    loop {
+        let result = {
+            let Ok(_permit) = target.limit.acquire().await else {
+                return;
+            };
+            probe(&target.host, target.port, &target.check).await
+        };
+        record(&target, &result);
+        // Within 5% of the interval either way, so probes started together drift apart.
+        tokio::time::sleep(interval.mul_f64(0.95) + jittered(interval, 0.1)).await;
+    }
+}
+
+/// A random duration in `[0, interval * share)`.
+fn jittered(interval: Duration, share: f64) -> Duration {
+    interval.mul_f64(share * fastrand::f64())
+}
+
+fn record(target: &Target, result: &ProbeResult) {
+    let check = &target.check;
+    let before = ProbeCounter::unpack(target.state.probe_counter());
+    let (after, flip) = before.observe(result.failure.is_none(), check.max_fails, check.passes);
+    target.state.set_probe_counter(after.pack());
+    match flip {
+        Flip::Down => {
+            target.state.set_active_down(true);
+            warn!(
+                pool = %target.pool,
+                server = %target.server,
+                reason = result.failure.as_deref().unwrap_or("probe failed"),
+                consecutive_fails = after.fails,
+                "health check: server unhealthy"
+            );
+        }
+        Flip::Up => {
+            target.state.set_active_down(false);
+            target.state.begin_slow_start(now_ms(), target.slow_start_ms);
+            info!(
+                pool = %target.pool,
+                server = %target.server,
+                consecutive_passes = check.passes,
+                latency_ms = result.latency.as_millis() as u64,
+                "health check: server healthy again"
+            );
+        }
+        Flip::None => {}
+    }
+}
+
+/// How a pool's health-check settings apply to a server's state when a snapshot is built: a new server
+/// with `start_unhealthy` waits for `passes` good probes; a server whose pool has no checks is not held out
+/// by old probe results.
+pub fn prepare_state(state: &ServerState, check: Option<&HealthCheckConfig>, is_new: bool) {
+    match check {
+        Some(check) if is_new && check.start_unhealthy => {
+            state.set_probe_counter(ProbeCounter::starting(true).pack());
+            state.set_active_down(true);
+        }
+        Some(_) => {}
+        None => {
+            state.set_probe_counter(ProbeCounter::default().pack());
+            state.set_active_down(false);
+        }
+    }
+}
