@@ -145,7 +145,9 @@ fn build_pool(
     // nginx: with a single server, max_fails and fail_timeout are ignored; it is never marked down.
     let single = upstream.servers.len() == 1;
     let slow_start_ms = match upstream.strategy {
-        Strategy::RoundRobin | Strategy::Weighted | Strategy::LeastConn => millis(upstream.slow_start),
+        Strategy::RoundRobin | Strategy::Weighted | Strategy::LeastConn => {
+            millis(upstream.slow_start)
+        }
         Strategy::IpHash | Strategy::ConsistentHash => 0,
     };
     let now = now_ms();
@@ -181,7 +183,12 @@ fn build_pool(
     };
     let primaries = serving(false);
     let backups = serving(true);
-    let drained: Vec<Server> = upstream.servers.iter().filter(|s| s.drain).map(server).collect();
+    let drained: Vec<Server> = upstream
+        .servers
+        .iter()
+        .filter(|s| s.drain)
+        .map(server)
+        .collect();
     let total = primaries.len() + backups.len();
     let retries = upstream
         .retries
@@ -201,9 +208,10 @@ fn build_pool(
             keepalive: upstream.keepalive,
         }),
         health_check: upstream.health_check.clone().map(Arc::new),
-        all_unhealthy: upstream
-            .all_unhealthy
-            .or(upstream.health_check.as_ref().map(|_| AllUnhealthy::FailClosed)),
+        all_unhealthy: upstream.all_unhealthy.or(upstream
+            .health_check
+            .as_ref()
+            .map(|_| AllUnhealthy::FailClosed)),
         slow_start_ms,
         drained,
     }

@@ -52,7 +52,8 @@ fn listen_addr(text: &str) -> Option<SocketAddr> {
 
 /// Parses `"200-399"`, `"200"` or `"200, 204, 300-302"` into inclusive ranges of valid HTTP statuses.
 fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
-    let bad = || format!("`{text}` is not a status range; write \"200-399\", \"200\" or \"200, 204\"");
+    let bad =
+        || format!("`{text}` is not a status range; write \"200-399\", \"200\" or \"200, 204\"");
     let mut ranges = Vec::new();
     for part in text.split(',') {
         let (low, high) = match part.trim().split_once('-') {
@@ -354,7 +355,10 @@ impl Validator<'_> {
         upstream_start_unhealthy: Option<bool>,
     ) -> Result<HealthCheckConfig, ConfigError> {
         let key = |k: &str| format!("upstream.{name}.health_check.{k}");
-        let interval = file.interval.as_ref().map_or(Duration::from_secs(5), |d| d.get_ref().0);
+        let interval = file
+            .interval
+            .as_ref()
+            .map_or(Duration::from_secs(5), |d| d.get_ref().0);
         if interval.is_zero() {
             return Err(self.err(
                 file.interval.as_ref().map(|d| d.span()),
@@ -362,7 +366,10 @@ impl Validator<'_> {
                 "must be greater than zero",
             ));
         }
-        let timeout = file.timeout.as_ref().map_or(Duration::from_secs(1), |d| d.get_ref().0);
+        let timeout = file
+            .timeout
+            .as_ref()
+            .map_or(Duration::from_secs(1), |d| d.get_ref().0);
         if timeout.is_zero() || timeout >= interval {
             return Err(self.err(
                 file.timeout
@@ -377,7 +384,9 @@ impl Validator<'_> {
             ));
         }
         let at_least_one = |value: &Option<toml::Spanned<u32>>, k: &str, default: u32| match value {
-            Some(v) if *v.get_ref() == 0 => Err(self.err(Some(v.span()), key(k), "must be at least 1")),
+            Some(v) if *v.get_ref() == 0 => {
+                Err(self.err(Some(v.span()), key(k), "must be at least 1"))
+            }
             Some(v) => Ok(*v.get_ref()),
             None => Ok(default),
         };
@@ -450,5 +459,23 @@ impl Validator<'_> {
             ));
         }
         Ok(RetryOn::from_bits(bits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_ranges_parse() {
+        assert_eq!(parse_status_ranges("200-399"), Ok(vec![(200, 399)]));
+        assert_eq!(parse_status_ranges("200"), Ok(vec![(200, 200)]));
+        assert_eq!(
+            parse_status_ranges("200, 204,300-302"),
+            Ok(vec![(200, 200), (204, 204), (300, 302)])
+        );
+        for bad in ["", "2xx", "399-200", "99", "200-600", "200-"] {
+            assert!(parse_status_ranges(bad).is_err(), "{bad}");
+        }
     }
 }

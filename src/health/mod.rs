@@ -126,7 +126,9 @@ fn record(target: &Target, result: &ProbeResult) {
         }
         Flip::Up => {
             target.state.set_active_down(false);
-            target.state.begin_slow_start(now_ms(), target.slow_start_ms);
+            target
+                .state
+                .begin_slow_start(now_ms(), target.slow_start_ms);
             info!(
                 pool = %target.pool,
                 server = %target.server,

@@ -108,10 +108,17 @@ mod tests {
 
     #[test]
     fn down_after_exactly_max_fails_in_a_row() {
-        let (counter, flips) = run(ProbeCounter::default(), &[false, false, true, false, false, false]);
+        let (counter, flips) = run(
+            ProbeCounter::default(),
+            &[false, false, true, false, false, false],
+        );
         assert!(counter.down);
         assert_eq!(flips.iter().filter(|f| **f == Flip::Down).count(), 1);
-        assert_eq!(flips[5], Flip::Down, "a good probe resets the run of failures");
+        assert_eq!(
+            flips[5],
+            Flip::Down,
+            "a good probe resets the run of failures"
+        );
     }
 
     #[test]
@@ -132,8 +139,16 @@ mod tests {
     fn packs_round_trip() {
         for counter in [
             ProbeCounter::default(),
-            ProbeCounter { down: true, fails: 7, passes: 0 },
-            ProbeCounter { down: false, fails: 0, passes: 12 },
+            ProbeCounter {
+                down: true,
+                fails: 7,
+                passes: 0,
+            },
+            ProbeCounter {
+                down: false,
+                fails: 0,
+                passes: 12,
+            },
         ] {
             assert_eq!(ProbeCounter::unpack(counter.pack()), counter);
         }

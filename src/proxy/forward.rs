@@ -141,10 +141,9 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         Some(Outcome::Failed(error)) => Err(error),
         None if pool.all_unhealthy == Some(AllUnhealthy::FailClosed) => {
             error!(pool = %pool.name, "no healthy upstream server: answering 503 (all_unhealthy = fail_closed)");
-            let retry_after = pool
-                .health_check
-                .as_ref()
-                .map_or(1, |check| check.interval.as_secs_f64().ceil().max(1.0) as u64);
+            let retry_after = pool.health_check.as_ref().map_or(1, |check| {
+                check.interval.as_secs_f64().ceil().max(1.0) as u64
+            });
             Err(ProxyError::NoHealthyServer { retry_after })
         }
         None => {

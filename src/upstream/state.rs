@@ -250,6 +250,10 @@ mod tests {
         assert!((880..=1_120).contains(&admitted), "{admitted}");
         assert!((state.slow_start_share(1_500) - 0.55).abs() < 1e-9);
         assert_eq!(state.slow_start_share(2_000), 1.0);
-        assert_eq!(state.word.load(Ordering::Relaxed) & FLAGS, 0, "the ramp clears its flag");
+        assert_eq!(
+            state.word.load(Ordering::Relaxed) & FLAGS,
+            0,
+            "the ramp clears its flag"
+        );
     }
 }

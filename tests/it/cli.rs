@@ -110,6 +110,60 @@ fn check_names_file_line_and_key_of_each_bad_config() {
 }
 
 #[test]
+fn check_refuses_bad_health_check_values() {
+    let base = "[[listener]]\nlisten = \"127.0.0.1:0\"\n[upstream.api]\nservers = [{ addr = \"127.0.0.1:1\" }]\n[upstream.api.health_check]\n";
+    let cases = [
+        (
+            "interval = \"0s\"\n",
+            ":6: upstream.api.health_check.interval:",
+            "greater than zero",
+        ),
+        (
+            "interval = \"1s\"\ntimeout = \"1s\"\n",
+            ":7: upstream.api.health_check.timeout:",
+            "less than interval",
+        ),
+        (
+            "max_fails = 0\n",
+            ":6: upstream.api.health_check.max_fails:",
+            "at least 1",
+        ),
+        (
+            "passes = 0\n",
+            ":6: upstream.api.health_check.passes:",
+            "at least 1",
+        ),
+        (
+            "expected_status = \"200-99\"\n",
+            ":6: upstream.api.health_check.expected_status:",
+            "not a status range",
+        ),
+        (
+            "expected_status = \"2xx\"\n",
+            ":6: upstream.api.health_check.expected_status:",
+            "not a status range",
+        ),
+        (
+            "type = \"icmp\"\n",
+            ":6: upstream.api.health_check.type:",
+            "unknown variant",
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (lines, place, why) in cases {
+        let path = write_config(&dir, &format!("{base}{lines}"));
+        let (ok, stderr) = check(&path);
+        assert!(!ok, "check accepted:\n{lines}");
+        let expected_prefix = format!("config file {}{place}", path.display());
+        assert!(
+            stderr.starts_with(&expected_prefix),
+            "expected `{expected_prefix}`, got: {stderr}"
+        );
+        assert!(stderr.contains(why), "expected `{why}` in: {stderr}");
+    }
+}
+
+#[test]
 fn check_accepts_a_key_the_strategy_ignores_with_a_warning() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = write_config(

@@ -6,4 +6,5 @@ mod backup_and_failover;
 mod cli;
 mod error_answers;
 mod forwarding;
+mod health;
 mod strategies;
