@@ -442,3 +442,38 @@ async fn killing_one_of_three_under_load_with_probes_gives_zero_failed_gets() {
         "the probes noticed the stopped server"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_state_survives_a_new_snapshot() {
+    let flappy = FlappyBackend::start("flappy").await;
+    let steady = named("steady").await;
+    let config = |weight: u32| {
+        format!(
+            "{}{}",
+            one_pool(&format!(
+                "servers = [{{ addr = \"{}\", weight = {weight} }}, {{ addr = \"{}\" }}]",
+                flappy.backend.addr(),
+                steady.addr()
+            )),
+            check("interval = \"1s\"\ntimeout = \"500ms\"\nmax_fails = 1")
+        )
+    };
+    let proxy = TestProxy::start(&config(1)).await;
+    flappy.healthy.store(false, Ordering::SeqCst);
+    let state = state_of(&proxy, 0);
+    wait_until(Duration::from_secs(5), "the server to go down", || {
+        state.is_active_down()
+    })
+    .await;
+    proxy.apply(&config(5));
+    let after = state_of(&proxy, 0);
+    assert!(Arc::ptr_eq(&state, &after), "same address, same live state");
+    assert!(
+        after.is_active_down(),
+        "still down right after the new snapshot"
+    );
+    let client = TestClient::new();
+    for _ in 0..10 {
+        assert_eq!(client.get(&proxy.url("/")).await.body, "steady");
+    }
+}
