@@ -8,6 +8,7 @@
 pub mod balance;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod health;
 pub mod proxy;

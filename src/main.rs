@@ -32,6 +32,15 @@ enum Command {
         #[arg(short, long, value_name = "PATH")]
         config: PathBuf,
     },
+    /// Validate a config file, then tell the running fulcrum to reload it (SIGHUP, like `nginx -s reload`).
+    Reload {
+        /// Path to the TOML config file.
+        #[arg(short, long, value_name = "PATH")]
+        config: PathBuf,
+        /// Process id to signal; default: the one in the config's `[global] pid_file`.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,7 +67,42 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Reload { config, pid } => match reload(&config, pid) {
+            Ok(pid) => {
+                println!(
+                    "config file {} is valid; reload signal sent to process {pid}",
+                    config.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("fulcrum: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+fn reload(path: &std::path::Path, pid: Option<u32>) -> anyhow::Result<u32> {
+    let config = Config::load(path)?;
+    let pid = match (pid, &config.global.pid_file) {
+        (Some(pid), _) => pid,
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read pid_file {}", file.display()))?
+            .trim()
+            .parse()
+            .with_context(|| format!("pid_file {} holds no process id", file.display()))?,
+        (None, None) => anyhow::bail!(
+            "no --pid given and no [global] pid_file in {}",
+            path.display()
+        ),
+    };
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .context("cannot run kill")?;
+    anyhow::ensure!(status.success(), "cannot signal process {pid}");
+    Ok(pid)
 }
 
 fn init_logging() {
@@ -84,35 +128,6 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(async move {
-        let proxy = fulcrum::start(config).await?;
-        tracing::info!(config = %path.display(), "fulcrum is serving");
-        wait_for_shutdown_signal().await;
-        tracing::info!("shutting down: draining in-flight requests");
-        proxy.shutdown().await;
-        tracing::info!("stopped");
-        Ok(())
-    })
-}
-
-async fn wait_for_shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    runtime.block_on(fulcrum::daemon::run(path, config))?;
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The runtime: the published snapshot, the live server registry and the upstream clients.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -20,6 +21,8 @@ pub struct Runtime {
     clients: Mutex<HashMap<ClientSettings, UpstreamClient>>,
     /// Bumped on every publish, so background tasks (the health checker) follow new snapshots.
     published: watch::Sender<u64>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
 }
 
 impl Runtime {
@@ -33,6 +36,8 @@ impl Runtime {
             registry,
             clients,
             published: watch::Sender::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
         })
     }
 
@@ -48,6 +53,24 @@ impl Runtime {
     #[inline]
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Counts a reload that was applied.
+    pub fn reload_succeeded(&self) {
+        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a reload that was refused (bad file, or a listener that could not be bound).
+    pub fn reload_failed(&self) {
+        self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reloads applied and refused so far.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
     }
 
     /// A receiver that changes whenever a new snapshot is published.

@@ -28,6 +28,8 @@ pub struct GlobalFile {
     pub worker_threads: Option<usize>,
     pub max_body_size: Option<ConfigSize>,
     pub shutdown_timeout: Option<ConfigDuration>,
+    pub watch_config: Option<bool>,
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 /// One `[[listener]]`.
@@ -36,6 +38,8 @@ pub struct GlobalFile {
 pub struct ListenerFile {
     pub name: Option<String>,
     pub listen: Spanned<String>,
+    #[serde(default)]
+    pub reuseport: bool,
 }
 
 /// One `[[route]]`.

@@ -38,6 +38,10 @@ pub struct Global {
     pub max_body_size: u64,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// Reload when the config file changes on disk (SIGHUP always reloads).
+    pub watch_config: bool,
+    /// Where `run` writes its process id, for `fulcrum reload`.
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 /// One address to accept client connections on.
@@ -47,6 +51,8 @@ pub struct ListenerConfig {
     pub name: String,
     /// Address to bind.
     pub listen: SocketAddr,
+    /// SO_REUSEPORT: let a new binary bind the same address during an upgrade.
+    pub reuseport: bool,
 }
 
 /// Which requests go to which upstream.

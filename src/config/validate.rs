@@ -24,7 +24,9 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
     let file: FileConfig = serde_path_to_error::deserialize(toml::Deserializer::new(source))
         .map_err(|e| {
             let key = full_key(&e.path().to_string());
-            ConfigError::at(path, source, e.inner().span(), key, e.inner().message())
+            // toml's messages may span lines; a log line and `check` output keep one line per error.
+            let message = e.inner().message().trim().replace('\n', "; ");
+            ConfigError::at(path, source, e.inner().span(), key, message)
         })?;
     Validator {
         path,
@@ -101,6 +103,8 @@ impl Validator<'_> {
                 .global
                 .shutdown_timeout
                 .map_or(Duration::from_secs(30), |d| d.0),
+            watch_config: file.global.watch_config.unwrap_or(true),
+            pid_file: file.global.pid_file.clone(),
         };
         if file.listeners.is_empty() {
             return Err(self.err(
@@ -156,7 +160,11 @@ impl Validator<'_> {
                     format!("listener name `{name}` is used twice"),
                 ));
             }
-            out.push(ListenerConfig { name, listen });
+            out.push(ListenerConfig {
+                name,
+                listen,
+                reuseport: file.reuseport,
+            });
         }
         Ok(out)
     }

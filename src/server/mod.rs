@@ -1,21 +1,18 @@
-//! Listeners: bind every address, accept connections, serve them with hyper (HTTP/1.1 and h2c), drain on shutdown.
+//! The running proxy: its listeners, the runtime, the background tasks; start, reload and shutdown.
+
+mod listener;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::info;
 
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig};
 use crate::health;
-use crate::proxy::ProxyService;
 use crate::runtime::Runtime;
 
 /// A bound listener.
@@ -27,14 +24,22 @@ pub struct BoundListener {
     pub addr: SocketAddr,
 }
 
-/// A running proxy: its listeners and the handle to stop it.
+/// A listener and the switch that stops it.
+#[derive(Debug)]
+struct ListenerHandle {
+    bound: BoundListener,
+    /// The address as configured (port 0 stays 0), which reloads compare.
+    listen: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// A running proxy: its listeners and the handle to reload or stop it.
 #[derive(Debug)]
 pub struct RunningProxy {
-    listeners: Vec<BoundListener>,
+    listeners: Vec<ListenerHandle>,
     runtime: Arc<Runtime>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    shutdown_timeout: Duration,
 }
 
 /// Error binding a listener.
@@ -50,65 +55,68 @@ pub struct BindError {
     pub source: io::Error,
 }
 
+/// A socket bound for a listener, not yet accepting.
+struct Bound {
+    config: ListenerConfig,
+    addr: SocketAddr,
+    socket: tokio::net::TcpListener,
+}
+
+fn bind_all<'a>(
+    configs: impl Iterator<Item = &'a ListenerConfig>,
+) -> Result<Vec<Bound>, BindError> {
+    configs
+        .map(|config| {
+            let error = |source| BindError {
+                name: config.name.clone(),
+                addr: config.listen,
+                source,
+            };
+            let socket = listener::bind(config.listen, config.reuseport).map_err(error)?;
+            let addr = socket.local_addr().map_err(error)?;
+            Ok(Bound {
+                config: config.clone(),
+                addr,
+                socket,
+            })
+        })
+        .collect()
+}
+
 /// Binds every listener of `config` (all or nothing) and starts serving. Must run inside a tokio runtime.
 pub async fn start(config: Config) -> Result<RunningProxy, BindError> {
-    let mut sockets = Vec::with_capacity(config.listeners.len());
-    for listener in &config.listeners {
-        let socket = TcpListener::bind(listener.listen)
-            .await
-            .map_err(|source| BindError {
-                name: listener.name.clone(),
-                addr: listener.listen,
-                source,
-            })?;
-        let addr = socket.local_addr().map_err(|source| BindError {
-            name: listener.name.clone(),
-            addr: listener.listen,
-            source,
-        })?;
-        sockets.push((listener.name.clone(), addr, socket));
-    }
-    let shutdown_timeout = config.global.shutdown_timeout;
+    let bound = bind_all(config.listeners.iter())?;
     let runtime = Runtime::new(config);
     let (stop, _) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    let mut listeners = Vec::new();
-    for (name, addr, socket) in sockets {
-        info!(listener = %name, %addr, "listening");
-        listeners.push(BoundListener {
-            name: name.clone(),
-            addr,
-        });
-        tasks.spawn(accept_loop(
-            name,
-            socket,
-            Arc::clone(&runtime),
-            stop.subscribe(),
-            shutdown_timeout,
-        ));
-    }
-    tasks.spawn(health::run_checker(Arc::clone(&runtime), stop.subscribe()));
-    Ok(RunningProxy {
-        listeners,
+    let mut proxy = RunningProxy {
+        listeners: Vec::new(),
         runtime,
         stop,
-        tasks,
-        shutdown_timeout,
-    })
+        tasks: JoinSet::new(),
+    };
+    for socket in bound {
+        let handle = proxy.serve(socket);
+        proxy.listeners.push(handle);
+    }
+    proxy.tasks.spawn(health::run_checker(
+        Arc::clone(&proxy.runtime),
+        proxy.stop.subscribe(),
+    ));
+    Ok(proxy)
 }
 
 impl RunningProxy {
     /// The bound listeners, in config order.
-    pub fn listeners(&self) -> &[BoundListener] {
-        &self.listeners
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        self.listeners.iter().map(|l| l.bound.clone()).collect()
     }
 
     /// The address of the listener called `name`.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners
             .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.addr)
+            .find(|l| l.bound.name == name)
+            .map(|l| l.bound.addr)
     }
 
     /// The runtime (snapshot and live state).
@@ -116,10 +124,50 @@ impl RunningProxy {
         &self.runtime
     }
 
+    /// Applies a validated config: binds the listeners it adds first (any failure changes nothing), then
+    /// publishes the new snapshot with one swap, then stops the listeners it removes (their open
+    /// connections finish). A listener whose address is unchanged keeps its socket.
+    pub fn reload(&mut self, config: Config) -> Result<(), BindError> {
+        let mut kept: Vec<Option<ListenerHandle>> = Vec::new();
+        let mut old: Vec<Option<ListenerHandle>> = self.listeners.drain(..).map(Some).collect();
+        let mut to_bind = Vec::new();
+        for (i, wanted) in config.listeners.iter().enumerate() {
+            let same = old
+                .iter_mut()
+                .find(|h| h.as_ref().is_some_and(|h| h.listen == wanted.listen))
+                .and_then(Option::take);
+            if same.is_none() {
+                to_bind.push((i, wanted.clone()));
+            }
+            kept.push(same);
+        }
+        let bound = match bind_all(to_bind.iter().map(|(_, c)| c)) {
+            Ok(bound) => bound,
+            Err(error) => {
+                // Put everything back as it was.
+                self.listeners = kept.into_iter().chain(old).flatten().collect();
+                return Err(error);
+            }
+        };
+        self.runtime.apply(config);
+        for removed in old.into_iter().flatten() {
+            info!(listener = %removed.bound.name, addr = %removed.bound.addr, "listener removed by reload");
+            let _ = removed.stop.send(true);
+        }
+        for ((i, _), socket) in to_bind.into_iter().zip(bound) {
+            kept[i] = Some(self.serve(socket));
+        }
+        self.listeners = kept.into_iter().flatten().collect();
+        Ok(())
+    }
+
     /// Stops accepting, lets in-flight requests finish up to `shutdown_timeout`, then returns.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        let grace = self.shutdown_timeout + Duration::from_secs(1);
+        for handle in &self.listeners {
+            let _ = handle.stop.send(true);
+        }
+        let grace = self.runtime.snapshot().config.global.shutdown_timeout + Duration::from_secs(1);
         let drained = tokio::time::timeout(grace, async {
             while self.tasks.join_next().await.is_some() {}
         })
@@ -128,66 +176,23 @@ impl RunningProxy {
             self.tasks.abort_all();
         }
     }
-}
 
-async fn accept_loop(
-    name: String,
-    socket: TcpListener,
-    runtime: Arc<Runtime>,
-    mut stop: watch::Receiver<bool>,
-    shutdown_timeout: Duration,
-) {
-    let builder = Arc::new(connection_builder());
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = socket.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    serve(stream, peer, &runtime, &builder, &graceful);
-                }
-                Err(error) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(listener = %name, %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+    fn serve(&mut self, bound: Bound) -> ListenerHandle {
+        info!(listener = %bound.config.name, addr = %bound.addr, "listening");
+        let (stop, stopped) = watch::channel(false);
+        self.tasks.spawn(listener::accept_loop(
+            bound.config.name.clone(),
+            bound.socket,
+            Arc::clone(&self.runtime),
+            stopped,
+        ));
+        ListenerHandle {
+            bound: BoundListener {
+                name: bound.config.name,
+                addr: bound.addr,
             },
-            _ = stop.changed() => break,
+            listen: bound.config.listen,
+            stop,
         }
     }
-    drop(socket);
-    info!(listener = %name, open = graceful.count(), "stopped accepting; draining connections");
-    if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!(listener = %name, "shutdown_timeout passed with connections still open; closing them");
-    }
-}
-
-fn connection_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    builder
-}
-
-fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    runtime: &Arc<Runtime>,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
-) {
-    let _ = stream.set_nodelay(true);
-    let service = ProxyService::new(Arc::clone(runtime), peer, "http");
-    let builder = Arc::clone(builder);
-    let watcher = graceful.watcher();
-    tokio::spawn(async move {
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        if let Err(error) = watcher.watch(connection).await {
-            debug!(%peer, %error, "connection ended with an error");
-        }
-    });
 }

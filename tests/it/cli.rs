@@ -1,8 +1,7 @@
 //! The `fulcrum` binary: `check` on good and bad configs, `--version`, and `run` serving real traffic.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -217,26 +216,8 @@ async fn run_serves_traffic_and_exits_0_on_sigterm() {
             b.addr()
         ),
     );
-    let mut child = fulcrum()
-        .args(["run", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fulcrum run");
-    let stderr = child.stderr.take().expect("child stderr");
-    // The log line "listening listener=public addr=127.0.0.1:PORT" tells where it listens.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("fulcrum logs its listening address");
+    let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+    let addr = fulcrum.listener_addr("public");
     let client = TestClient::new();
     let mut names = Vec::new();
     for _ in 0..4 {
@@ -245,21 +226,7 @@ async fn run_serves_traffic_and_exits_0_on_sigterm() {
         names.push(reply.body);
     }
     assert_eq!(names, ["a", "b", "a", "b"]);
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("send SIGTERM");
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll the child") {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "fulcrum did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    fulcrum.signal("TERM");
+    let status = fulcrum.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
 }

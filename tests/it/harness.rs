@@ -246,3 +246,105 @@ impl http_body::Body for ChunkedBody {
         )
     }
 }
+
+/// The release-or-debug `fulcrum` binary running as a child process, stopped (SIGKILL) when dropped.
+pub struct FulcrumProcess {
+    /// The child process.
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every stderr line read so far.
+    pub log: Vec<String>,
+}
+
+impl FulcrumProcess {
+    /// Runs `fulcrum run -c path` with extra environment variables.
+    pub fn spawn(path: &Path, envs: &[(&str, &str)]) -> FulcrumProcess {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"));
+        command
+            .args(["run", "-c"])
+            .arg(path)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start fulcrum run");
+        let stderr = child.stderr.take().expect("child stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        FulcrumProcess {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a log line containing `text` and returns it.
+    pub fn wait_for_line(&mut self, text: &str) -> String {
+        if let Some(line) = self.log.iter().find(|l| l.contains(text)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no log line with `{text}`; log so far: {:#?}", self.log)
+            });
+            self.log.push(line.clone());
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    /// The address the listener called `name` logged.
+    pub fn listener_addr(&mut self, name: &str) -> SocketAddr {
+        let line = self.wait_for_line(&format!("listening listener={name} "));
+        line.split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in `{line}`"))
+    }
+
+    /// Sends a signal (`"TERM"`, `"HUP"`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits (bounded) for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fulcrum did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for FulcrumProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

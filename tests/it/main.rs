@@ -7,4 +7,5 @@ mod cli;
 mod error_answers;
 mod forwarding;
 mod health;
+mod reload;
 mod strategies;

@@ -1,0 +1,142 @@
+//! The `fulcrum run` lifecycle: start, reload on SIGHUP or a change of the config file, drain on SIGTERM
+//! or SIGINT (a second signal, or SIGQUIT, exits at once), and tell systemd about each step.
+
+pub mod systemd;
+mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::server::{self, BindError, RunningProxy};
+use watch::ConfigWatcher;
+
+/// How `run` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Drained and stopped.
+    Graceful,
+    /// A second signal or SIGQUIT: stopped without waiting.
+    Immediate,
+}
+
+/// Why `run` could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A signal handler could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Serves `config` (loaded from `path`) until told to stop.
+pub async fn run(path: PathBuf, config: Config) -> Result<Exit, RunError> {
+    let watch_config = config.global.watch_config;
+    let pid_file = config.global.pid_file.clone();
+    let mut proxy = server::start(config).await?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut quit = signal(SignalKind::quit()).map_err(RunError::Signals)?;
+    if let Some(pid_file) = &pid_file {
+        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            warn!(pid_file = %pid_file.display(), error = %e, "cannot write the pid file");
+        }
+    }
+    let mut watcher = match watch_config.then(|| ConfigWatcher::new(&path)) {
+        Some(Ok(watcher)) => Some(watcher),
+        Some(Err(e)) => {
+            warn!(config = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+            None
+        }
+        None => None,
+    };
+    let mut background = JoinSet::new();
+    if let Some(every) = systemd::watchdog_interval() {
+        background.spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                systemd::notify("WATCHDOG=1");
+            }
+        });
+    }
+    systemd::notify("READY=1\nSTATUS=serving");
+    info!(config = %path.display(), "fulcrum is serving");
+
+    let immediate = loop {
+        tokio::select! {
+            _ = hangup.recv() => reload(&mut proxy, &path, "SIGHUP"),
+            () = changed(&mut watcher) => reload(&mut proxy, &path, "config file changed"),
+            _ = terminate.recv() => break false,
+            _ = interrupt.recv() => break false,
+            _ = quit.recv() => break true,
+        }
+    };
+    background.shutdown().await;
+    systemd::notify("STOPPING=1");
+    if let Some(pid_file) = &pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    if immediate {
+        warn!("SIGQUIT: exiting without draining");
+        return Ok(Exit::Immediate);
+    }
+    info!("shutting down: draining in-flight requests (a second signal exits at once)");
+    tokio::select! {
+        () = proxy.shutdown() => {
+            info!("stopped");
+            Ok(Exit::Graceful)
+        }
+        _ = terminate.recv() => second_signal(),
+        _ = interrupt.recv() => second_signal(),
+        _ = quit.recv() => second_signal(),
+    }
+}
+
+fn second_signal() -> Result<Exit, RunError> {
+    warn!("second signal: exiting without waiting for in-flight requests");
+    Ok(Exit::Immediate)
+}
+
+async fn changed(watcher: &mut Option<ConfigWatcher>) {
+    match watcher {
+        Some(watcher) => watcher.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Loads, validates and applies the config file; a bad file changes nothing and is logged with its file,
+/// line and key.
+pub fn reload(proxy: &mut RunningProxy, path: &Path, trigger: &str) {
+    systemd::notify("RELOADING=1");
+    let runtime = Arc::clone(proxy.runtime());
+    match Config::load(path) {
+        Err(e) => {
+            runtime.reload_failed();
+            error!(trigger, "reload refused, old config keeps serving: {e}");
+        }
+        Ok(config) => {
+            for warning in &config.warnings {
+                warn!("{warning}");
+            }
+            match proxy.reload(config) {
+                Ok(()) => {
+                    runtime.reload_succeeded();
+                    info!(trigger, config = %path.display(), "config reloaded");
+                }
+                Err(e) => {
+                    runtime.reload_failed();
+                    error!(trigger, "reload refused, old config keeps serving: {e}");
+                }
+            }
+        }
+    }
+    systemd::notify("READY=1\nSTATUS=serving");
+}
