@@ -116,6 +116,8 @@ fn init_logging() {
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
+    // Before any thread exists: taking the sockets clears LISTEN_FDS from the environment.
+    let inherited = fulcrum::server::inherited_sockets();
     let config = Config::load(&path)?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -128,6 +130,6 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(fulcrum::daemon::run(path, config))?;
+    runtime.block_on(fulcrum::daemon::run(path, config, inherited))?;
     Ok(())
 }

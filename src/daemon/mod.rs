@@ -35,11 +35,17 @@ pub enum RunError {
     Signals(std::io::Error),
 }
 
-/// Serves `config` (loaded from `path`) until told to stop.
-pub async fn run(path: PathBuf, config: Config) -> Result<Exit, RunError> {
+/// Serves `config` (loaded from `path`) until told to stop, on `inherited` sockets where they match a
+/// listener (see [`server::inherited_sockets`]).
+pub async fn run(
+    path: PathBuf,
+    config: Config,
+    inherited: Vec<std::net::TcpListener>,
+) -> Result<Exit, RunError> {
     let watch_config = config.global.watch_config;
     let pid_file = config.global.pid_file.clone();
-    let mut proxy = server::start(config).await?;
+    let mut proxy = server::start_with(config, inherited).await?;
+    let mut upgrade = signal(SignalKind::user_defined2()).map_err(RunError::Signals)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
@@ -68,11 +74,12 @@ pub async fn run(path: PathBuf, config: Config) -> Result<Exit, RunError> {
         });
     }
     systemd::notify("READY=1\nSTATUS=serving");
-    info!(config = %path.display(), "fulcrum is serving");
+    info!(config = %path.display(), pid = std::process::id(), "fulcrum is serving");
 
     let immediate = loop {
         tokio::select! {
             _ = hangup.recv() => reload(&mut proxy, &path, "SIGHUP"),
+            _ = upgrade.recv() => spawn_upgrade(&proxy, &path),
             () = changed(&mut watcher) => reload(&mut proxy, &path, "config file changed"),
             _ = terminate.recv() => break false,
             _ = interrupt.recv() => break false,
@@ -103,6 +110,25 @@ pub async fn run(path: PathBuf, config: Config) -> Result<Exit, RunError> {
 fn second_signal() -> Result<Exit, RunError> {
     warn!("second signal: exiting without waiting for in-flight requests");
     Ok(Exit::Immediate)
+}
+
+/// SIGUSR2: start the binary at our path (a new version, once replaced on disk) on our listening sockets.
+fn spawn_upgrade(proxy: &RunningProxy, path: &Path) {
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(e) => {
+            error!(error = %e, "upgrade: cannot find this binary's path");
+            return;
+        }
+    };
+    match proxy.spawn_upgrade(&program, path) {
+        Ok(pid) => info!(
+            new_pid = pid,
+            program = %program.display(),
+            "upgrade: started the new process on the same sockets; send SIGTERM to this one once it serves"
+        ),
+        Err(e) => error!(error = %e, "upgrade: cannot start the new process"),
+    }
 }
 
 async fn changed(watcher: &mut Option<ConfigWatcher>) {

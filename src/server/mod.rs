@@ -4,12 +4,13 @@ mod listener;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, ListenerConfig};
 use crate::health;
@@ -31,6 +32,9 @@ struct ListenerHandle {
     /// The address as configured (port 0 stays 0), which reloads compare.
     listen: SocketAddr,
     stop: watch::Sender<bool>,
+    /// A duplicate of the listening socket, handed to a new binary on upgrade; dropped on shutdown so the
+    /// port refuses connections once this process stops accepting.
+    socket: Option<std::os::fd::OwnedFd>,
 }
 
 /// A running proxy: its listeners and the handle to reload or stop it.
@@ -64,6 +68,7 @@ struct Bound {
 
 fn bind_all<'a>(
     configs: impl Iterator<Item = &'a ListenerConfig>,
+    inherited: &mut Vec<std::net::TcpListener>,
 ) -> Result<Vec<Bound>, BindError> {
     configs
         .map(|config| {
@@ -72,7 +77,14 @@ fn bind_all<'a>(
                 addr: config.listen,
                 source,
             };
-            let socket = listener::bind(config.listen, config.reuseport).map_err(error)?;
+            let socket = match take_inherited(inherited, config.listen) {
+                Some(socket) => {
+                    info!(listener = %config.name, addr = %config.listen, "using an inherited socket");
+                    socket.set_nonblocking(true).map_err(error)?;
+                    tokio::net::TcpListener::from_std(socket).map_err(error)?
+                }
+                None => listener::bind(config.listen, config.reuseport).map_err(error)?,
+            };
             let addr = socket.local_addr().map_err(error)?;
             Ok(Bound {
                 config: config.clone(),
@@ -83,9 +95,40 @@ fn bind_all<'a>(
         .collect()
 }
 
+/// The inherited socket listening on `addr`, if any.
+fn take_inherited(
+    inherited: &mut Vec<std::net::TcpListener>,
+    addr: SocketAddr,
+) -> Option<std::net::TcpListener> {
+    let index = inherited
+        .iter()
+        .position(|socket| socket.local_addr().is_ok_and(|local| local == addr))?;
+    Some(inherited.swap_remove(index))
+}
+
+/// Listening sockets handed to this process (systemd socket activation, or an upgrade from an older
+/// fulcrum): `LISTEN_FDS` sockets from fd 3. Call before any thread starts: it clears those variables.
+pub fn inherited_sockets() -> Vec<std::net::TcpListener> {
+    let mut fds = listenfd::ListenFd::from_env();
+    (0..fds.len())
+        .filter_map(|index| fds.take_tcp_listener(index).ok().flatten())
+        .collect()
+}
+
 /// Binds every listener of `config` (all or nothing) and starts serving. Must run inside a tokio runtime.
 pub async fn start(config: Config) -> Result<RunningProxy, BindError> {
-    let bound = bind_all(config.listeners.iter())?;
+    start_with(config, Vec::new()).await
+}
+
+/// Like [`start`], using inherited sockets (see [`inherited_sockets`]) for the addresses they listen on.
+pub async fn start_with(
+    config: Config,
+    mut inherited: Vec<std::net::TcpListener>,
+) -> Result<RunningProxy, BindError> {
+    let bound = bind_all(config.listeners.iter(), &mut inherited)?;
+    for unused in inherited {
+        warn!(addr = ?unused.local_addr().ok(), "an inherited socket matches no listener; closing it");
+    }
     let runtime = Runtime::new(config);
     let (stop, _) = watch::channel(false);
     let mut proxy = RunningProxy {
@@ -141,7 +184,7 @@ impl RunningProxy {
             }
             kept.push(same);
         }
-        let bound = match bind_all(to_bind.iter().map(|(_, c)| c)) {
+        let bound = match bind_all(to_bind.iter().map(|(_, c)| c), &mut Vec::new()) {
             Ok(bound) => bound,
             Err(error) => {
                 // Put everything back as it was.
@@ -161,10 +204,42 @@ impl RunningProxy {
         Ok(())
     }
 
+    /// Starts `program run -c config` with this process's listening sockets (fd 3 onwards, `LISTEN_FDS`),
+    /// so the new process accepts on the same sockets; stop this one afterwards and no connection is
+    /// refused. Returns the new process id.
+    pub fn spawn_upgrade(&self, program: &Path, config: &Path) -> io::Result<u32> {
+        use command_fds::{CommandFdExt, FdMapping};
+        let mut mappings = Vec::new();
+        for (offset, handle) in self.listeners.iter().enumerate() {
+            let Some(socket) = &handle.socket else {
+                continue;
+            };
+            mappings.push(FdMapping {
+                parent_fd: socket.try_clone()?,
+                child_fd: 3 + offset as i32,
+            });
+        }
+        let count = mappings.len();
+        let mut command = std::process::Command::new(program);
+        command
+            .arg("run")
+            .arg("-c")
+            .arg(config)
+            .env("LISTEN_FDS", count.to_string())
+            .env_remove("LISTEN_PID")
+            .env_remove("NOTIFY_SOCKET");
+        command
+            .fd_mappings(mappings)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let child = command.spawn()?;
+        Ok(child.id())
+    }
+
     /// Stops accepting, lets in-flight requests finish up to `shutdown_timeout`, then returns.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        for handle in &self.listeners {
+        for handle in &mut self.listeners {
+            handle.socket = None;
             let _ = handle.stop.send(true);
         }
         let grace = self.runtime.snapshot().config.global.shutdown_timeout + Duration::from_secs(1);
@@ -180,6 +255,10 @@ impl RunningProxy {
     fn serve(&mut self, bound: Bound) -> ListenerHandle {
         info!(listener = %bound.config.name, addr = %bound.addr, "listening");
         let (stop, stopped) = watch::channel(false);
+        let socket = {
+            use std::os::fd::AsFd;
+            bound.socket.as_fd().try_clone_to_owned().ok()
+        };
         self.tasks.spawn(listener::accept_loop(
             bound.config.name.clone(),
             bound.socket,
@@ -193,6 +272,7 @@ impl RunningProxy {
             },
             listen: bound.config.listen,
             stop,
+            socket,
         }
     }
 }

@@ -259,15 +259,26 @@ pub struct FulcrumProcess {
 impl FulcrumProcess {
     /// Runs `fulcrum run -c path` with extra environment variables.
     pub fn spawn(path: &Path, envs: &[(&str, &str)]) -> FulcrumProcess {
+        let mut command = Self::command(path);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        Self::from_command(command)
+    }
+
+    /// The `fulcrum run -c path` command, to adjust before [`Self::from_command`].
+    pub fn command(path: &Path) -> std::process::Command {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"));
         command
             .args(["run", "-c"])
             .arg(path)
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped());
-        for (key, value) in envs {
-            command.env(key, value);
-        }
+        command
+    }
+
+    /// Starts `command` and follows its stderr.
+    pub fn from_command(mut command: std::process::Command) -> FulcrumProcess {
         let mut child = command.spawn().expect("start fulcrum run");
         let stderr = child.stderr.take().expect("child stderr");
         let (tx, lines) = std::sync::mpsc::channel();

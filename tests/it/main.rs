@@ -9,3 +9,4 @@ mod forwarding;
 mod health;
 mod reload;
 mod strategies;
+mod upgrade;
