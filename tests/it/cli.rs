@@ -96,16 +96,21 @@ fn check_names_file_line_and_key_of_each_bad_config() {
     ];
     let dir = tempfile::tempdir().expect("temp dir");
     for (text, place, why) in cases {
-        let path = write_config(&dir, text);
-        let (ok, stderr) = check(&path);
-        assert!(!ok, "check accepted:\n{text}");
-        let expected_prefix = format!("config file {}{place}", path.display());
-        assert!(
-            stderr.starts_with(&expected_prefix),
-            "expected `{expected_prefix}`, got: {stderr}"
-        );
-        assert!(stderr.contains(why), "expected `{why}` in: {stderr}");
+        assert_check_fails(&dir, text, place, why);
     }
+}
+
+/// `check` refuses `text` with an error that starts `config file PATH{place}` and contains `why`.
+fn assert_check_fails(dir: &tempfile::TempDir, text: &str, place: &str, why: &str) {
+    let path = write_config(dir, text);
+    let (ok, stderr) = check(&path);
+    assert!(!ok, "check accepted:\n{text}");
+    let expected_prefix = format!("config file {}{place}", path.display());
+    assert!(
+        stderr.starts_with(&expected_prefix),
+        "expected `{expected_prefix}`, got: {stderr}"
+    );
+    assert!(stderr.contains(why), "expected `{why}` in: {stderr}");
 }
 
 #[test]
@@ -150,15 +155,7 @@ fn check_refuses_bad_health_check_values() {
     ];
     let dir = tempfile::tempdir().expect("temp dir");
     for (lines, place, why) in cases {
-        let path = write_config(&dir, &format!("{base}{lines}"));
-        let (ok, stderr) = check(&path);
-        assert!(!ok, "check accepted:\n{lines}");
-        let expected_prefix = format!("config file {}{place}", path.display());
-        assert!(
-            stderr.starts_with(&expected_prefix),
-            "expected `{expected_prefix}`, got: {stderr}"
-        );
-        assert!(stderr.contains(why), "expected `{why}` in: {stderr}");
+        assert_check_fails(&dir, &format!("{base}{lines}"), place, why);
     }
 }
 

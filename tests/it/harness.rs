@@ -39,6 +39,27 @@ where
         .expect("bind a test backend on 127.0.0.1:0")
 }
 
+/// A backend answering 200 with `name` that holds each request (or only those to `hold_path`) until the
+/// returned semaphore gets a permit per request to release.
+pub async fn held_backend(
+    name: &'static str,
+    hold_path: Option<&'static str>,
+) -> (Backend, Arc<tokio::sync::Semaphore>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::clone(&gate);
+    let backend = backend_with(move |request: Request<Incoming>| {
+        let held = Arc::clone(&held);
+        async move {
+            if hold_path.is_none_or(|path| request.uri().path() == path) {
+                let _permit = held.acquire().await;
+            }
+            text(StatusCode::OK, name)
+        }
+    })
+    .await;
+    (backend, gate)
+}
+
 /// A loopback address where nothing listens (bound then released).
 pub fn refusing_addr() -> SocketAddr {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");

@@ -351,18 +351,7 @@ async fn slow_start_gives_a_recovered_server_a_rising_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drained_server_takes_no_new_requests_and_finishes_in_flight() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let held = Arc::clone(&gate);
-    let a = backend_with(move |request: http::Request<hyper::body::Incoming>| {
-        let held = Arc::clone(&held);
-        async move {
-            if request.uri().path() == "/slow" {
-                let _permit = held.acquire().await;
-            }
-            text(StatusCode::OK, "a")
-        }
-    })
-    .await;
+    let (a, gate) = held_backend("a", Some("/slow")).await;
     let b = named("b").await;
     let c = named("c").await;
     let proxy = TestProxy::start(&one_pool(&format!(

@@ -122,16 +122,7 @@ async fn bad_file_keeps_the_old_config_serving_and_counts_the_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_down_and_in_flight_survive_a_reload() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let held = Arc::clone(&gate);
-    let slow = backend_with(move |_request| {
-        let held = Arc::clone(&held);
-        async move {
-            let _permit = held.acquire().await;
-            text(StatusCode::OK, "slow")
-        }
-    })
-    .await;
+    let (slow, gate) = held_backend("slow", None).await;
     let b = named("b").await;
     let dead = refusing_addr();
     let servers = |weight: u32| {
@@ -304,16 +295,7 @@ async fn wait_for_body(client: &TestClient, url: &str, body: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_refuses_new_connections_and_exits_0() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let held = Arc::clone(&gate);
-    let slow = backend_with(move |_request| {
-        let held = Arc::clone(&held);
-        async move {
-            let _permit = held.acquire().await;
-            text(StatusCode::OK, "finished")
-        }
-    })
-    .await;
+    let (slow, gate) = held_backend("finished", None).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("fulcrum.toml");
     std::fs::write(

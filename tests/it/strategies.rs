@@ -2,11 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::sync::Semaphore;
 
 use crate::harness::*;
 
@@ -107,20 +105,8 @@ async fn weighted_random_follows_weights_3_2_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_prefers_idle_server() {
-    let gate = Arc::new(Semaphore::new(0));
-    let slow_handler = |name: &'static str, gate: Arc<Semaphore>| {
-        move |request: http::Request<hyper::body::Incoming>| {
-            let gate = Arc::clone(&gate);
-            async move {
-                if request.uri().path() == "/slow" {
-                    let _permit = gate.acquire().await;
-                }
-                text(StatusCode::OK, name)
-            }
-        }
-    };
-    let a = backend_with(slow_handler("a", Arc::clone(&gate))).await;
-    let b = backend_with(slow_handler("b", Arc::clone(&gate))).await;
+    let (a, gate_a) = held_backend("a", Some("/slow")).await;
+    let (b, gate_b) = held_backend("b", Some("/slow")).await;
     let proxy = TestProxy::start(&one_pool(&format!(
         "strategy = \"least_conn\"\nread_timeout = \"30s\"\n{}",
         servers(&[(a.addr(), 1), (b.addr(), 1)])
@@ -146,7 +132,8 @@ async fn least_conn_prefers_idle_server() {
         fast.iter().all(|name| name != busy),
         "fast requests went to the busy server {busy}: {fast:?}"
     );
-    gate.add_permits(1);
+    gate_a.add_permits(1);
+    gate_b.add_permits(1);
     let slow = slow.await.expect("slow request task");
     assert_eq!(slow.body, busy);
 }
