@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::proxy::client::{build_client, ClientSettings, UpstreamClient};
+use crate::proxy::upgrade::Tunnels;
 use crate::snapshot::Snapshot;
 use crate::upstream::Registry;
 
@@ -23,6 +24,7 @@ pub struct Runtime {
     published: watch::Sender<u64>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    tunnels: Tunnels,
 }
 
 impl Runtime {
@@ -38,6 +40,7 @@ impl Runtime {
             published: watch::Sender::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            tunnels: Tunnels::default(),
         })
     }
 
@@ -53,6 +56,11 @@ impl Runtime {
     #[inline]
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The upgraded (WebSocket) tunnels open through this proxy.
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
     }
 
     /// Counts a reload that was applied.

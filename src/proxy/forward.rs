@@ -9,13 +9,13 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tracing::{error, info, warn};
 
-use super::body::{BodySlot, RequestBody, UpstreamBody};
+use super::body::{BodySlot, RequestBody};
 use super::error::ProxyError;
 use crate::balance::PickContext;
 use crate::clock::now_ms;
 use crate::config::{AllUnhealthy, RetryOn};
 use crate::snapshot::{Pool, TierKind};
-use crate::upstream::{Server, Transition};
+use crate::upstream::{InFlightGuard, Server, Transition};
 
 /// What one request needs to know to be forwarded.
 pub struct Forward<'a> {
@@ -33,8 +33,8 @@ pub struct Forward<'a> {
     pub max_body_size: u64,
 }
 
-/// An answer from a server, with the in-flight guard moved into its body.
-pub type UpstreamResponse = Response<UpstreamBody>;
+/// An answer from a server and the in-flight guard that must live as long as its body (or tunnel).
+pub type UpstreamResponse = (Response<Incoming>, InFlightGuard);
 
 enum Outcome {
     Answered(UpstreamResponse),
@@ -97,13 +97,12 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         let outcome = match sent {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
-                let response = response.map(|b| UpstreamBody::new(b, guard));
                 if !pool.retry_on.status_counts(status) {
                     note_transition(pool, server, server.state.record_success());
-                    return Ok(response);
+                    return Ok((response, guard));
                 }
                 warn!(pool = %pool.name, server = %server.addr, status, attempt, "upstream answered with a failure status");
-                Outcome::Answered(response)
+                Outcome::Answered((response, guard))
             }
             Ok(Err(error)) => {
                 if slot.as_ref().is_some_and(|s| s.too_large()) {

@@ -6,6 +6,7 @@ pub mod error;
 mod forward;
 pub mod headers;
 pub mod router;
+pub mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +24,7 @@ use tracing::warn;
 use crate::balance::hash_bytes;
 use crate::config::HashKey;
 use crate::runtime::Runtime;
-use body::ProxyBody;
+use body::{ProxyBody, UpstreamBody};
 use error::ProxyError;
 use forward::{forward, Forward};
 
@@ -45,7 +46,7 @@ impl ProxyService {
         }
     }
 
-    async fn handle(self, request: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(self, mut request: Request<Incoming>) -> Response<ProxyBody> {
         let snapshot = self.runtime.snapshot();
         let client_ip = self.peer.ip();
         let host = request_host(&request);
@@ -64,6 +65,10 @@ impl ProxyService {
             warn!(client = %client_ip, path, limit = route.max_body_size, "request body larger than max_body_size");
             return local_answer(&ProxyError::BodyTooLarge);
         }
+        let client_upgrade = upgrade::is_upgrade_request(&request)
+            .then(|| request.headers().get(header::UPGRADE).cloned())
+            .flatten()
+            .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
         let (mut parts, body) = request.into_parts();
         let key_hash = pool
             .hash_key
@@ -71,6 +76,9 @@ impl ProxyService {
             .and_then(|key| request_key_hash(key, &parts, client_ip));
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::add_forwarding(&mut parts.headers, client_ip, self.proto, host.as_ref());
+        if let Some((protocol, _)) = &client_upgrade {
+            upgrade::restore_upgrade_headers(&mut parts.headers, protocol.clone());
+        }
         if let Some(host) = host {
             parts.headers.insert(header::HOST, host);
         }
@@ -84,10 +92,28 @@ impl ProxyService {
         })
         .await;
         match result {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
+            Ok((mut response, guard)) => {
+                let tunnel = match client_upgrade {
+                    Some((_, client)) if upgrade::is_switching(&response) => {
+                        let protocol = response.headers().get(header::UPGRADE).cloned();
+                        self.runtime.tunnels().splice(client, &mut response, guard);
+                        protocol
+                    }
+                    _ => {
+                        let (mut parts, body) = response.into_parts();
+                        headers::strip_hop_by_hop(&mut parts.headers);
+                        return Response::from_parts(
+                            parts,
+                            Either::Left(UpstreamBody::new(body, guard)),
+                        );
+                    }
+                };
+                let (mut parts, _) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, Either::Left(body))
+                if let Some(protocol) = tunnel {
+                    upgrade::restore_upgrade_headers(&mut parts.headers, protocol);
+                }
+                Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
             }
             Err(error) => {
                 warn!(client = %client_ip, pool = %pool.name, status = error.status().as_u16(), %error, "answering with an error");

@@ -242,9 +242,17 @@ impl RunningProxy {
             handle.socket = None;
             let _ = handle.stop.send(true);
         }
-        let grace = self.runtime.snapshot().config.global.shutdown_timeout + Duration::from_secs(1);
-        let drained = tokio::time::timeout(grace, async {
-            while self.tasks.join_next().await.is_some() {}
+        let grace = self.runtime.snapshot().config.global.shutdown_timeout;
+        let tunnels = self.runtime.tunnels();
+        let open = tunnels.open();
+        if open > 0 {
+            info!(tunnels = open, "draining upgraded tunnels");
+        }
+        let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
+            tokio::join!(
+                async { while self.tasks.join_next().await.is_some() {} },
+                tunnels.drain(grace)
+            )
         })
         .await;
         if drained.is_err() {

@@ -9,4 +9,5 @@ mod forwarding;
 mod health;
 mod reload;
 mod strategies;
+mod tunnels;
 mod upgrade;

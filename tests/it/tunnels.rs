@@ -1,0 +1,226 @@
+//! HTTP/1.1 upgrades through the proxy: spliced both ways, counted as in flight, given the shutdown grace.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fulcrum::demo::Backend;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+/// A backend that accepts `Upgrade: echo` and echoes every byte on the upgraded connection.
+async fn echo_upgrade_backend() -> Backend {
+    backend_with(|mut request: Request<Incoming>| async move {
+        if request.headers().get("upgrade").is_none_or(|v| v != "echo") {
+            return text(StatusCode::BAD_REQUEST, "upgrade to echo only");
+        }
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut response = Response::new(demo_body(""));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        response
+            .headers_mut()
+            .insert("connection", "upgrade".parse().expect("value"));
+        response
+            .headers_mut()
+            .insert("upgrade", "echo".parse().expect("value"));
+        Ok(response)
+    })
+    .await
+}
+
+/// Opens an `Upgrade: echo` tunnel through the proxy and returns the connection after the 101.
+async fn open_tunnel(proxy: &TestProxy) -> TcpStream {
+    let addr = proxy.url("").trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(&addr)
+        .await
+        .expect("connect to the proxy");
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: tunnel.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("send the upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.expect("read the answer");
+        assert_eq!(
+            n,
+            1,
+            "connection closed in the answer head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    stream
+}
+
+async fn echo(stream: &mut TcpStream, message: &[u8]) {
+    stream
+        .write_all(message)
+        .await
+        .expect("write into the tunnel");
+    let mut back = vec![0u8; message.len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back))
+        .await
+        .expect("the echo comes back in time")
+        .expect("read from the tunnel");
+    assert_eq!(back, message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_is_tunneled_both_ways_and_counts_as_in_flight() {
+    let backend = echo_upgrade_backend().await;
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "servers = [{{ addr = \"{}\" }}]",
+        backend.addr()
+    )))
+    .await;
+    let state = Arc::clone(&proxy.proxy.runtime().snapshot().pools[0].primary.servers[0].state);
+    let mut tunnel = open_tunnel(&proxy).await;
+    echo(&mut tunnel, b"ping").await;
+    echo(&mut tunnel, &[0u8, 159, 146, 150, 255]).await;
+    assert_eq!(state.in_flight(), 1, "an open tunnel counts as in flight");
+    assert_eq!(proxy.proxy.runtime().tunnels().open(), 1);
+    drop(tunnel);
+    wait_until(Duration::from_secs(5), "the tunnel to be released", || {
+        state.in_flight() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_open_tunnels_the_grace_then_closes_them() {
+    let backend = echo_upgrade_backend().await;
+    let proxy = TestProxy::start(&format!(
+        "[global]\nshutdown_timeout = \"700ms\"\n{}",
+        one_pool(&format!("servers = [{{ addr = \"{}\" }}]", backend.addr()))
+    ))
+    .await;
+    let mut tunnel = open_tunnel(&proxy).await;
+    let started = Instant::now();
+    let shutdown = tokio::spawn(proxy.proxy.shutdown());
+    // Within the grace the tunnel still works.
+    echo(&mut tunnel, b"still here").await;
+    // After it, the proxy closes the tunnel and shutdown completes.
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), tunnel.read(&mut buf))
+        .await
+        .expect("the tunnel is closed after the grace");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "tunnel still open: {read:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown completes")
+        .expect("shutdown task");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(600),
+        "the tunnel was not given the grace: {took:?}"
+    );
+}
+
+/// A WebSocket server behind hyper's upgrade: echoes text and binary messages, answers close with close.
+async fn websocket_echo_backend() -> Backend {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    backend_with(|mut request: Request<Incoming>| async move {
+        let Some(key) = request.headers().get("sec-websocket-key").cloned() else {
+            return text(StatusCode::BAD_REQUEST, "not a websocket handshake");
+        };
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                None,
+            )
+            .await;
+            // A close frame is answered by the library on the next read, which then ends the stream.
+            while let Some(Ok(message)) = socket.next().await {
+                if (message.is_text() || message.is_binary()) && socket.send(message).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let mut response = Response::new(demo_body(""));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert("connection", "upgrade".parse().expect("value"));
+        headers.insert("upgrade", "websocket".parse().expect("value"));
+        headers.insert(
+            "sec-websocket-accept",
+            derive_accept_key(key.as_bytes()).parse().expect("value"),
+        );
+        Ok(response)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_text_binary_and_close_frames_pass_through() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let backend = websocket_echo_backend().await;
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "servers = [{{ addr = \"{}\" }}]",
+        backend.addr()
+    )))
+    .await;
+    let addr = proxy.url("").trim_start_matches("http://").to_string();
+    let stream = TcpStream::connect(&addr)
+        .await
+        .expect("connect to the proxy");
+    let (mut socket, response) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/socket"), stream)
+            .await
+            .expect("websocket handshake through the proxy");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    socket
+        .send(Message::text("hello"))
+        .await
+        .expect("send text");
+    assert_eq!(
+        socket.next().await.expect("a reply").expect("ok"),
+        Message::text("hello")
+    );
+    let bytes = vec![0u8, 1, 2, 254, 255];
+    socket
+        .send(Message::binary(bytes.clone()))
+        .await
+        .expect("send binary");
+    assert_eq!(
+        socket.next().await.expect("a reply").expect("ok"),
+        Message::binary(bytes)
+    );
+    socket.close(None).await.expect("send close");
+    let mut closed = false;
+    while let Some(message) = socket.next().await {
+        match message {
+            Ok(Message::Close(_)) => closed = true,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(closed, "the close frame came back through the proxy");
+}
