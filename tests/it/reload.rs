@@ -382,3 +382,120 @@ async fn systemd_hears_ready_reloading_watchdog_and_stopping() {
     next_until("STOPPING=1", &mut heard);
     assert!(fulcrum.wait_exit(Duration::from_secs(10)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_command_and_sighup_only_mode() {
+    let a = named("a").await;
+    let b = named("b").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fulcrum.toml");
+    let pid_file = dir.path().join("fulcrum.pid");
+    let listen = refusing_addr();
+    let config = |backend: &Backend| {
+        format!(
+            "[global]\nwatch_config = false\npid_file = \"{}\"\n{}",
+            pid_file.display(),
+            config_on(
+                &listen.to_string(),
+                &format!("servers = [{{ addr = \"{}\" }}]", backend.addr())
+            )
+        )
+    };
+    std::fs::write(&path, config(&a)).expect("write config");
+    let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+    fulcrum.wait_for_line("fulcrum is serving");
+    let client = TestClient::new();
+    let url = format!("http://{listen}/");
+    std::fs::write(&path, config(&b)).expect("write config");
+    // With watch_config = false an edit alone changes nothing, however long we wait for the watcher's
+    // debounce (200 ms) several times over.
+    let until = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < until {
+        assert_eq!(client.get(&url).await.body, "a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `fulcrum reload` validates the file and signals the pid in pid_file.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["reload", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run fulcrum reload");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fulcrum.wait_for_line("config reloaded trigger=\"SIGHUP\"");
+    assert_eq!(client.get(&url).await.body, "b");
+    // A broken file: `fulcrum reload` refuses it without signalling; a SIGHUP logs file, line and key.
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[upstream.pool.health_check]\ninterval = \"0s\"\n",
+            config(&b)
+        ),
+    )
+    .expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["reload", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run fulcrum reload");
+    assert!(!output.status.success());
+    fulcrum.signal("HUP");
+    let refused = fulcrum.wait_for_line("reload refused");
+    assert!(
+        refused.contains(&format!("{}:", path.display()))
+            && refused.contains("upstream.pool.health_check.interval"),
+        "{refused}"
+    );
+    assert_eq!(
+        client.get(&url).await.body,
+        "b",
+        "the old config keeps serving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sigterm_and_sigquit_exit_at_once() {
+    for (first, second) in [("TERM", Some("TERM")), ("QUIT", None)] {
+        let (slow, gate) = held_backend("slow", None).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fulcrum.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[global]\nshutdown_timeout = \"60s\"\n{}",
+                config_on(
+                    "127.0.0.1:0",
+                    &format!("servers = [{{ addr = \"{}\" }}]", slow.addr())
+                )
+            ),
+        )
+        .expect("write config");
+        let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+        let addr = fulcrum.listener_addr("public");
+        let client = TestClient::new();
+        let held = tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.get(&format!("http://{addr}/")),
+            )
+            .await;
+        });
+        wait_until(Duration::from_secs(5), "the request to be held", || {
+            slow.requests() == 1
+        })
+        .await;
+        fulcrum.signal(first);
+        if let Some(second) = second {
+            fulcrum.wait_for_line("shutting down");
+            fulcrum.signal(second);
+        }
+        // shutdown_timeout is 60 s and the request is still held: only an immediate exit ends this soon.
+        let status = fulcrum.wait_exit(Duration::from_secs(5));
+        assert!(status.success(), "{first}: exit status {status}");
+        held.abort();
+        gate.add_permits(1);
+    }
+}
