@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod demo;
 pub mod health;
 pub mod proxy;
+pub mod ratelimit;
 pub mod runtime;
 pub mod server;
 pub mod snapshot;

@@ -1,16 +1,17 @@
 //! The runtime: the published snapshot, the live server registry and the upstream clients.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, RateLimitConfig};
 use crate::proxy::client::{build_client, ClientSettings, UpstreamClient};
 use crate::proxy::upgrade::Tunnels;
+use crate::ratelimit::Store;
 use crate::snapshot::Snapshot;
 use crate::upstream::Registry;
 
@@ -20,6 +21,7 @@ pub struct Runtime {
     snapshot: ArcSwap<Snapshot>,
     registry: Registry,
     clients: Mutex<HashMap<ClientSettings, UpstreamClient>>,
+    zones: Mutex<HashMap<String, ZoneState>>,
     /// Bumped on every publish, so background tasks (the health checker) follow new snapshots.
     published: watch::Sender<u64>,
     reloads_ok: AtomicU64,
@@ -27,16 +29,26 @@ pub struct Runtime {
     tunnels: Tunnels,
 }
 
+/// A zone's buckets, kept across snapshots while the zone's key and limit stay the same.
+#[derive(Debug)]
+struct ZoneState {
+    config: RateLimitConfig,
+    store: Arc<Store>,
+    delayed: Arc<AtomicUsize>,
+}
+
 impl Runtime {
     /// A runtime serving `config`.
     pub fn new(config: Config) -> Arc<Runtime> {
         let registry = Registry::default();
         let clients = Mutex::new(HashMap::new());
-        let snapshot = Self::build(Arc::new(config), &registry, &clients, true);
+        let zones = Mutex::new(HashMap::new());
+        let snapshot = Self::build(Arc::new(config), &registry, &clients, &zones, true);
         Arc::new(Runtime {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             clients,
+            zones,
             published: watch::Sender::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -47,7 +59,13 @@ impl Runtime {
     /// Builds a snapshot for `config` and publishes it with one atomic swap; requests already running keep
     /// the snapshot they started with.
     pub fn apply(&self, config: Config) {
-        let snapshot = Self::build(Arc::new(config), &self.registry, &self.clients, false);
+        let snapshot = Self::build(
+            Arc::new(config),
+            &self.registry,
+            &self.clients,
+            &self.zones,
+            false,
+        );
         self.snapshot.store(Arc::new(snapshot));
         self.published.send_modify(|generation| *generation += 1);
     }
@@ -90,6 +108,7 @@ impl Runtime {
         config: Arc<Config>,
         registry: &Registry,
         clients: &Mutex<HashMap<ClientSettings, UpstreamClient>>,
+        zones: &Mutex<HashMap<String, ZoneState>>,
         first: bool,
     ) -> Snapshot {
         Snapshot::build(
@@ -101,6 +120,28 @@ impl Runtime {
                     .entry(settings)
                     .or_insert_with(|| build_client(settings))
                     .clone()
+            },
+            |zone| {
+                let mut zones = zones.lock();
+                let same = zones.get(&zone.name).is_some_and(|kept| {
+                    kept.config.key == zone.key
+                        && kept.config.limit() == zone.limit()
+                        && kept.config.max_keys == zone.max_keys
+                });
+                if !same {
+                    zones.insert(
+                        zone.name.clone(),
+                        ZoneState {
+                            config: zone.clone(),
+                            store: Arc::new(Store::new(zone.max_keys)),
+                            delayed: Arc::new(AtomicUsize::new(0)),
+                        },
+                    );
+                }
+                match zones.get(&zone.name) {
+                    Some(kept) => (Arc::clone(&kept.store), Arc::clone(&kept.delayed)),
+                    None => (Arc::new(Store::new(zone.max_keys)), Arc::default()),
+                }
             },
             first,
         )

@@ -6,12 +6,15 @@ use std::time::Duration;
 use crate::balance::{self, Balancer, BalancerOptions, PickContext};
 use crate::clock::now_ms;
 use crate::config::{
-    AllUnhealthy, Config, HashKey, HealthCheckConfig, RetryOn, Strategy, UpstreamConfig,
+    AllUnhealthy, Config, HashKey, HealthCheckConfig, RateLimitConfig, RetryOn, Strategy,
+    UpstreamConfig,
 };
 use crate::health;
 use crate::proxy::client::{ClientSettings, UpstreamClient};
 use crate::proxy::router::Router;
+use crate::ratelimit::{Store, Zone};
 use crate::upstream::{Registry, Server};
+use std::sync::atomic::AtomicUsize;
 
 /// Everything a request needs to decide, built off the hot path and published with one swap.
 #[derive(Debug)]
@@ -22,6 +25,8 @@ pub struct Snapshot {
     pub router: Router,
     /// Pools, indexed by [`crate::proxy::router::Route::pool`].
     pub pools: Vec<Pool>,
+    /// Rate-limit zones, indexed by [`crate::proxy::router::Route::zones`].
+    pub zones: Vec<Zone>,
 }
 
 /// One upstream pool.
@@ -115,9 +120,19 @@ impl Snapshot {
         config: Arc<Config>,
         registry: &Registry,
         client_for: impl Fn(ClientSettings) -> UpstreamClient,
+        zone_state_for: impl Fn(&RateLimitConfig) -> (Arc<Store>, Arc<AtomicUsize>),
         first: bool,
     ) -> Snapshot {
         let names: Vec<&String> = config.upstreams.keys().collect();
+        let zone_names: Vec<&String> = config.rate_limits.keys().collect();
+        let zones = config
+            .rate_limits
+            .values()
+            .map(|zone| {
+                let (store, delayed) = zone_state_for(zone);
+                Zone::new(zone, store, delayed)
+            })
+            .collect();
         let pools = config
             .upstreams
             .values()
@@ -126,12 +141,14 @@ impl Snapshot {
         let router = Router::new(
             &config.routes,
             |name| names.iter().position(|n| *n == name).unwrap_or(0),
+            |name| zone_names.iter().position(|n| *n == name).unwrap_or(0),
             config.global.max_body_size,
         );
         Snapshot {
             config: Arc::clone(&config),
             router,
             pools,
+            zones,
         }
     }
 }
@@ -163,6 +180,7 @@ fn build_pool(
             max_fails: if single { 0 } else { config.max_fails },
             fail_timeout_ms: millis(config.fail_timeout),
             backup: config.backup,
+            id: config.id.as_deref().map(Arc::from),
             state,
         }
     };

@@ -19,6 +19,23 @@ pub struct FileConfig {
     pub routes: Vec<RouteFile>,
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, UpstreamFile>,
+    #[serde(default, rename = "rate_limit")]
+    pub rate_limits: BTreeMap<String, RateLimitFile>,
+}
+
+/// One `[rate_limit.NAME]` zone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub key: Option<Spanned<HashKey>>,
+    pub rate: Spanned<String>,
+    pub burst: Option<u64>,
+    pub nodelay: Option<bool>,
+    pub delay: Option<u64>,
+    pub status: Option<Spanned<u16>>,
+    pub dry_run: Option<bool>,
+    pub max_keys: Option<Spanned<usize>>,
+    pub backend: Option<Spanned<String>>,
 }
 
 /// `[global]`.
@@ -30,6 +47,7 @@ pub struct GlobalFile {
     pub shutdown_timeout: Option<ConfigDuration>,
     pub watch_config: Option<bool>,
     pub pid_file: Option<std::path::PathBuf>,
+    pub trusted_proxies: Option<Spanned<Vec<String>>>,
 }
 
 /// One `[[listener]]`.
@@ -50,6 +68,7 @@ pub struct RouteFile {
     pub path: Option<Spanned<String>>,
     pub upstream: Spanned<String>,
     pub max_body_size: Option<ConfigSize>,
+    pub rate_limit: Option<Spanned<Vec<String>>>,
 }
 
 /// The strategies a pool can balance with.
@@ -142,4 +161,5 @@ pub struct ServerFile {
     pub backup: bool,
     #[serde(default)]
     pub drain: bool,
+    pub id: Option<String>,
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[upstream.NAME]`, by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[rate_limit.NAME]` zones, by name.
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
     /// Things that are valid but probably not what was meant (e.g. a key the chosen strategy ignores).
     pub warnings: Vec<ConfigError>,
 }
@@ -42,6 +44,51 @@ pub struct Global {
     pub watch_config: bool,
     /// Where `run` writes its process id, for `fulcrum reload`.
     pub pid_file: Option<std::path::PathBuf>,
+    /// Peers whose `X-Forwarded-For` is believed (nginx `set_real_ip_from`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// A rate written `10r/s` or `600r/m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rate {
+    /// Requests per window.
+    pub count: u64,
+    /// The window: 1 (per second) or 60 (per minute).
+    pub window_secs: u64,
+}
+
+/// One validated `[rate_limit.NAME]` zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// The zone's name.
+    pub name: String,
+    /// What identifies a client; requests without it are not limited.
+    pub key: HashKey,
+    /// The steady rate.
+    pub rate: Rate,
+    /// Requests allowed above the rate.
+    pub burst: u64,
+    /// Requests within the burst go at once (true) or are spaced to the rate (false).
+    pub nodelay: bool,
+    /// With `nodelay = false`: the first `delay` burst requests go at once.
+    pub delay: u64,
+    /// Status of a refusal.
+    pub status: u16,
+    /// Count and log, never refuse.
+    pub dry_run: bool,
+    /// Buckets kept at most.
+    pub max_keys: usize,
+}
+
+impl RateLimitConfig {
+    /// The limit for the bucket math.
+    pub fn limit(&self) -> crate::ratelimit::Limit {
+        crate::ratelimit::Limit {
+            rate_milli: self.rate.count * 1000 / self.rate.window_secs.max(1),
+            burst: self.burst,
+            delay: if self.nodelay { u64::MAX } else { self.delay },
+        }
+    }
 }
 
 /// One address to accept client connections on.
@@ -66,6 +113,8 @@ pub struct RouteConfig {
     pub upstream: String,
     /// Per-route override of `global.max_body_size`.
     pub max_body_size: Option<u64>,
+    /// Rate-limit zones checked for this route, in order.
+    pub rate_limit: Vec<String>,
 }
 
 /// Which failures count against a server and may be retried (nginx `proxy_next_upstream`).
@@ -223,6 +272,8 @@ pub struct ServerConfig {
     pub backup: bool,
     /// Gets no new requests (rolling deploys); its in-flight requests finish.
     pub drain: bool,
+    /// Identity for consistent hashing (HAProxy `hash-key id`); default the address.
+    pub id: Option<String>,
 }
 
 impl Config {

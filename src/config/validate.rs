@@ -7,11 +7,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::file::{FileConfig, HealthCheckFile, ListenerFile, RouteFile, Strategy, UpstreamFile};
+use super::file::{
+    FileConfig, HealthCheckFile, ListenerFile, RateLimitFile, RouteFile, Strategy, UpstreamFile,
+};
 use super::values::HashKey;
 use super::{
-    Config, Global, HealthCheckConfig, ListenerConfig, RetryOn, RouteConfig, ServerConfig,
-    UpstreamConfig,
+    Config, Global, HealthCheckConfig, ListenerConfig, Rate, RateLimitConfig, RetryOn, RouteConfig,
+    ServerConfig, UpstreamConfig,
 };
 
 /// nginx `client_max_body_size` default.
@@ -50,6 +52,24 @@ fn listen_addr(text: &str) -> Option<SocketAddr> {
         return Some(addr);
     }
     std::net::ToSocketAddrs::to_socket_addrs(text).ok()?.next()
+}
+
+/// Parses `"10r/s"` or `"600r/m"`.
+fn parse_rate(text: &str) -> Result<Rate, String> {
+    let bad = || format!("`{text}` is not a rate; write it like \"10r/s\" or \"600r/m\"");
+    let (count, unit) = text.trim().split_once("r/").ok_or_else(bad)?;
+    let count: u64 = count.trim().parse().map_err(|_| bad())?;
+    let window_secs = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        _ => return Err(bad()),
+    };
+    if count == 0 || count > 1_000_000_000 {
+        return Err(format!(
+            "`{text}`: the rate must be from 1 to 1000000000 requests"
+        ));
+    }
+    Ok(Rate { count, window_secs })
 }
 
 /// Parses `"200-399"`, `"200"` or `"200, 204, 300-302"` into inclusive ranges of valid HTTP statuses.
@@ -105,6 +125,10 @@ impl Validator<'_> {
                 .map_or(Duration::from_secs(30), |d| d.0),
             watch_config: file.global.watch_config.unwrap_or(true),
             pid_file: file.global.pid_file.clone(),
+            trusted_proxies: match &file.global.trusted_proxies {
+                Some(list) => self.trusted_proxies(list)?,
+                None => Vec::new(),
+            },
         };
         if file.listeners.is_empty() {
             return Err(self.err(
@@ -119,12 +143,18 @@ impl Validator<'_> {
             let checked = self.upstream(&name, upstream)?;
             upstreams.insert(name, checked);
         }
-        let routes = self.routes(&file.routes, &upstreams)?;
+        let mut rate_limits = BTreeMap::new();
+        for (name, zone) in file.rate_limits {
+            let checked = self.rate_limit(&name, zone)?;
+            rate_limits.insert(name, checked);
+        }
+        let routes = self.routes(&file.routes, &upstreams, &rate_limits)?;
         Ok(Config {
             global,
             listeners,
             routes,
             upstreams,
+            rate_limits,
             warnings: self.warnings.take(),
         })
     }
@@ -173,6 +203,7 @@ impl Validator<'_> {
         &self,
         files: &[RouteFile],
         upstreams: &BTreeMap<String, UpstreamConfig>,
+        zones: &BTreeMap<String, RateLimitConfig>,
     ) -> Result<Vec<RouteConfig>, ConfigError> {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(files.len());
@@ -226,6 +257,21 @@ impl Validator<'_> {
                 path,
                 upstream: upstream.clone(),
                 max_body_size: file.max_body_size.map(|s| s.0),
+                rate_limit: match &file.rate_limit {
+                    Some(names) => {
+                        for name in names.get_ref() {
+                            if !zones.contains_key(name) {
+                                return Err(self.err(
+                                    Some(names.span()),
+                                    format!("route[{i}].rate_limit"),
+                                    format!("no [rate_limit.{name}] zone is defined"),
+                                ));
+                            }
+                        }
+                        names.get_ref().clone()
+                    }
+                    None => Vec::new(),
+                },
             });
         }
         Ok(out)
@@ -318,6 +364,7 @@ impl Validator<'_> {
                 fail_timeout: server.fail_timeout.map_or(fail_timeout, |d| d.0),
                 backup: server.backup,
                 drain: server.drain,
+                id: server.id,
             });
         }
         if !servers.iter().any(|s| !s.backup) {
@@ -439,6 +486,80 @@ impl Validator<'_> {
                 .or(upstream_start_unhealthy)
                 .unwrap_or(false),
             concurrency,
+        })
+    }
+
+    fn trusted_proxies(
+        &self,
+        list: &toml::Spanned<Vec<String>>,
+    ) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        list.get_ref()
+            .iter()
+            .map(|text| {
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        self.err(
+                            Some(list.span()),
+                            "global.trusted_proxies",
+                            format!("`{text}` is not an address or CIDR range like \"10.0.0.0/8\""),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn rate_limit(&self, name: &str, file: RateLimitFile) -> Result<RateLimitConfig, ConfigError> {
+        let key = |k: &str| format!("rate_limit.{name}.{k}");
+        let rate = parse_rate(file.rate.get_ref())
+            .map_err(|why| self.err(Some(file.rate.span()), key("rate"), why))?;
+        let status = match &file.status {
+            Some(status) if !(400..=599).contains(status.get_ref()) => {
+                return Err(self.err(
+                    Some(status.span()),
+                    key("status"),
+                    "must be a 4xx or 5xx status",
+                ))
+            }
+            Some(status) => *status.get_ref(),
+            None => 429,
+        };
+        if let Some(backend) = &file.backend {
+            match backend.get_ref().as_str() {
+                "local" => {}
+                "redis" => {
+                    return Err(self.err(
+                        Some(backend.span()),
+                        key("backend"),
+                        "the redis backend is not available in this build yet; use \"local\"",
+                    ))
+                }
+                other => {
+                    return Err(self.err(
+                        Some(backend.span()),
+                        key("backend"),
+                        format!("unknown backend `{other}`; expected local or redis"),
+                    ))
+                }
+            }
+        }
+        let max_keys = match &file.max_keys {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(self.err(Some(n.span()), key("max_keys"), "must be at least 1"))
+            }
+            Some(n) => *n.get_ref(),
+            None => 100_000,
+        };
+        Ok(RateLimitConfig {
+            name: name.to_string(),
+            key: file.key.map_or(HashKey::ClientIp, |k| k.into_inner()),
+            rate,
+            burst: file.burst.unwrap_or(0),
+            nodelay: file.nodelay.unwrap_or(false),
+            delay: file.delay.unwrap_or(0),
+            status,
+            dry_run: file.dry_run.unwrap_or(false),
+            max_keys,
         })
     }
 

@@ -44,12 +44,14 @@ pub async fn run(
 ) -> Result<Exit, RunError> {
     let watch_config = config.global.watch_config;
     let pid_file = config.global.pid_file.clone();
-    let mut proxy = server::start_with(config, inherited).await?;
+    // Handlers first: a signal that arrives while listeners bind must not take the default action (for
+    // SIGHUP and SIGUSR2, terminating the process).
     let mut upgrade = signal(SignalKind::user_defined2()).map_err(RunError::Signals)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut quit = signal(SignalKind::quit()).map_err(RunError::Signals)?;
+    let mut proxy = server::start_with(config, inherited).await?;
     if let Some(pid_file) = &pid_file {
         if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
             warn!(pid_file = %pid_file.display(), error = %e, "cannot write the pid file");

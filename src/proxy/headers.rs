@@ -46,18 +46,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Adds `X-Forwarded-For` (appended), `X-Real-IP`, `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// Adds `X-Forwarded-For` (the peer appended), `X-Real-IP` (the client, after trusted-proxy resolution),
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
+    peer_ip: IpAddr,
     client_ip: IpAddr,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let ip = client_ip.to_string();
+    let peer = peer_ip.to_string();
     let forwarded_for = match join_values(headers, &X_FORWARDED_FOR) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip.clone(),
+        Some(prior) => format!("{prior}, {peer}"),
+        None => peer,
     };
+    let ip = client_ip.to_string();
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
@@ -111,7 +114,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
-        add_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http", None);
+        let local = "127.0.0.1".parse().expect("ip");
+        add_forwarding(&mut h, local, local, "http", None);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
         assert_eq!(h["x-real-ip"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -2,9 +2,12 @@
 
 pub mod body;
 pub mod client;
+pub mod client_ip;
 pub mod error;
 mod forward;
 pub mod headers;
+pub mod keys;
+mod limits;
 pub mod router;
 pub mod upgrade;
 
@@ -21,9 +24,8 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::warn;
 
-use crate::balance::hash_bytes;
-use crate::config::HashKey;
 use crate::runtime::Runtime;
+use crate::server::FirstRequest;
 use body::{ProxyBody, UpstreamBody};
 use error::ProxyError;
 use forward::{forward, Forward};
@@ -34,6 +36,7 @@ pub struct ProxyService {
     runtime: Arc<Runtime>,
     peer: SocketAddr,
     proto: &'static str,
+    first_request: Option<Arc<FirstRequest>>,
 }
 
 impl ProxyService {
@@ -43,12 +46,24 @@ impl ProxyService {
             runtime,
             peer,
             proto,
+            first_request: None,
         }
+    }
+
+    /// Reports the connection's first request to `first` (the listener's drain waits for it).
+    pub fn with_first_request(mut self, first: Arc<FirstRequest>) -> Self {
+        self.first_request = Some(first);
+        self
     }
 
     async fn handle(self, mut request: Request<Incoming>) -> Response<ProxyBody> {
         let snapshot = self.runtime.snapshot();
-        let client_ip = self.peer.ip();
+        let peer_ip = self.peer.ip();
+        let client_ip = client_ip::real_client_ip(
+            peer_ip,
+            request.headers(),
+            &snapshot.config.global.trusted_proxies,
+        );
         let host = request_host(&request);
         let path = request.uri().path();
         let Some(route) = snapshot
@@ -60,6 +75,10 @@ impl ProxyService {
         };
         let Some(pool) = snapshot.pools.get(route.pool) else {
             return local_answer(&ProxyError::NoRoute);
+        };
+        let quota = match limits::admit(&snapshot, route, &request, client_ip).await {
+            Ok(quota) => quota,
+            Err(refusal) => return refusal,
         };
         if content_length(&request).is_some_and(|len| len > route.max_body_size) {
             warn!(client = %client_ip, path, limit = route.max_body_size, "request body larger than max_body_size");
@@ -73,9 +92,15 @@ impl ProxyService {
         let key_hash = pool
             .hash_key
             .as_ref()
-            .and_then(|key| request_key_hash(key, &parts, client_ip));
+            .and_then(|key| keys::key_hash(key, &parts.uri, &parts.headers, client_ip));
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::add_forwarding(&mut parts.headers, client_ip, self.proto, host.as_ref());
+        headers::add_forwarding(
+            &mut parts.headers,
+            peer_ip,
+            client_ip,
+            self.proto,
+            host.as_ref(),
+        );
         if let Some((protocol, _)) = &client_upgrade {
             upgrade::restore_upgrade_headers(&mut parts.headers, protocol.clone());
         }
@@ -91,6 +116,20 @@ impl ProxyService {
             max_body_size: route.max_body_size,
         })
         .await;
+        let mut response = self.answer(result, client_upgrade, client_ip, pool);
+        if let Some(quota) = quota {
+            quota.add_to(response.headers_mut());
+        }
+        response
+    }
+
+    fn answer(
+        &self,
+        result: Result<forward::UpstreamResponse, ProxyError>,
+        client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        client_ip: IpAddr,
+        pool: &crate::snapshot::Pool,
+    ) -> Response<ProxyBody> {
         match result {
             Ok((mut response, guard)) => {
                 let tunnel = match client_upgrade {
@@ -129,6 +168,9 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        if let Some(first) = &self.first_request {
+            first.mark();
+        }
         let service = self.clone();
         Box::pin(async move { Ok(service.handle(request).await) })
     }
@@ -155,36 +197,8 @@ fn content_length(request: &Request<Incoming>) -> Option<u64> {
         .ok()
 }
 
-/// Hashes the pool's key for this request; `None` when the request lacks it.
-fn request_key_hash(key: &HashKey, parts: &http::request::Parts, client_ip: IpAddr) -> Option<u64> {
-    match key {
-        HashKey::ClientIp => Some(match client_ip {
-            IpAddr::V4(v4) => hash_bytes(&v4.octets()),
-            IpAddr::V6(v6) => hash_bytes(&v6.octets()),
-        }),
-        HashKey::Path => Some(hash_bytes(parts.uri.path().as_bytes())),
-        HashKey::Header(name) => parts.headers.get(name).map(|v| hash_bytes(v.as_bytes())),
-        HashKey::Cookie(name) => parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| hash_bytes(v.as_bytes())),
-        HashKey::Query(name) => parts
-            .uri
-            .query()?
-            .split('&')
-            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| hash_bytes(v.as_bytes())),
-    }
-}
-
 /// A short plain-text answer from the proxy itself.
-fn local_answer(error: &ProxyError) -> Response<ProxyBody> {
+pub(crate) fn local_answer(error: &ProxyError) -> Response<ProxyBody> {
     let status = error.status();
     let text = format!(
         "{} {}: {}\n",

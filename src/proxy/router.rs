@@ -14,6 +14,8 @@ pub struct Route {
     pub pool: usize,
     /// Largest request body accepted.
     pub max_body_size: u64,
+    /// Indices of the rate-limit zones in the snapshot, checked in order.
+    pub zones: Vec<usize>,
 }
 
 /// All routes, grouped by host kind, each group sorted longest prefix first.
@@ -30,6 +32,7 @@ impl Router {
     pub fn new(
         routes: &[RouteConfig],
         pool_index: impl Fn(&str) -> usize,
+        zone_index: impl Fn(&str) -> usize,
         default_max_body: u64,
     ) -> Self {
         let mut router = Router::default();
@@ -38,6 +41,7 @@ impl Router {
                 prefix: config.path.clone(),
                 pool: pool_index(&config.upstream),
                 max_body_size: config.max_body_size.unwrap_or(default_max_body),
+                zones: config.rate_limit.iter().map(|z| zone_index(z)).collect(),
             };
             match config.host.as_deref() {
                 None => router.any_host.push(route),
@@ -114,6 +118,7 @@ mod tests {
             path: path.into(),
             upstream: upstream.into(),
             max_body_size: None,
+            rate_limit: Vec::new(),
         }
     }
 
@@ -125,7 +130,7 @@ mod tests {
             route(Some("*.example.com"), "/", "3"),
             route(Some("*.b.example.com"), "/", "4"),
         ];
-        Router::new(&routes, |name| name.parse().unwrap_or(99), 1)
+        Router::new(&routes, |name| name.parse().unwrap_or(99), |_| 0, 1)
     }
 
     #[test]
@@ -159,7 +164,7 @@ mod tests {
 
     #[test]
     fn no_match_without_catch_all() {
-        let r = Router::new(&[route(None, "/api/", "0")], |_| 0, 1);
+        let r = Router::new(&[route(None, "/api/", "0")], |_| 0, |_| 0, 1);
         assert!(r.find(None, "/").is_none());
     }
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::proxy::ProxyService;
@@ -36,8 +37,13 @@ pub fn bind(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Accepts until `stop` fires, then stops accepting and lets open connections finish (idle keep-alive
-/// connections close at once) for up to the current `shutdown_timeout`.
+/// On shutdown, a connection that has not yet sent its first request gets this long to do so before it
+/// is closed: a client that connected just before the listener stopped has its request already on the way.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Accepts until `stop` fires, then stops accepting and drains: every connection finishes the request it is
+/// serving and closes (idle keep-alive connections at once, new ones after their first request), for up to
+/// the current `shutdown_timeout`; then the rest are closed.
 pub async fn accept_loop(
     name: String,
     socket: TcpListener,
@@ -45,11 +51,26 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(connection_builder());
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    let force_close = CancellationToken::new();
     loop {
         tokio::select! {
             accepted = socket.accept() => match accepted {
-                Ok((stream, peer)) => serve(stream, peer, &runtime, &builder, &graceful),
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let served = Arc::new(FirstRequest::default());
+                    let service = ProxyService::new(Arc::clone(&runtime), peer, "http")
+                        .with_first_request(Arc::clone(&served));
+                    connections.spawn(serve(
+                        stream,
+                        peer,
+                        service,
+                        Arc::clone(&builder),
+                        served,
+                        stop.clone(),
+                        force_close.clone(),
+                    ));
+                }
                 Err(error) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     warn!(listener = %name, %error, "accept failed");
@@ -60,13 +81,40 @@ pub async fn accept_loop(
         }
     }
     drop(socket);
+    connections.close();
     let grace = runtime.snapshot().config.global.shutdown_timeout;
-    info!(listener = %name, open = graceful.count(), "stopped accepting; draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    info!(listener = %name, open = connections.len(), "stopped accepting; draining connections");
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
         warn!(listener = %name, "shutdown_timeout passed with connections still open; closing them");
+        force_close.cancel();
+        connections.wait().await;
+    }
+}
+
+/// Set when a connection's first request reaches the service.
+#[derive(Debug, Default)]
+pub struct FirstRequest {
+    seen: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl FirstRequest {
+    /// Marks the first request (later calls are cheap no-ops).
+    pub fn mark(&self) {
+        if self.seen.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if !self.seen.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        if self.seen.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -77,23 +125,45 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-fn serve(
+async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    runtime: &Arc<Runtime>,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
+    service: ProxyService,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    served: Arc<FirstRequest>,
+    mut stop: watch::Receiver<bool>,
+    force_close: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let service = ProxyService::new(Arc::clone(runtime), peer, "http");
-    let builder = Arc::clone(builder);
-    let watcher = graceful.watcher();
-    tokio::spawn(async move {
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        if let Err(error) = watcher.watch(connection).await {
-            debug!(%peer, %error, "connection ended with an error");
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        _ = stop.wait_for(|stopped| *stopped) => None,
+        () = force_close.cancelled() => return,
+    };
+    let result = match result {
+        Some(result) => result,
+        None => {
+            // Draining: give a brand-new connection its first request, then ask hyper to finish what is in
+            // flight and close.
+            tokio::select! {
+                result = connection.as_mut() => return log_end(peer, result),
+                () = served.wait() => {}
+                () = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+                () = force_close.cancelled() => return,
+            }
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = force_close.cancelled() => return,
+            }
         }
-    });
+    };
+    log_end(peer, result);
+}
+
+fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(error) = result {
+        debug!(%peer, %error, "connection ended with an error");
+    }
 }

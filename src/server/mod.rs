@@ -2,6 +2,8 @@
 
 mod listener;
 
+pub use listener::FirstRequest;
+
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -142,6 +144,10 @@ pub async fn start_with(
         proxy.listeners.push(handle);
     }
     proxy.tasks.spawn(health::run_checker(
+        Arc::clone(&proxy.runtime),
+        proxy.stop.subscribe(),
+    ));
+    proxy.tasks.spawn(crate::ratelimit::run_sweeper(
         Arc::clone(&proxy.runtime),
         proxy.stop.subscribe(),
     ));

@@ -23,6 +23,8 @@ pub struct Server {
     pub fail_timeout_ms: u64,
     /// Used only when no primary is available.
     pub backup: bool,
+    /// Identity for consistent hashing, when configured (else the address).
+    pub id: Option<Arc<str>>,
     /// Live state, shared across snapshots.
     pub state: Arc<ServerState>,
 }
@@ -36,6 +38,7 @@ impl Server {
             max_fails: 1,
             fail_timeout_ms: 10_000,
             backup: false,
+            id: None,
             state: Arc::default(),
         })
     }
@@ -65,9 +68,9 @@ impl Server {
         }
     }
 
-    /// Stable identity used by hash strategies: the address text.
+    /// Stable identity used by hash strategies: the configured `id`, else the address text.
     pub fn identity(&self) -> &str {
-        self.addr.as_str()
+        self.id.as_deref().unwrap_or(self.addr.as_str())
     }
 }
 

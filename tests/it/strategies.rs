@@ -210,20 +210,24 @@ async fn placement(client: &TestClient, proxy: &TestProxy, keys: usize) -> Vec<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_spreads_keys_and_keeps_them_when_a_server_leaves() {
-    let names = ["a", "b", "c", "d", "e"];
+    // Placement follows each server's id (HAProxy `hash-key id`), so the ring, and with the fixed user ids
+    // every key's place, is the same in every run whatever ports the backends get. Any five ids give a
+    // ring within about 8% of even per server (one standard deviation); these are checked in the unit
+    // tests of balance::consistent_hash.
+    let names = ["web1", "web2", "web3", "web4", "web5"];
     let mut backends = Vec::new();
     for name in names {
         backends.push(named(name).await);
     }
     let config_for = |count: usize| {
+        let list: Vec<String> = backends[..count]
+            .iter()
+            .zip(names)
+            .map(|(b, id)| format!("{{ addr = \"{}\", id = \"{id}\" }}", b.addr()))
+            .collect();
         one_pool(&format!(
-            "strategy = \"consistent_hash\"\nhash_key = \"header:x-user-id\"\n{}",
-            servers(
-                &backends[..count]
-                    .iter()
-                    .map(|b| (b.addr(), 1))
-                    .collect::<Vec<_>>()
-            )
+            "strategy = \"consistent_hash\"\nhash_key = \"header:x-user-id\"\nservers = [{}]",
+            list.join(", ")
         ))
     };
     let proxy = TestProxy::start(&config_for(5)).await;
@@ -252,7 +256,7 @@ async fn consistent_hash_spreads_keys_and_keeps_them_when_a_server_leaves() {
     let moved_from_kept_servers = before
         .iter()
         .zip(&after)
-        .filter(|(b, a)| b.as_str() != "e" && b != a)
+        .filter(|(b, a)| b.as_str() != "web5" && b != a)
         .count();
     assert_eq!(
         moved_from_kept_servers, 0,

@@ -78,7 +78,7 @@ async fn sigusr2_upgrade_hands_the_sockets_over_with_no_refused_connection() {
     let listen = refusing_addr();
     let path = write_config(&dir, listen, backend.addr());
     let mut old = FulcrumProcess::spawn(&path, &[]);
-    old.listener_addr("public");
+    old.wait_for_line("fulcrum is serving");
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(listen, Arc::clone(&stop));
 

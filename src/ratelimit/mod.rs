@@ -1,0 +1,113 @@
+//! Per-client rate limits: zones defined once and shared by every route that names them, nginx
+//! `limit_req` semantics (burst, nodelay, delay), local sharded buckets that survive reloads.
+
+pub mod bucket;
+pub mod store;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::StatusCode;
+
+pub use bucket::{Decision, Limit};
+pub use store::Store;
+
+use crate::config::{HashKey, RateLimitConfig};
+
+/// Requests a zone may hold back (without nodelay) at once; past it, requests are refused.
+pub const MAX_DELAYED: usize = 10_000;
+
+/// One zone as a snapshot sees it: its settings and its (shared, reload-surviving) buckets.
+#[derive(Debug)]
+pub struct Zone {
+    /// The zone's name.
+    pub name: String,
+    /// What identifies a client.
+    pub key: HashKey,
+    /// The limit.
+    pub limit: Limit,
+    /// Status of a refusal.
+    pub status: StatusCode,
+    /// Count and log, never refuse or delay.
+    pub dry_run: bool,
+    /// `RateLimit-Policy` header value, made once.
+    pub policy_header: http::HeaderValue,
+    /// The quota window in seconds, for the `RateLimit` header.
+    pub window_secs: u64,
+    /// The buckets.
+    pub store: Arc<Store>,
+    /// Requests held back right now.
+    pub delayed: Arc<AtomicUsize>,
+}
+
+impl Zone {
+    /// Builds a zone over `store`.
+    pub fn new(config: &RateLimitConfig, store: Arc<Store>, delayed: Arc<AtomicUsize>) -> Zone {
+        let policy = format!(
+            "\"{}\";q={};w={}",
+            config.name, config.rate.count, config.rate.window_secs
+        );
+        Zone {
+            name: config.name.clone(),
+            key: config.key.clone(),
+            limit: config.limit(),
+            status: StatusCode::from_u16(config.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+            dry_run: config.dry_run,
+            policy_header: http::HeaderValue::from_str(&policy)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("\"zone\"")),
+            window_secs: config.rate.window_secs,
+            store,
+            delayed,
+        }
+    }
+
+    /// The `RateLimit` header value for `remaining` requests and a reset in `reset_ms`.
+    pub fn quota_header(&self, remaining: u64, reset_ms: u64) -> Option<http::HeaderValue> {
+        let value = format!(
+            "\"{}\";r={remaining};t={}",
+            self.name,
+            reset_ms.div_ceil(1000)
+        );
+        http::HeaderValue::from_str(&value).ok()
+    }
+
+    /// Takes a place among the delayed requests, if one is free.
+    pub fn enter_delay(&self) -> Option<DelayedGuard> {
+        let before = self.delayed.fetch_add(1, Ordering::AcqRel);
+        let guard = DelayedGuard(Arc::clone(&self.delayed));
+        (before < MAX_DELAYED).then_some(guard)
+    }
+}
+
+/// Holds one place among a zone's delayed requests.
+#[derive(Debug)]
+pub struct DelayedGuard(Arc<AtomicUsize>);
+
+impl Drop for DelayedGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How often drained buckets are forgotten.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Forgets drained buckets of every zone in the current snapshot every few seconds, until `stop` fires.
+pub async fn run_sweeper(
+    runtime: Arc<crate::runtime::Runtime>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let now = crate::clock::now_ms();
+                for zone in &runtime.snapshot().zones {
+                    zone.store.sweep(now, zone.limit);
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
