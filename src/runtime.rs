@@ -1,18 +1,19 @@
 //! The runtime: the published snapshot, the live server registry and the upstream clients.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::config::{Config, RateLimitConfig};
+use crate::config::{Config, RateLimitBackend, RateLimitConfig};
 use crate::proxy::client::{build_client, ClientSettings, UpstreamClient};
 use crate::proxy::upgrade::Tunnels;
+use crate::ratelimit::redis::RedisBackend;
 use crate::ratelimit::Store;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, ZoneShared};
 use crate::upstream::Registry;
 
 /// Holds what outlives one config: the registry of server state and the pooled clients.
@@ -29,12 +30,33 @@ pub struct Runtime {
     tunnels: Tunnels,
 }
 
+/// Fresh state for a zone: empty buckets and, for the Redis backend, a (lazily connecting) client.
+fn new_zone_shared(zone: &RateLimitConfig) -> ZoneShared {
+    let redis = match &zone.backend {
+        RateLimitBackend::Redis { url, timeout, .. } => {
+            match RedisBackend::new(url, &zone.name, *timeout) {
+                Ok(backend) => Some(Arc::new(backend)),
+                Err(e) => {
+                    // Validation opened the same URL, so this is not expected; the zone then acts local.
+                    tracing::error!(zone = %zone.name, error = %e, "cannot use the Redis URL");
+                    None
+                }
+            }
+        }
+        RateLimitBackend::Local => None,
+    };
+    ZoneShared {
+        store: Arc::new(Store::new(zone.max_keys)),
+        delayed: Arc::default(),
+        redis,
+    }
+}
+
 /// A zone's buckets, kept across snapshots while the zone's key and limit stay the same.
 #[derive(Debug)]
 struct ZoneState {
     config: RateLimitConfig,
-    store: Arc<Store>,
-    delayed: Arc<AtomicUsize>,
+    shared: ZoneShared,
 }
 
 impl Runtime {
@@ -127,21 +149,20 @@ impl Runtime {
                     kept.config.key == zone.key
                         && kept.config.limit() == zone.limit()
                         && kept.config.max_keys == zone.max_keys
+                        && kept.config.backend == zone.backend
                 });
                 if !same {
                     zones.insert(
                         zone.name.clone(),
                         ZoneState {
                             config: zone.clone(),
-                            store: Arc::new(Store::new(zone.max_keys)),
-                            delayed: Arc::new(AtomicUsize::new(0)),
+                            shared: new_zone_shared(zone),
                         },
                     );
                 }
-                match zones.get(&zone.name) {
-                    Some(kept) => (Arc::clone(&kept.store), Arc::clone(&kept.delayed)),
-                    None => (Arc::new(Store::new(zone.max_keys)), Arc::default()),
-                }
+                zones
+                    .get(&zone.name)
+                    .map_or_else(|| new_zone_shared(zone), |kept| kept.shared.clone())
             },
             first,
         )

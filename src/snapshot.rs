@@ -67,6 +67,17 @@ pub struct Tier {
     pub balancer: Box<dyn Balancer>,
 }
 
+/// What a zone keeps across snapshots: its buckets, its delayed-request count, its Redis connection.
+#[derive(Debug, Clone)]
+pub struct ZoneShared {
+    /// Local buckets.
+    pub store: Arc<Store>,
+    /// Requests held back now.
+    pub delayed: Arc<AtomicUsize>,
+    /// The Redis backend, when the zone uses one.
+    pub redis: Option<Arc<crate::ratelimit::redis::RedisBackend>>,
+}
+
 /// Which tier a pick came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TierKind {
@@ -120,7 +131,7 @@ impl Snapshot {
         config: Arc<Config>,
         registry: &Registry,
         client_for: impl Fn(ClientSettings) -> UpstreamClient,
-        zone_state_for: impl Fn(&RateLimitConfig) -> (Arc<Store>, Arc<AtomicUsize>),
+        zone_state_for: impl Fn(&RateLimitConfig) -> ZoneShared,
         first: bool,
     ) -> Snapshot {
         let names: Vec<&String> = config.upstreams.keys().collect();
@@ -129,8 +140,8 @@ impl Snapshot {
             .rate_limits
             .values()
             .map(|zone| {
-                let (store, delayed) = zone_state_for(zone);
-                Zone::new(zone, store, delayed)
+                let shared = zone_state_for(zone);
+                Zone::new(zone, shared.store, shared.delayed, shared.redis)
             })
             .collect();
         let pools = config

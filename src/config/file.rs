@@ -36,6 +36,9 @@ pub struct RateLimitFile {
     pub dry_run: Option<bool>,
     pub max_keys: Option<Spanned<usize>>,
     pub backend: Option<Spanned<String>>,
+    pub redis_url: Option<Spanned<String>>,
+    pub on_redis_error: Option<Spanned<String>>,
+    pub redis_timeout: Option<ConfigDuration>,
 }
 
 /// `[global]`.

@@ -76,8 +76,26 @@ pub struct RateLimitConfig {
     pub status: u16,
     /// Count and log, never refuse.
     pub dry_run: bool,
-    /// Buckets kept at most.
+    /// Buckets kept at most (local backend).
     pub max_keys: usize,
+    /// Where the buckets live.
+    pub backend: RateLimitBackend,
+}
+
+/// Where a zone keeps its buckets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitBackend {
+    /// In this process.
+    Local,
+    /// In Redis, shared by every proxy that uses the same URL and zone name.
+    Redis {
+        /// `redis://host:port/db` (or `rediss://`, `redis+unix://`).
+        url: String,
+        /// Refuse (true) or let through (false) when Redis does not answer.
+        deny_on_error: bool,
+        /// Longest wait for Redis per check.
+        timeout: Duration,
+    },
 }
 
 impl RateLimitConfig {

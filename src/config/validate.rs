@@ -12,8 +12,8 @@ use super::file::{
 };
 use super::values::HashKey;
 use super::{
-    Config, Global, HealthCheckConfig, ListenerConfig, Rate, RateLimitConfig, RetryOn, RouteConfig,
-    ServerConfig, UpstreamConfig,
+    Config, Global, HealthCheckConfig, ListenerConfig, Rate, RateLimitBackend, RateLimitConfig,
+    RetryOn, RouteConfig, ServerConfig, UpstreamConfig,
 };
 
 /// nginx `client_max_body_size` default.
@@ -524,25 +524,55 @@ impl Validator<'_> {
             Some(status) => *status.get_ref(),
             None => 429,
         };
-        if let Some(backend) = &file.backend {
-            match backend.get_ref().as_str() {
-                "local" => {}
-                "redis" => {
+        let backend = match file
+            .backend
+            .as_ref()
+            .map(|b| (b.get_ref().as_str(), b.span()))
+        {
+            None | Some(("local", _)) => RateLimitBackend::Local,
+            Some(("redis", span)) => {
+                let Some(url) = &file.redis_url else {
                     return Err(self.err(
-                        Some(backend.span()),
-                        key("backend"),
-                        "the redis backend is not available in this build yet; use \"local\"",
-                    ))
+                        Some(span),
+                        key("redis_url"),
+                        "backend = \"redis\" needs redis_url, e.g. \"redis://127.0.0.1:6379/0\"",
+                    ));
+                };
+                if let Err(e) = redis::Client::open(url.get_ref().as_str()) {
+                    return Err(self.err(
+                        Some(url.span()),
+                        key("redis_url"),
+                        format!("`{}` is not a Redis URL: {e}", url.get_ref()),
+                    ));
                 }
-                other => {
-                    return Err(self.err(
-                        Some(backend.span()),
-                        key("backend"),
-                        format!("unknown backend `{other}`; expected local or redis"),
-                    ))
+                let deny_on_error = match file.on_redis_error.as_ref() {
+                    None => false,
+                    Some(v) if v.get_ref() == "allow" => false,
+                    Some(v) if v.get_ref() == "deny" => true,
+                    Some(v) => {
+                        return Err(self.err(
+                            Some(v.span()),
+                            key("on_redis_error"),
+                            format!("unknown value `{}`; expected allow or deny", v.get_ref()),
+                        ))
+                    }
+                };
+                RateLimitBackend::Redis {
+                    url: url.get_ref().clone(),
+                    deny_on_error,
+                    timeout: file
+                        .redis_timeout
+                        .map_or(Duration::from_millis(50), |d| d.0),
                 }
             }
-        }
+            Some((other, span)) => {
+                return Err(self.err(
+                    Some(span),
+                    key("backend"),
+                    format!("unknown backend `{other}`; expected local or redis"),
+                ))
+            }
+        };
         let max_keys = match &file.max_keys {
             Some(n) if *n.get_ref() == 0 => {
                 return Err(self.err(Some(n.span()), key("max_keys"), "must be at least 1"))
@@ -560,6 +590,7 @@ impl Validator<'_> {
             status,
             dry_run: file.dry_run.unwrap_or(false),
             max_keys,
+            backend,
         })
     }
 

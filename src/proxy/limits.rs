@@ -15,7 +15,6 @@ use tracing::{info, warn};
 use super::body::ProxyBody;
 use super::keys::key_hash;
 use super::router::Route;
-use crate::clock::now_ms;
 use crate::ratelimit::{Decision, DelayedGuard, Zone};
 use crate::snapshot::Snapshot;
 
@@ -47,7 +46,6 @@ pub async fn admit(
     if route.zones.is_empty() {
         return Ok(None);
     }
-    let now = now_ms();
     let mut quota: Option<(u64, Quota)> = None;
     let mut delay_ms = 0;
     let mut _held: Vec<DelayedGuard> = Vec::new();
@@ -55,7 +53,10 @@ pub async fn admit(
         let Some(key) = key_hash(&zone.key, request.uri(), request.headers(), client_ip) else {
             continue;
         };
-        match zone.store.check(key, now, zone.limit) {
+        let Some(decision) = zone.check(key).await else {
+            continue;
+        };
+        match decision {
             Decision::Reject { retry_after_ms } => {
                 if zone.dry_run {
                     info!(zone = %zone.name, client = %client_ip, "rate limit exceeded (dry run, not refused)");

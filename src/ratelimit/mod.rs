@@ -2,6 +2,7 @@
 //! `limit_req` semantics (burst, nodelay, delay), local sharded buckets that survive reloads.
 
 pub mod bucket;
+pub mod redis;
 pub mod store;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,15 +35,29 @@ pub struct Zone {
     pub policy_header: http::HeaderValue,
     /// The quota window in seconds, for the `RateLimit` header.
     pub window_secs: u64,
-    /// The buckets.
+    /// The buckets (local backend).
     pub store: Arc<Store>,
+    /// The shared buckets (Redis backend), and whether to refuse when Redis does not answer.
+    pub redis: Option<(Arc<redis::RedisBackend>, bool)>,
     /// Requests held back right now.
     pub delayed: Arc<AtomicUsize>,
 }
 
 impl Zone {
     /// Builds a zone over `store`.
-    pub fn new(config: &RateLimitConfig, store: Arc<Store>, delayed: Arc<AtomicUsize>) -> Zone {
+    pub fn new(
+        config: &RateLimitConfig,
+        store: Arc<Store>,
+        delayed: Arc<AtomicUsize>,
+        redis: Option<Arc<redis::RedisBackend>>,
+    ) -> Zone {
+        let deny_on_error = matches!(
+            config.backend,
+            crate::config::RateLimitBackend::Redis {
+                deny_on_error: true,
+                ..
+            }
+        );
         let policy = format!(
             "\"{}\";q={};w={}",
             config.name, config.rate.count, config.rate.window_secs
@@ -57,7 +72,23 @@ impl Zone {
                 .unwrap_or_else(|_| http::HeaderValue::from_static("\"zone\"")),
             window_secs: config.rate.window_secs,
             store,
+            redis: redis.map(|backend| (backend, deny_on_error)),
             delayed,
+        }
+    }
+
+    /// Checks one request for `key` against this zone's backend; a Redis that does not answer gives
+    /// `None` (let through) or a refusal, as `on_redis_error` says.
+    pub async fn check(&self, key: u64) -> Option<Decision> {
+        match &self.redis {
+            None => Some(self.store.check(key, crate::clock::now_ms(), self.limit)),
+            Some((backend, deny_on_error)) => match backend.check(key, self.limit).await {
+                Ok(decision) => Some(decision),
+                Err(_) if *deny_on_error => Some(Decision::Reject {
+                    retry_after_ms: 1_000,
+                }),
+                Err(_) => None,
+            },
         }
     }
 

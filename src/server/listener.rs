@@ -84,7 +84,10 @@ pub async fn accept_loop(
     connections.close();
     let grace = runtime.snapshot().config.global.shutdown_timeout;
     info!(listener = %name, open = connections.len(), "stopped accepting; draining connections");
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
         warn!(listener = %name, "shutdown_timeout passed with connections still open; closing them");
         force_close.cancel();
         connections.wait().await;

@@ -256,3 +256,74 @@ async fn trusted_proxies_give_the_real_client_to_limits_and_x_real_ip() {
         "a spoofed header changes nothing"
     );
 }
+
+fn redis_zone(redis: &RedisServer, on_error: &str) -> String {
+    format!(
+        "key = \"header:x-client\"\nrate = \"1r/m\"\nburst = 9\nnodelay = true\nbackend = \"redis\"\nredis_url = \"{}\"\non_redis_error = \"{on_error}\"\nredis_timeout = \"200ms\"",
+        redis.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_sharing_a_redis_zone_enforce_one_limit() {
+    let redis = RedisServer::start();
+    let backend = named("app").await;
+    let one = TestProxy::start(&limited(&redis_zone(&redis, "allow"), backend.addr(), "")).await;
+    let two = TestProxy::start(&limited(&redis_zone(&redis, "allow"), backend.addr(), "")).await;
+    let client = TestClient::new();
+    let mut allowed = 0;
+    for round in 0..20 {
+        for proxy in [&one, &two] {
+            let reply = client
+                .get_with(&proxy.url("/"), "x-client", "shared-client")
+                .await;
+            match reply.status {
+                StatusCode::OK => allowed += 1,
+                StatusCode::TOO_MANY_REQUESTS => {
+                    assert_eq!(reply.headers["ratelimit-policy"], "\"api\";q=1;w=60");
+                }
+                other => panic!("round {round}: unexpected {other}"),
+            }
+        }
+    }
+    // 1 + burst 9 in all, whichever proxy the requests went through.
+    assert_eq!(allowed, 10);
+    // Another client has its own bucket.
+    let other = client
+        .get_with(&one.url("/"), "x-client", "other-client")
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_follows_on_redis_error() {
+    let mut redis = RedisServer::start();
+    let backend = named("app").await;
+    let allow = TestProxy::start(&limited(&redis_zone(&redis, "allow"), backend.addr(), "")).await;
+    let deny = TestProxy::start(&limited(&redis_zone(&redis, "deny"), backend.addr(), "")).await;
+    let client = TestClient::new();
+    for proxy in [&allow, &deny] {
+        assert_eq!(
+            client
+                .get_with(&proxy.url("/"), "x-client", "c")
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    redis.stop();
+    for _ in 0..20 {
+        let reply = client.get_with(&allow.url("/"), "x-client", "c").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "allow: requests go on without Redis"
+        );
+        let reply = client.get_with(&deny.url("/"), "x-client", "c").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "deny: requests are refused without Redis"
+        );
+    }
+}
