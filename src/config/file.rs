@@ -61,6 +61,7 @@ pub struct ListenerFile {
     pub listen: Spanned<String>,
     #[serde(default)]
     pub reuseport: bool,
+    pub max_connections_per_client: Option<Spanned<usize>>,
 }
 
 /// One `[[route]]`.

@@ -118,6 +118,8 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// SO_REUSEPORT: let a new binary bind the same address during an upgrade.
     pub reuseport: bool,
+    /// Open connections one client address may hold (nginx `limit_conn`); more are closed at once.
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// Which requests go to which upstream.

@@ -190,10 +190,22 @@ impl Validator<'_> {
                     format!("listener name `{name}` is used twice"),
                 ));
             }
+            let max_connections_per_client = match &file.max_connections_per_client {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(self.err(
+                        Some(n.span()),
+                        format!("listener[{i}].max_connections_per_client"),
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => Some(*n.get_ref()),
+                None => None,
+            };
             out.push(ListenerConfig {
                 name,
                 listen,
                 reuseport: file.reuseport,
+                max_connections_per_client,
             });
         }
         Ok(out)

@@ -105,6 +105,23 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_key_costs_at_most_128_bytes() {
+        let store = Store::new(100_000);
+        for key in 0..100_000u64 {
+            store.check(key.wrapping_mul(0x9E37_79B9_7F4A_7C15), 10, LIMIT);
+        }
+        // hashbrown: one entry (key + bucket) and one control byte per slot of capacity.
+        let slot = std::mem::size_of::<(u64, Bucket)>() + 1;
+        let bytes: usize = store
+            .shards
+            .iter()
+            .map(|s| s.lock().capacity() * slot)
+            .sum();
+        let per_key = bytes / store.len();
+        assert!(per_key <= 128, "{per_key} bytes per key");
+    }
+
+    #[test]
     fn sweep_forgets_drained_buckets() {
         let store = Store::new(100);
         store.check(1, 10, LIMIT);

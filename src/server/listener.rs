@@ -46,6 +46,7 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// the current `shutdown_timeout`; then the rest are closed.
 pub async fn accept_loop(
     name: String,
+    listen: SocketAddr,
     socket: TcpListener,
     runtime: Arc<Runtime>,
     mut stop: watch::Receiver<bool>,
@@ -53,15 +54,35 @@ pub async fn accept_loop(
     let builder = Arc::new(connection_builder());
     let connections = TaskTracker::new();
     let force_close = CancellationToken::new();
+    let per_client = Arc::new(PerClient::default());
     loop {
         tokio::select! {
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // The limit is read from the current config, so a reload changes it for kept sockets.
+                    let limit = runtime
+                        .snapshot()
+                        .config
+                        .listeners
+                        .iter()
+                        .find(|l| l.listen == listen)
+                        .and_then(|l| l.max_connections_per_client);
+                    let slot = match limit {
+                        Some(max) => match per_client.enter(peer.ip(), max) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                debug!(listener = %name, client = %peer.ip(), max, "max_connections_per_client reached; closing");
+                                drop(stream);
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     let _ = stream.set_nodelay(true);
                     let served = Arc::new(FirstRequest::default());
                     let service = ProxyService::new(Arc::clone(&runtime), peer, "http")
                         .with_first_request(Arc::clone(&served));
-                    connections.spawn(serve(
+                    let connection = serve(
                         stream,
                         peer,
                         service,
@@ -69,7 +90,11 @@ pub async fn accept_loop(
                         served,
                         stop.clone(),
                         force_close.clone(),
-                    ));
+                    );
+                    connections.spawn(async move {
+                        let _slot = slot;
+                        connection.await;
+                    });
                 }
                 Err(error) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -91,6 +116,57 @@ pub async fn accept_loop(
         warn!(listener = %name, "shutdown_timeout passed with connections still open; closing them");
         force_close.cancel();
         connections.wait().await;
+    }
+}
+
+/// Open connections per client address (nginx `limit_conn`), sharded so accepts rarely share a lock.
+#[derive(Debug, Default)]
+struct PerClient {
+    shards: [parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>; 16],
+}
+
+impl PerClient {
+    /// Takes a connection slot for `ip` if it holds fewer than `max`.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut shard = self.shard(ip).lock();
+        let open = shard.entry(ip).or_insert(0);
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(ClientSlot {
+            clients: Arc::clone(self),
+            ip,
+        })
+    }
+
+    fn shard(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> &parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>> {
+        let hash = match ip {
+            std::net::IpAddr::V4(v4) => u32::from(v4) as usize,
+            std::net::IpAddr::V6(v6) => u128::from(v6) as usize,
+        };
+        &self.shards[hash % self.shards.len()]
+    }
+}
+
+/// One open connection of a client; frees its slot when dropped.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut shard = self.clients.shard(self.ip).lock();
+        if let Some(open) = shard.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                shard.remove(&self.ip);
+            }
+        }
     }
 }
 

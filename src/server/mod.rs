@@ -275,6 +275,7 @@ impl RunningProxy {
         };
         self.tasks.spawn(listener::accept_loop(
             bound.config.name.clone(),
+            bound.config.listen,
             bound.socket,
             Arc::clone(&self.runtime),
             stopped,

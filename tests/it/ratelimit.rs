@@ -327,3 +327,55 @@ async fn a_stopped_redis_follows_on_redis_error() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_per_client_closes_the_extra_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = named("app").await;
+    let proxy = TestProxy::start(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_client = 2\n[[route]]\npath = \"/\"\nupstream = \"app\"\n[upstream.app]\nservers = [{{ addr = \"{}\" }}]\n",
+        backend.addr()
+    ))
+    .await;
+    let addr = proxy.url("").trim_start_matches("http://").to_string();
+    let request = b"GET / HTTP/1.1\r\nHost: limit.test\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        stream.write_all(request).await.expect("write");
+        let mut buf = [0u8; 12];
+        stream.read_exact(&mut buf).await.expect("an answer");
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(stream);
+    }
+    // The third keep-alive connection from the same address is closed without an answer.
+    let mut third = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let _ = third.write_all(request).await;
+    let mut buf = [0u8; 12];
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("closed promptly");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the third connection was served: {read:?}"
+    );
+    // Closing one frees a slot.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let _ = stream.write_all(request).await;
+        let mut buf = [0u8; 12];
+        if stream.read_exact(&mut buf).await.is_ok() && &buf == b"HTTP/1.1 200" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot was never reused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
