@@ -8,6 +8,7 @@ mod forward;
 pub mod headers;
 pub mod keys;
 mod limits;
+pub mod request_id;
 pub mod router;
 pub mod upgrade;
 
@@ -22,7 +23,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 use crate::runtime::Runtime;
 use crate::server::FirstRequest;
@@ -172,7 +173,22 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             first.mark();
         }
         let service = self.clone();
-        Box::pin(async move { Ok(service.handle(request).await) })
+        let id = request_id::request_id(request.headers());
+        let span = tracing::info_span!("request", id = id.to_str().unwrap_or("-"));
+        Box::pin(
+            async move {
+                let mut request = request;
+                request
+                    .headers_mut()
+                    .insert(request_id::X_REQUEST_ID.clone(), id.clone());
+                let mut response = service.handle(request).await;
+                response
+                    .headers_mut()
+                    .insert(request_id::X_REQUEST_ID.clone(), id);
+                Ok(response)
+            }
+            .instrument(span),
+        )
     }
 }
 

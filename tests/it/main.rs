@@ -7,6 +7,7 @@ mod cli;
 mod error_answers;
 mod forwarding;
 mod health;
+mod observability;
 mod ratelimit;
 mod reload;
 mod strategies;
