@@ -21,6 +21,15 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<String, UpstreamFile>,
     #[serde(default, rename = "rate_limit")]
     pub rate_limits: BTreeMap<String, RateLimitFile>,
+    pub admin: Option<AdminFile>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Option<Spanned<String>>,
+    pub token: Option<String>,
 }
 
 /// One `[rate_limit.NAME]` zone.

@@ -27,8 +27,46 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// `[rate_limit.NAME]` zones, by name.
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// `[admin]`, when present.
+    pub admin: Option<AdminConfig>,
+    /// The file this came from and its text, for `GET /config` (secrets redacted there).
+    pub source: ConfigSource,
     /// Things that are valid but probably not what was meant (e.g. a key the chosen strategy ignores).
     pub warnings: Vec<ConfigError>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address to bind (loopback by default).
+    pub listen: SocketAddr,
+    /// Bearer token required for anything that changes state, when set.
+    pub token: Option<String>,
+}
+
+/// Where a config came from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Its text as loaded.
+    pub text: String,
+}
+
+impl ConfigSource {
+    /// The text with secrets (`token`, `redis_url`) replaced by `"<redacted>"`.
+    pub fn redacted(&self) -> String {
+        self.text
+            .lines()
+            .map(|line| match line.split_once('=') {
+                Some((key, _)) if matches!(key.trim(), "token" | "redis_url") => {
+                    format!("{} = \"<redacted>\"", key.trim_end())
+                }
+                _ => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 /// Process-wide settings.

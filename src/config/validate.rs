@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use super::error::ConfigError;
 use super::file::{
-    FileConfig, HealthCheckFile, ListenerFile, RateLimitFile, RouteFile, Strategy, UpstreamFile,
+    AdminFile, FileConfig, HealthCheckFile, ListenerFile, RateLimitFile, RouteFile, Strategy,
+    UpstreamFile,
 };
 use super::values::HashKey;
 use super::{
-    Config, Global, HealthCheckConfig, ListenerConfig, Rate, RateLimitBackend, RateLimitConfig,
-    RetryOn, RouteConfig, ServerConfig, UpstreamConfig,
+    AdminConfig, Config, ConfigSource, Global, HealthCheckConfig, ListenerConfig, Rate,
+    RateLimitBackend, RateLimitConfig, RetryOn, RouteConfig, ServerConfig, UpstreamConfig,
 };
 
 /// nginx `client_max_body_size` default.
@@ -149,12 +150,21 @@ impl Validator<'_> {
             rate_limits.insert(name, checked);
         }
         let routes = self.routes(&file.routes, &upstreams, &rate_limits)?;
+        let admin = match &file.admin {
+            Some(admin) => Some(self.admin(admin)?),
+            None => None,
+        };
         Ok(Config {
             global,
             listeners,
             routes,
             upstreams,
             rate_limits,
+            admin,
+            source: ConfigSource {
+                path: self.path.to_path_buf(),
+                text: self.source.to_string(),
+            },
             warnings: self.warnings.take(),
         })
     }
@@ -498,6 +508,33 @@ impl Validator<'_> {
                 .or(upstream_start_unhealthy)
                 .unwrap_or(false),
             concurrency,
+        })
+    }
+
+    fn admin(&self, file: &AdminFile) -> Result<AdminConfig, ConfigError> {
+        let listen = match &file.listen {
+            Some(text) => listen_addr(text.get_ref()).ok_or_else(|| {
+                self.err(
+                    Some(text.span()),
+                    "admin.listen",
+                    format!(
+                        "`{}` is not an address to listen on; write ip:port",
+                        text.get_ref()
+                    ),
+                )
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 9901)),
+        };
+        if file.token.as_deref() == Some("") {
+            return Err(self.err(
+                None,
+                "admin.token",
+                "must not be empty (leave it out for no token)",
+            ));
+        }
+        Ok(AdminConfig {
+            listen,
+            token: file.token.clone(),
         })
     }
 

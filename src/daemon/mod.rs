@@ -65,6 +65,7 @@ pub async fn run(
         }
         None => None,
     };
+    let mut admin_reloads = proxy.take_reload_requests();
     let mut background = JoinSet::new();
     if let Some(every) = systemd::watchdog_interval() {
         background.spawn(async move {
@@ -80,9 +81,12 @@ pub async fn run(
 
     let immediate = loop {
         tokio::select! {
-            _ = hangup.recv() => reload(&mut proxy, &path, "SIGHUP"),
+            _ = hangup.recv() => { let _ = reload(&mut proxy, &path, "SIGHUP"); }
             _ = upgrade.recv() => spawn_upgrade(&proxy, &path),
-            () = changed(&mut watcher) => reload(&mut proxy, &path, "config file changed"),
+            Some(answer) = next_admin_reload(&mut admin_reloads) => {
+                let _ = answer.send(reload(&mut proxy, &path, "admin API"));
+            }
+            () = changed(&mut watcher) => { let _ = reload(&mut proxy, &path, "config file changed"); }
             _ = terminate.recv() => break false,
             _ = interrupt.recv() => break false,
             _ = quit.recv() => break true,
@@ -133,6 +137,15 @@ fn spawn_upgrade(proxy: &RunningProxy, path: &Path) {
     }
 }
 
+async fn next_admin_reload(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadRequest>>,
+) -> Option<crate::admin::ReloadRequest> {
+    match requests {
+        Some(requests) => requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn changed(watcher: &mut Option<ConfigWatcher>) {
     match watcher {
         Some(watcher) => watcher.changed().await,
@@ -141,30 +154,29 @@ async fn changed(watcher: &mut Option<ConfigWatcher>) {
 }
 
 /// Loads, validates and applies the config file; a bad file changes nothing and is logged with its file,
-/// line and key.
-pub fn reload(proxy: &mut RunningProxy, path: &Path, trigger: &str) {
+/// line and key. Returns the error text for callers that report it (the admin API).
+pub fn reload(proxy: &mut RunningProxy, path: &Path, trigger: &str) -> Result<(), String> {
     systemd::notify("RELOADING=1");
     let runtime = Arc::clone(proxy.runtime());
-    match Config::load(path) {
-        Err(e) => {
-            runtime.reload_failed();
-            error!(trigger, "reload refused, old config keeps serving: {e}");
-        }
+    let result = match Config::load(path) {
+        Err(e) => Err(e.to_string()),
         Ok(config) => {
             for warning in &config.warnings {
                 warn!("{warning}");
             }
-            match proxy.reload(config) {
-                Ok(()) => {
-                    runtime.reload_succeeded();
-                    info!(trigger, config = %path.display(), "config reloaded");
-                }
-                Err(e) => {
-                    runtime.reload_failed();
-                    error!(trigger, "reload refused, old config keeps serving: {e}");
-                }
-            }
+            proxy.reload(config).map_err(|e| e.to_string())
+        }
+    };
+    match &result {
+        Ok(()) => {
+            runtime.reload_succeeded();
+            info!(trigger, config = %path.display(), "config reloaded");
+        }
+        Err(e) => {
+            runtime.reload_failed();
+            error!(trigger, "reload refused, old config keeps serving: {e}");
         }
     }
     systemd::notify("READY=1\nSTATUS=serving");
+    result
 }

@@ -111,6 +111,9 @@ fn jittered(interval: Duration, share: f64) -> Duration {
 fn record(target: &Target, result: &ProbeResult) {
     let check = &target.check;
     let before = ProbeCounter::unpack(target.state.probe_counter());
+    target
+        .state
+        .set_last_probe(result.failure.is_none(), result.latency);
     let (after, flip) = before.observe(result.failure.is_none(), check.max_fails, check.passes);
     target.state.set_probe_counter(after.pack());
     match flip {

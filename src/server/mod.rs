@@ -43,6 +43,8 @@ struct ListenerHandle {
 #[derive(Debug)]
 pub struct RunningProxy {
     listeners: Vec<ListenerHandle>,
+    admin: Option<SocketAddr>,
+    reloads: Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadRequest>>,
     runtime: Arc<Runtime>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -128,13 +130,34 @@ pub async fn start_with(
     mut inherited: Vec<std::net::TcpListener>,
 ) -> Result<RunningProxy, BindError> {
     let bound = bind_all(config.listeners.iter(), &mut inherited)?;
+    let admin = match &config.admin {
+        Some(admin) => {
+            let socket = crate::admin::bind(admin.listen)
+                .await
+                .map_err(|source| BindError {
+                    name: "admin".to_string(),
+                    addr: admin.listen,
+                    source,
+                })?;
+            let addr = socket.local_addr().map_err(|source| BindError {
+                name: "admin".to_string(),
+                addr: admin.listen,
+                source,
+            })?;
+            Some((socket, addr))
+        }
+        None => None,
+    };
     for unused in inherited {
         warn!(addr = ?unused.local_addr().ok(), "an inherited socket matches no listener; closing it");
     }
     let runtime = Runtime::new(config);
     let (stop, _) = watch::channel(false);
+    let (reload_sender, reloads) = tokio::sync::mpsc::channel(4);
     let mut proxy = RunningProxy {
         listeners: Vec::new(),
+        admin: admin.as_ref().map(|(_, addr)| *addr),
+        reloads: Some(reloads),
         runtime,
         stop,
         tasks: JoinSet::new(),
@@ -147,6 +170,15 @@ pub async fn start_with(
         Arc::clone(&proxy.runtime),
         proxy.stop.subscribe(),
     ));
+    if let Some((socket, addr)) = admin {
+        info!(%addr, "admin API listening");
+        proxy.tasks.spawn(crate::admin::serve(
+            socket,
+            Arc::clone(&proxy.runtime),
+            reload_sender,
+            proxy.stop.subscribe(),
+        ));
+    }
     proxy.tasks.spawn(crate::ratelimit::run_sweeper(
         Arc::clone(&proxy.runtime),
         proxy.stop.subscribe(),
@@ -166,6 +198,18 @@ impl RunningProxy {
             .iter()
             .find(|l| l.bound.name == name)
             .map(|l| l.bound.addr)
+    }
+
+    /// The admin API's address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Reloads asked for through the admin API; whoever owns the config file (the daemon) answers them.
+    pub fn take_reload_requests(
+        &mut self,
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadRequest>> {
+        self.reloads.take()
     }
 
     /// The runtime (snapshot and live state).

@@ -32,6 +32,8 @@ pub struct ServerState {
     probes: AtomicU64,
     slow_start_since_ms: AtomicU64,
     slow_start_ms: AtomicU64,
+    /// The last probe: bit 63 set when good, bit 62 set once probed, low bits its latency in microseconds.
+    last_probe: AtomicU64,
 }
 
 impl ServerState {
@@ -133,6 +135,31 @@ impl ServerState {
     /// Stores the packed consecutive-probe counter.
     pub fn set_probe_counter(&self, packed: u64) {
         self.probes.store(packed, Ordering::Relaxed);
+    }
+
+    /// Records the last probe's result and latency (for status).
+    pub fn set_last_probe(&self, ok: bool, latency: std::time::Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX) & ((1 << 62) - 1);
+        self.last_probe.store(
+            (u64::from(ok) << 63) | (1 << 62) | micros,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The last probe's result and latency, if any probe ran.
+    pub fn last_probe(&self) -> Option<(bool, std::time::Duration)> {
+        let word = self.last_probe.load(Ordering::Relaxed);
+        (word & (1 << 62) != 0).then(|| {
+            (
+                word >> 63 == 1,
+                std::time::Duration::from_micros(word & ((1 << 62) - 1)),
+            )
+        })
+    }
+
+    /// Whether passive health holds the server out now.
+    pub fn is_passive_down(&self, now_ms: u64) -> bool {
+        self.passive.is_down(now_ms)
     }
 
     /// Starts ramping the server's share from a small part of its weight to all of it over `duration_ms`.

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod admin;
 mod backup_and_failover;
 mod cli;
 mod error_answers;

@@ -114,7 +114,7 @@ async fn bad_file_keeps_the_old_config_serving_and_counts_the_failure() {
     std::fs::write(&path, &good).expect("write config");
     let mut proxy = TestProxy::start(&good).await;
     std::fs::write(&path, format!("{good}\nbroken = [\n")).expect("write broken config");
-    fulcrum::daemon::reload(&mut proxy.proxy, &path, "test");
+    assert!(fulcrum::daemon::reload(&mut proxy.proxy, &path, "test").is_err());
     assert_eq!(proxy.proxy.runtime().reload_counts(), (0, 1));
     let reply = TestClient::new().get(&proxy.url("/")).await;
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "a"));

@@ -1,0 +1,189 @@
+//! The admin listener, separate from traffic: `GET /status`, `GET /config`, `POST /reload`,
+//! `POST /upstreams/{pool}/servers/{addr}/drain` and `/undrain`. With `[admin] token`, anything that
+//! changes state needs `Authorization: Bearer TOKEN`. Answers are JSON.
+
+mod status;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::runtime::Runtime;
+
+/// A reload asked for through the admin API, answered when done.
+pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
+
+/// Serves the admin API on `socket` until `stop` fires.
+pub async fn serve(
+    socket: TcpListener,
+    runtime: Arc<Runtime>,
+    reloads: mpsc::Sender<ReloadRequest>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let (runtime, reloads) = (Arc::clone(&runtime), reloads.clone());
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let (runtime, reloads) = (Arc::clone(&runtime), reloads.clone());
+                        async move { Ok::<_, Infallible>(handle(request, &runtime, &reloads).await) }
+                    });
+                    let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    if let Err(error) = connection {
+                        debug!(%peer, %error, "admin connection ended with an error");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    connections.shutdown().await;
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    runtime: &Runtime,
+    reloads: &mpsc::Sender<ReloadRequest>,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path().replace("%3A", ":").replace("%3a", ":");
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = request.method().clone();
+    if method == Method::POST && !authorized(&request, runtime) {
+        warn!("admin: refused a state change without the right token");
+        let mut refusal = reply(
+            StatusCode::UNAUTHORIZED,
+            status::error("a bearer token is required"),
+        );
+        refusal.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return refusal;
+    }
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["status"]) => reply(StatusCode::OK, status::status(runtime)),
+        (&Method::GET, ["config"]) => {
+            let snapshot = runtime.snapshot();
+            reply(
+                StatusCode::OK,
+                json!({
+                    "path": snapshot.config.source.path.display().to_string(),
+                    "source": snapshot.config.source.redacted(),
+                }),
+            )
+        }
+        (&Method::POST, ["reload"]) => reload(reloads).await,
+        (&Method::POST, ["upstreams", pool, "servers", addr, action @ ("drain" | "undrain")]) => {
+            drain(runtime, pool, addr, *action == "drain")
+        }
+        (_, ["status"] | ["config"] | ["reload"]) => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            status::error("method not allowed"),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, status::error("no such endpoint")),
+    }
+}
+
+/// Whether the request carries the configured token (always, when none is configured).
+fn authorized(request: &Request<Incoming>, runtime: &Runtime) -> bool {
+    let snapshot = runtime.snapshot();
+    let Some(token) = snapshot
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_deref())
+    else {
+        return true;
+    };
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        == Some(token)
+}
+
+async fn reload(reloads: &mpsc::Sender<ReloadRequest>) -> Response<Full<Bytes>> {
+    let (answer, done) = oneshot::channel();
+    if reloads.send(answer).await.is_err() {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            status::error("reload is handled by `fulcrum run`; this process does not watch a file"),
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(60), done).await {
+        Ok(Ok(Ok(()))) => reply(StatusCode::OK, json!({ "reloaded": true })),
+        Ok(Ok(Err(error))) => reply(StatusCode::BAD_REQUEST, status::error(&error)),
+        _ => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            status::error("the reload did not finish"),
+        ),
+    }
+}
+
+fn drain(runtime: &Runtime, pool_name: &str, addr: &str, drained: bool) -> Response<Full<Bytes>> {
+    let snapshot = runtime.snapshot();
+    let Some(pool) = snapshot.pools.iter().find(|p| p.name == pool_name) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            status::error(&format!("no upstream named `{pool_name}`")),
+        );
+    };
+    let servers = pool
+        .primary
+        .servers
+        .iter()
+        .chain(pool.backup.iter().flat_map(|t| t.servers.iter()));
+    let Some(server) = servers
+        .into_iter()
+        .find(|s| s.addr.as_str().eq_ignore_ascii_case(addr))
+    else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            status::error(&format!("upstream `{pool_name}` has no server `{addr}`")),
+        );
+    };
+    server.state.set_drained(drained);
+    info!(
+        pool = pool_name,
+        server = addr,
+        drained,
+        "admin: server drain changed"
+    );
+    reply(
+        StatusCode::OK,
+        json!({ "pool": pool_name, "server": addr, "drained": drained, "in_flight": server.state.in_flight() }),
+    )
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Binds the admin address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,77 @@
+//! The JSON documents of the admin API: `/status` from the live snapshot, errors.
+
+use serde_json::{json, Value};
+
+use crate::clock::now_ms;
+use crate::runtime::Runtime;
+use crate::snapshot::{Pool, Snapshot};
+use crate::upstream::Server;
+
+/// `GET /status`: every pool and server with weight, health, in-flight and probe results.
+pub fn status(runtime: &Runtime) -> Value {
+    let snapshot = runtime.snapshot();
+    let (reloads_ok, reloads_failed) = runtime.reload_counts();
+    json!({
+        "pools": snapshot.pools.iter().map(pool).collect::<Vec<_>>(),
+        "zones": zones(&snapshot),
+        "reloads": { "ok": reloads_ok, "failed": reloads_failed },
+        "tunnels": runtime.tunnels().open(),
+    })
+}
+
+fn pool(pool: &Pool) -> Value {
+    let now = now_ms();
+    let mut servers: Vec<Value> = pool
+        .primary
+        .servers
+        .iter()
+        .map(|s| server(s, now, false))
+        .collect();
+    if let Some(backup) = &pool.backup {
+        servers.extend(backup.servers.iter().map(|s| server(s, now, false)));
+    }
+    servers.extend(pool.drained.iter().map(|s| server(s, now, true)));
+    json!({
+        "name": pool.name,
+        "health_check": pool.health_check.is_some(),
+        "servers": servers,
+    })
+}
+
+fn server(server: &Server, now: u64, drained_by_config: bool) -> Value {
+    let state = &server.state;
+    let probe = state
+        .last_probe()
+        .map(|(ok, latency)| json!({ "ok": ok, "latency_ms": latency.as_secs_f64() * 1000.0 }));
+    json!({
+        "addr": server.addr.as_str(),
+        "weight": server.weight,
+        "backup": server.backup,
+        "healthy": state.healthy(now) && !drained_by_config,
+        "active_down": state.is_active_down(),
+        "passive_down": state.is_passive_down(now),
+        "drained": drained_by_config || state.is_drained(),
+        "in_flight": state.in_flight(),
+        "passive_fails": state.passive().fails(),
+        "last_probe": probe,
+    })
+}
+
+fn zones(snapshot: &Snapshot) -> Vec<Value> {
+    snapshot
+        .zones
+        .iter()
+        .map(|zone| {
+            json!({
+                "name": zone.name,
+                "backend": if zone.redis.is_some() { "redis" } else { "local" },
+                "keys": zone.store.len(),
+            })
+        })
+        .collect()
+}
+
+/// `{"error": message}`.
+pub fn error(message: &str) -> Value {
+    json!({ "error": message })
+}

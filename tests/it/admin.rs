@@ -1,0 +1,187 @@
+//! The admin API: status, drain and undrain, token, reload, config.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+
+use crate::harness::*;
+
+fn with_admin(upstream: &str, token: Option<&str>) -> String {
+    let token = token
+        .map(|t| format!("token = \"{t}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{token}\n{}",
+        one_pool(upstream)
+    )
+}
+
+fn admin_url(proxy: &TestProxy, path: &str) -> String {
+    format!(
+        "http://{}{path}",
+        proxy.proxy.admin_addr().expect("admin is configured")
+    )
+}
+
+async fn post(client: &TestClient, url: &str, token: Option<&str>) -> Reply {
+    let mut request = Request::post(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    client.send(request.body(empty()).expect("POST")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_servers_and_drain_stops_new_requests_while_in_flight_finishes() {
+    let (a, gate) = held_backend("a", Some("/slow")).await;
+    let b = named("b").await;
+    let proxy = TestProxy::start(&with_admin(
+        &format!(
+            "servers = [{{ addr = \"{}\" }}, {{ addr = \"{}\" }}]",
+            a.addr(),
+            b.addr()
+        ),
+        None,
+    ))
+    .await;
+    let client = TestClient::new();
+    let status = client.get(&admin_url(&proxy, "/status")).await;
+    assert_eq!(status.status, StatusCode::OK);
+    assert_eq!(status.headers["content-type"], "application/json");
+    let doc: serde_json::Value = serde_json::from_str(&status.body).expect("JSON");
+    let servers = doc["pools"][0]["servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 2);
+    assert_eq!(servers[0]["addr"], a.addr().to_string());
+    assert_eq!(servers[0]["healthy"], true);
+
+    // A slow request holds a; then a is drained through the API.
+    let (c, u) = (client.clone(), proxy.url("/slow"));
+    let held = tokio::spawn(async move { c.get(&u).await });
+    wait_until(
+        Duration::from_secs(5),
+        "the slow request to reach a",
+        || a.requests() == 1,
+    )
+    .await;
+    let drained = post(
+        &client,
+        &admin_url(
+            &proxy,
+            &format!("/upstreams/pool/servers/{}/drain", a.addr()),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(drained.status, StatusCode::OK, "{}", drained.body);
+    let doc: serde_json::Value = serde_json::from_str(&drained.body).expect("JSON");
+    assert_eq!(doc["drained"], true);
+    assert_eq!(doc["in_flight"], 1);
+    for _ in 0..10 {
+        assert_eq!(
+            client.get(&proxy.url("/")).await.body,
+            "b",
+            "no new request to a drained server"
+        );
+    }
+    gate.add_permits(1);
+    assert_eq!(
+        held.await.expect("held request").body,
+        "a",
+        "its in-flight request finished"
+    );
+    let undrained = post(
+        &client,
+        &admin_url(
+            &proxy,
+            &format!("/upstreams/pool/servers/{}/undrain", a.addr()),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(undrained.status, StatusCode::OK);
+    let mut names = Vec::new();
+    for _ in 0..10 {
+        names.push(client.get(&proxy.url("/")).await.body);
+    }
+    assert!(names.iter().any(|n| n == "a"), "{names:?}");
+    let missing = post(
+        &client,
+        &admin_url(&proxy, "/upstreams/pool/servers/10.9.9.9:1/drain"),
+        None,
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body.contains("\"error\""), "{}", missing.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_need_the_token_and_config_is_redacted() {
+    let a = named("a").await;
+    let proxy = TestProxy::start(&with_admin(
+        &format!("servers = [{{ addr = \"{}\" }}]", a.addr()),
+        Some("s3cret"),
+    ))
+    .await;
+    let client = TestClient::new();
+    let drain = admin_url(
+        &proxy,
+        &format!("/upstreams/pool/servers/{}/drain", a.addr()),
+    );
+    assert_eq!(
+        post(&client, &drain, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(&client, &drain, Some("wrong")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(&client, &drain, Some("s3cret")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client.get(&admin_url(&proxy, "/status")).await.status,
+        StatusCode::OK,
+        "reading needs no token"
+    );
+    let config = client.get(&admin_url(&proxy, "/config")).await;
+    assert!(!config.body.contains("s3cret"), "{}", config.body);
+    assert!(config.body.contains("<redacted>"), "{}", config.body);
+    assert_eq!(
+        client.get(&admin_url(&proxy, "/nope")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_reload_applies_the_file_or_reports_why_not() {
+    let a = named("a").await;
+    let b = named("b").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fulcrum.toml");
+    let listen = refusing_addr();
+    let admin = refusing_addr();
+    let config = |backend: &fulcrum::demo::Backend| {
+        format!(
+            "[global]\nwatch_config = false\n[admin]\nlisten = \"{admin}\"\n[[listener]]\nname = \"public\"\nlisten = \"{listen}\"\n[[route]]\nupstream = \"pool\"\n[upstream.pool]\nservers = [{{ addr = \"{}\" }}]\n",
+            backend.addr()
+        )
+    };
+    std::fs::write(&path, config(&a)).expect("write config");
+    let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+    fulcrum.wait_for_line("fulcrum is serving");
+    let client = TestClient::new();
+    std::fs::write(&path, config(&b)).expect("write config");
+    let reloaded = post(&client, &format!("http://{admin}/reload"), None).await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.body);
+    assert_eq!(client.get(&format!("http://{listen}/")).await.body, "b");
+    std::fs::write(&path, format!("{}\nbroken = \n", config(&b))).expect("write config");
+    let refused = post(&client, &format!("http://{admin}/reload"), None).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused.body.contains(&format!("{}:", path.display())),
+        "{}",
+        refused.body
+    );
+    assert_eq!(client.get(&format!("http://{listen}/")).await.body, "b");
+}
