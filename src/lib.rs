@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod runtime;

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::config::{Config, RateLimitBackend, RateLimitConfig};
+use crate::metrics::Metrics;
 use crate::proxy::client::{build_client, ClientSettings, UpstreamClient};
 use crate::proxy::upgrade::Tunnels;
 use crate::ratelimit::redis::RedisBackend;
@@ -28,6 +29,7 @@ pub struct Runtime {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     tunnels: Tunnels,
+    metrics: Arc<Metrics>,
 }
 
 /// Fresh state for a zone: empty buckets and, for the Redis backend, a (lazily connecting) client.
@@ -65,7 +67,15 @@ impl Runtime {
         let registry = Registry::default();
         let clients = Mutex::new(HashMap::new());
         let zones = Mutex::new(HashMap::new());
-        let snapshot = Self::build(Arc::new(config), &registry, &clients, &zones, true);
+        let metrics = Arc::new(Metrics::default());
+        let snapshot = Self::build(
+            Arc::new(config),
+            &registry,
+            &clients,
+            &zones,
+            &metrics,
+            true,
+        );
         Arc::new(Runtime {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
@@ -75,6 +85,7 @@ impl Runtime {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             tunnels: Tunnels::default(),
+            metrics,
         })
     }
 
@@ -86,6 +97,7 @@ impl Runtime {
             &self.registry,
             &self.clients,
             &self.zones,
+            &self.metrics,
             false,
         );
         self.snapshot.store(Arc::new(snapshot));
@@ -98,6 +110,11 @@ impl Runtime {
         self.snapshot.load_full()
     }
 
+    /// The Prometheus metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The upgraded (WebSocket) tunnels open through this proxy.
     pub fn tunnels(&self) -> &Tunnels {
         &self.tunnels
@@ -105,11 +122,13 @@ impl Runtime {
 
     /// Counts a reload that was applied.
     pub fn reload_succeeded(&self) {
+        self.metrics.mark_reload_success();
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a reload that was refused (bad file, or a listener that could not be bound).
     pub fn reload_failed(&self) {
+        self.metrics.mark_reload_failure();
         self.reloads_failed.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -131,6 +150,7 @@ impl Runtime {
         registry: &Registry,
         clients: &Mutex<HashMap<ClientSettings, UpstreamClient>>,
         zones: &Mutex<HashMap<String, ZoneState>>,
+        metrics: &Arc<Metrics>,
         first: bool,
     ) -> Snapshot {
         Snapshot::build(
@@ -164,6 +184,7 @@ impl Runtime {
                     .get(&zone.name)
                     .map_or_else(|| new_zone_shared(zone), |kept| kept.shared.clone())
             },
+            metrics,
             first,
         )
     }

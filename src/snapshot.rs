@@ -10,6 +10,7 @@ use crate::config::{
     UpstreamConfig,
 };
 use crate::health;
+use crate::metrics::{Metrics, PoolMetrics};
 use crate::proxy::client::{ClientSettings, UpstreamClient};
 use crate::proxy::router::Router;
 use crate::ratelimit::{Store, Zone};
@@ -56,6 +57,10 @@ pub struct Pool {
     pub slow_start_ms: u64,
     /// Servers with `drain = true`: no new requests, listed for status.
     pub drained: Vec<Server>,
+    /// Metric handles for the pool.
+    pub metrics: PoolMetrics,
+    /// All metrics, for rare events (transitions).
+    pub all_metrics: Arc<Metrics>,
 }
 
 /// Servers of one kind (primary or backup) and their balancer.
@@ -132,6 +137,7 @@ impl Snapshot {
         registry: &Registry,
         client_for: impl Fn(ClientSettings) -> UpstreamClient,
         zone_state_for: impl Fn(&RateLimitConfig) -> ZoneShared,
+        metrics: &Arc<Metrics>,
         first: bool,
     ) -> Snapshot {
         let names: Vec<&String> = config.upstreams.keys().collect();
@@ -141,13 +147,19 @@ impl Snapshot {
             .values()
             .map(|zone| {
                 let shared = zone_state_for(zone);
-                Zone::new(zone, shared.store, shared.delayed, shared.redis)
+                Zone::new(
+                    zone,
+                    shared.store,
+                    shared.delayed,
+                    shared.redis,
+                    metrics.zone(&zone.name),
+                )
             })
             .collect();
         let pools = config
             .upstreams
             .values()
-            .map(|upstream| build_pool(upstream, registry, &client_for, first))
+            .map(|upstream| build_pool(upstream, registry, &client_for, metrics, first))
             .collect();
         let router = Router::new(
             &config.routes,
@@ -168,6 +180,7 @@ fn build_pool(
     upstream: &UpstreamConfig,
     registry: &Registry,
     client_for: &impl Fn(ClientSettings) -> UpstreamClient,
+    metrics: &Arc<Metrics>,
     first: bool,
 ) -> Pool {
     // nginx: with a single server, max_fails and fail_timeout are ignored; it is never marked down.
@@ -193,6 +206,7 @@ fn build_pool(
             backup: config.backup,
             id: config.id.as_deref().map(Arc::from),
             state,
+            metrics: metrics.server(&upstream.name, config.addr.as_str()),
         }
     };
     let options = BalancerOptions {
@@ -243,6 +257,8 @@ fn build_pool(
             .map(|_| AllUnhealthy::FailClosed)),
         slow_start_ms,
         drained,
+        metrics: metrics.pool(&upstream.name),
+        all_metrics: Arc::clone(metrics),
     }
 }
 

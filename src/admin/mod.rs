@@ -79,6 +79,15 @@ async fn handle(
     }
     match (&method, segments.as_slice()) {
         (&Method::GET, ["status"]) => reply(StatusCode::OK, status::status(runtime)),
+        (&Method::GET, ["metrics"]) => {
+            let text = runtime.metrics().render(&runtime.snapshot());
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         (&Method::GET, ["config"]) => {
             let snapshot = runtime.snapshot();
             reply(

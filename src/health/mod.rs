@@ -31,6 +31,7 @@ struct Target {
     check: Arc<HealthCheckConfig>,
     slow_start_ms: u64,
     limit: Arc<Semaphore>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Runs until `stop` fires; restarts its probe loops whenever a new snapshot is published (the counters
@@ -79,6 +80,7 @@ fn targets(snapshot: &Snapshot) -> Vec<Target> {
                 check: Arc::clone(check),
                 slow_start_ms: pool.slow_start_ms,
                 limit: Arc::clone(&limit),
+                metrics: Arc::clone(&pool.all_metrics),
             });
         }
     }
@@ -119,6 +121,9 @@ fn record(target: &Target, result: &ProbeResult) {
     match flip {
         Flip::Down => {
             target.state.set_active_down(true);
+            target
+                .metrics
+                .transition(&target.pool, &target.server, "down", "active");
             warn!(
                 pool = %target.pool,
                 server = %target.server,
@@ -129,6 +134,9 @@ fn record(target: &Target, result: &ProbeResult) {
         }
         Flip::Up => {
             target.state.set_active_down(false);
+            target
+                .metrics
+                .transition(&target.pool, &target.server, "up", "active");
             target
                 .state
                 .begin_slow_start(now_ms(), target.slow_start_ms);

@@ -90,13 +90,22 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         let Some(server) = pool.tier(kind).map(|tier| &tier.servers[index]) else {
             break;
         };
+        if attempt > 1 {
+            pool.metrics.retries.inc();
+        }
         let guard = server.in_flight_guard();
         let upstream_request = build_request(&parts, server, &path_and_query, &slot, max_body_size);
+        let sent_at = std::time::Instant::now();
         let sent =
             tokio::time::timeout(pool.read_timeout, pool.client.request(upstream_request)).await;
         let outcome = match sent {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
+                server.metrics.count_status(status);
+                server
+                    .metrics
+                    .upstream_response
+                    .observe(sent_at.elapsed().as_secs_f64());
                 if !pool.retry_on.status_counts(status) {
                     note_transition(pool, server, server.state.record_success());
                     return Ok((response, guard));
@@ -123,6 +132,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             Outcome::Failed(_) => pool.retry_on.has(RetryOn::ERROR),
         };
         if counts {
+            server.metrics.passive_failures.inc();
             let transition = server.record_failure(now_ms());
             note_transition(pool, server, transition);
         }
@@ -189,6 +199,17 @@ fn build_request(
 }
 
 fn note_transition(pool: &Pool, server: &Server, transition: Transition) {
+    match transition {
+        Transition::Down => {
+            pool.all_metrics
+                .transition(&pool.name, server.addr.as_str(), "down", "passive")
+        }
+        Transition::Up => {
+            pool.all_metrics
+                .transition(&pool.name, server.addr.as_str(), "up", "passive")
+        }
+        Transition::None => {}
+    }
     match transition {
         Transition::Down => warn!(
             pool = %pool.name,

@@ -59,9 +59,11 @@ pub async fn admit(
         match decision {
             Decision::Reject { retry_after_ms } => {
                 if zone.dry_run {
+                    zone.metrics.dry_run.inc();
                     info!(zone = %zone.name, client = %client_ip, "rate limit exceeded (dry run, not refused)");
                     continue;
                 }
+                zone.metrics.rejected.inc();
                 warn!(zone = %zone.name, client = %client_ip, path = request.uri().path(), "rate limit exceeded");
                 return Err(refusal(zone, retry_after_ms));
             }
@@ -69,6 +71,11 @@ pub async fn admit(
                 delay_ms: wait,
                 remaining,
             } => {
+                if wait > 0 && !zone.dry_run {
+                    zone.metrics.delayed.inc();
+                } else {
+                    zone.metrics.allowed.inc();
+                }
                 if wait > 0 && !zone.dry_run {
                     match zone.enter_delay() {
                         Some(guard) => _held.push(guard),
@@ -114,6 +121,7 @@ fn refusal(zone: &Zone, retry_after_ms: u64) -> Response<ProxyBody> {
     );
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
     *response.status_mut() = status;
+    response.extensions_mut().insert(super::LocalAnswer);
     let retry_after = retry_after_ms.div_ceil(1000).max(1);
     let headers = response.headers_mut();
     headers.insert(

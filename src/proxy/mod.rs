@@ -108,6 +108,7 @@ impl ProxyService {
         if let Some(host) = host {
             parts.headers.insert(header::HOST, host);
         }
+        let started = std::time::Instant::now();
         let result = forward(Forward {
             pool,
             parts,
@@ -118,6 +119,9 @@ impl ProxyService {
         })
         .await;
         let mut response = self.answer(result, client_upgrade, client_ip, pool);
+        pool.metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
         if let Some(quota) = quota {
             quota.add_to(response.headers_mut());
         }
@@ -181,7 +185,11 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                 request
                     .headers_mut()
                     .insert(request_id::X_REQUEST_ID.clone(), id.clone());
+                let metrics = std::sync::Arc::clone(service.runtime.metrics());
                 let mut response = service.handle(request).await;
+                if response.extensions().get::<LocalAnswer>().is_some() {
+                    metrics.local_answer(response.status().as_u16());
+                }
                 response
                     .headers_mut()
                     .insert(request_id::X_REQUEST_ID.clone(), id);
@@ -213,6 +221,10 @@ fn content_length(request: &Request<Incoming>) -> Option<u64> {
         .ok()
 }
 
+/// Marks a response the proxy made itself, for the metrics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LocalAnswer;
+
 /// A short plain-text answer from the proxy itself.
 pub(crate) fn local_answer(error: &ProxyError) -> Response<ProxyBody> {
     let status = error.status();
@@ -224,6 +236,7 @@ pub(crate) fn local_answer(error: &ProxyError) -> Response<ProxyBody> {
     );
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
     *response.status_mut() = status;
+    response.extensions_mut().insert(LocalAnswer);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -41,6 +41,8 @@ pub struct Zone {
     pub redis: Option<(Arc<redis::RedisBackend>, bool)>,
     /// Requests held back right now.
     pub delayed: Arc<AtomicUsize>,
+    /// Decision counters.
+    pub metrics: crate::metrics::ZoneMetrics,
 }
 
 impl Zone {
@@ -50,6 +52,7 @@ impl Zone {
         store: Arc<Store>,
         delayed: Arc<AtomicUsize>,
         redis: Option<Arc<redis::RedisBackend>>,
+        metrics: crate::metrics::ZoneMetrics,
     ) -> Zone {
         let deny_on_error = matches!(
             config.backend,
@@ -74,6 +77,7 @@ impl Zone {
             store,
             redis: redis.map(|backend| (backend, deny_on_error)),
             delayed,
+            metrics,
         }
     }
 

@@ -55,6 +55,7 @@ pub async fn accept_loop(
     let connections = TaskTracker::new();
     let force_close = CancellationToken::new();
     let per_client = Arc::new(PerClient::default());
+    let open_connections = runtime.metrics().connections(&name);
     loop {
         tokio::select! {
             accepted = socket.accept() => match accepted {
@@ -91,9 +92,12 @@ pub async fn accept_loop(
                         stop.clone(),
                         force_close.clone(),
                     );
+                    let gauge = open_connections.clone();
+                    gauge.inc();
                     connections.spawn(async move {
                         let _slot = slot;
                         connection.await;
+                        gauge.dec();
                     });
                 }
                 Err(error) => {

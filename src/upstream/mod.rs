@@ -27,6 +27,8 @@ pub struct Server {
     pub id: Option<Arc<str>>,
     /// Live state, shared across snapshots.
     pub state: Arc<ServerState>,
+    /// Metric handles, resolved when the snapshot was built.
+    pub metrics: crate::metrics::ServerMetrics,
 }
 
 impl Server {
@@ -40,6 +42,7 @@ impl Server {
             backup: false,
             id: None,
             state: Arc::default(),
+            metrics: crate::metrics::ServerMetrics::detached(),
         })
     }
 

@@ -185,3 +185,105 @@ async fn post_reload_applies_the_file_or_reports_why_not() {
     );
     assert_eq!(client.get(&format!("http://{listen}/")).await.body, "b");
 }
+
+/// The value of the sample of `name` whose labels include every `label="value"` in `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_requests_failures_retries_and_rate_limits() {
+    let good = named("good").await;
+    let dead = refusing_addr();
+    let proxy = TestProxy::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"pool\"\nrate_limit = [\"api\"]\n[rate_limit.api]\nrate = \"1r/m\"\nburst = 2\nnodelay = true\n[upstream.pool]\nservers = [{{ addr = \"{dead}\" }}, {{ addr = \"{}\" }}]\n",
+        good.addr()
+    ))
+    .await;
+    let client = TestClient::new();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(client.get(&proxy.url("/")).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let metrics = client.get(&admin_url(&proxy, "/metrics")).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = metrics.body;
+    let good_addr = format!("server=\"{}\"", good.addr());
+    let dead_addr = format!("server=\"{dead}\"");
+    assert_eq!(
+        sample(
+            &text,
+            "fulcrum_requests_total",
+            &[&good_addr, "code=\"2xx\""]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "fulcrum_passive_failures_total", &[&dead_addr]),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "fulcrum_retries_total", &["upstream=\"pool\""]),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "fulcrum_server_transitions_total",
+            &[&dead_addr, "to=\"down\"", "cause=\"passive\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "fulcrum_ratelimit_decisions_total",
+            &["zone=\"api\"", "outcome=\"rejected\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "fulcrum_ratelimit_decisions_total",
+            &["zone=\"api\"", "outcome=\"allowed\""]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(&text, "fulcrum_local_responses_total", &["code=\"429\""]),
+        2.0
+    );
+    assert_eq!(sample(&text, "fulcrum_server_healthy", &[&dead_addr]), 0.0);
+    assert_eq!(sample(&text, "fulcrum_server_healthy", &[&good_addr]), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            "fulcrum_request_duration_seconds_count",
+            &["upstream=\"pool\""]
+        ),
+        3.0
+    );
+    assert!(
+        sample(&text, "fulcrum_client_connections", &["listener=\"web\""]) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "fulcrum_build_info", &[]), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            "fulcrum_config_reloads_total",
+            &["result=\"success\""]
+        ),
+        1.0
+    );
+}

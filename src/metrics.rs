@@ -1,0 +1,312 @@
+//! Prometheus metrics: one registry per running proxy; handles for per-request counters are resolved when a
+//! snapshot is built (no label lookup or string formatting per request); gauges of live state are read
+//! from the snapshot at scrape time.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::clock::now_ms;
+use crate::snapshot::Snapshot;
+
+/// Buckets for request and upstream times, in seconds (1 ms to 30 s).
+const TIME_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric the proxy exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    local_answers: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_response: HistogramVec,
+    in_flight: IntGaugeVec,
+    healthy: IntGaugeVec,
+    transitions: IntCounterVec,
+    passive_failures: IntCounterVec,
+    retries: IntCounterVec,
+    ratelimit: IntCounterVec,
+    connections: IntGaugeVec,
+    reloads: IntCounterVec,
+    last_reload: IntGauge,
+}
+
+/// Handles for one server, resolved when the snapshot is built.
+#[derive(Debug, Clone)]
+pub struct ServerMetrics {
+    /// `fulcrum_requests_total` by status class 1xx..5xx (index 0..4).
+    pub requests_by_class: [IntCounter; 5],
+    /// `fulcrum_upstream_response_seconds`.
+    pub upstream_response: Histogram,
+    /// `fulcrum_passive_failures_total`.
+    pub passive_failures: IntCounter,
+}
+
+impl ServerMetrics {
+    /// Handles counted nowhere, for servers built outside a runtime (benches, unit tests).
+    pub fn detached() -> ServerMetrics {
+        let counter =
+            || IntCounter::new("detached", "not exported").expect("a valid constant name");
+        let histogram = Histogram::with_opts(HistogramOpts::new("detached", "not exported"))
+            .expect("a valid constant name");
+        ServerMetrics {
+            requests_by_class: [counter(), counter(), counter(), counter(), counter()],
+            upstream_response: histogram,
+            passive_failures: counter(),
+        }
+    }
+
+    /// Counts an answer with `status`.
+    #[inline]
+    pub fn count_status(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests_by_class[class].inc();
+    }
+}
+
+/// Handles for one pool.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    /// `fulcrum_request_duration_seconds`.
+    pub request_duration: Histogram,
+    /// `fulcrum_retries_total`.
+    pub retries: IntCounter,
+}
+
+/// Handles for one rate-limit zone: allowed, delayed, rejected, dry_run.
+#[derive(Debug, Clone)]
+pub struct ZoneMetrics {
+    /// Let through at once.
+    pub allowed: IntCounter,
+    /// Let through after a delay.
+    pub delayed: IntCounter,
+    /// Refused.
+    pub rejected: IntCounter,
+    /// Over the limit in a dry-run zone (let through).
+    pub dry_run: IntCounter,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("metric names are valid constants");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("each metric is registered once");
+    vec
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec =
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are valid constants");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("each metric is registered once");
+    vec
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(TIME_BUCKETS.to_vec());
+    let vec = HistogramVec::new(opts, labels).expect("metric names are valid constants");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("each metric is registered once");
+    vec
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        let build = gauge_vec(
+            &r,
+            "fulcrum_build_info",
+            "Build information; always 1.",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let last_reload = IntGauge::new(
+            "fulcrum_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config load or reload that was applied.",
+        )
+        .expect("metric names are valid constants");
+        r.register(Box::new(last_reload.clone()))
+            .expect("each metric is registered once");
+        let metrics = Metrics {
+            requests: counter_vec(
+                &r,
+                "fulcrum_requests_total",
+                "Requests answered by an upstream server, by status class.",
+                &["upstream", "server", "code"],
+            ),
+            local_answers: counter_vec(
+                &r,
+                "fulcrum_local_responses_total",
+                "Answers the proxy made itself, by status.",
+                &["code"],
+            ),
+            request_duration: histogram_vec(
+                &r,
+                "fulcrum_request_duration_seconds",
+                "Time from a request's arrival to its response headers.",
+                &["upstream"],
+            ),
+            upstream_response: histogram_vec(
+                &r,
+                "fulcrum_upstream_response_seconds",
+                "Time from sending to an upstream server to its response headers.",
+                &["upstream", "server"],
+            ),
+            in_flight: gauge_vec(
+                &r,
+                "fulcrum_server_in_flight",
+                "Requests (and tunnels) in flight per server.",
+                &["upstream", "server"],
+            ),
+            healthy: gauge_vec(
+                &r,
+                "fulcrum_server_healthy",
+                "1 when the server takes traffic (not down or drained).",
+                &["upstream", "server"],
+            ),
+            transitions: counter_vec(
+                &r,
+                "fulcrum_server_transitions_total",
+                "Servers going down or up, by cause.",
+                &["upstream", "server", "to", "cause"],
+            ),
+            passive_failures: counter_vec(
+                &r,
+                "fulcrum_passive_failures_total",
+                "Failed attempts counted against a server.",
+                &["upstream", "server"],
+            ),
+            retries: counter_vec(
+                &r,
+                "fulcrum_retries_total",
+                "Attempts made on another server after a failure.",
+                &["upstream"],
+            ),
+            ratelimit: counter_vec(
+                &r,
+                "fulcrum_ratelimit_decisions_total",
+                "Rate-limit decisions by zone and outcome.",
+                &["zone", "outcome"],
+            ),
+            connections: gauge_vec(
+                &r,
+                "fulcrum_client_connections",
+                "Open client connections by listener.",
+                &["listener"],
+            ),
+            reloads: counter_vec(
+                &r,
+                "fulcrum_config_reloads_total",
+                "Config reloads by result.",
+                &["result"],
+            ),
+            last_reload,
+            registry: r,
+        };
+        metrics.mark_reload_success();
+        metrics
+    }
+}
+
+impl Metrics {
+    /// Handles for a server of `upstream`.
+    pub fn server(&self, upstream: &str, server: &str) -> ServerMetrics {
+        let class = |c: &str| self.requests.with_label_values(&[upstream, server, c]);
+        ServerMetrics {
+            requests_by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            upstream_response: self
+                .upstream_response
+                .with_label_values(&[upstream, server]),
+            passive_failures: self.passive_failures.with_label_values(&[upstream, server]),
+        }
+    }
+
+    /// Handles for a pool.
+    pub fn pool(&self, upstream: &str) -> PoolMetrics {
+        PoolMetrics {
+            request_duration: self.request_duration.with_label_values(&[upstream]),
+            retries: self.retries.with_label_values(&[upstream]),
+        }
+    }
+
+    /// Handles for a rate-limit zone.
+    pub fn zone(&self, zone: &str) -> ZoneMetrics {
+        let outcome = |o: &str| self.ratelimit.with_label_values(&[zone, o]);
+        ZoneMetrics {
+            allowed: outcome("allowed"),
+            delayed: outcome("delayed"),
+            rejected: outcome("rejected"),
+            dry_run: outcome("dry_run"),
+        }
+    }
+
+    /// The open-connections gauge of a listener.
+    pub fn connections(&self, listener: &str) -> IntGauge {
+        self.connections.with_label_values(&[listener])
+    }
+
+    /// Counts an answer the proxy made itself.
+    pub fn local_answer(&self, status: u16) {
+        let code = status.to_string();
+        self.local_answers.with_label_values(&[code.as_str()]).inc();
+    }
+
+    /// Counts a server going `to` "down" or "up" because of `cause` ("passive" or "active").
+    pub fn transition(&self, upstream: &str, server: &str, to: &str, cause: &str) {
+        self.transitions
+            .with_label_values(&[upstream, server, to, cause])
+            .inc();
+    }
+
+    /// Counts a reload that was refused.
+    pub fn mark_reload_failure(&self) {
+        self.reloads.with_label_values(&["failure"]).inc();
+    }
+
+    /// Counts a reload that was applied and stamps its time.
+    pub fn mark_reload_success(&self) {
+        self.reloads.with_label_values(&["success"]).inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.last_reload.set(now);
+    }
+
+    /// The exposition text, with live gauges read from `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let now = now_ms();
+        self.in_flight.reset();
+        self.healthy.reset();
+        for pool in &snapshot.pools {
+            let servers = pool
+                .primary
+                .servers
+                .iter()
+                .chain(pool.backup.iter().flat_map(|t| t.servers.iter()));
+            for server in servers {
+                let labels = [pool.name.as_str(), server.addr.as_str()];
+                self.in_flight
+                    .with_label_values(&labels)
+                    .set(server.state.in_flight() as i64);
+                self.healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(server.state.healthy(now)));
+            }
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
