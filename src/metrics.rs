@@ -32,6 +32,7 @@ pub struct Metrics {
     connections: IntGaugeVec,
     reloads: IntCounterVec,
     last_reload: IntGauge,
+    access_log_dropped: IntCounter,
 }
 
 /// Handles for one server, resolved when the snapshot is built.
@@ -133,6 +134,13 @@ impl Default for Metrics {
         .expect("metric names are valid constants");
         r.register(Box::new(last_reload.clone()))
             .expect("each metric is registered once");
+        let access_log_dropped = IntCounter::new(
+            "fulcrum_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind.",
+        )
+        .expect("metric names are valid constants");
+        r.register(Box::new(access_log_dropped.clone()))
+            .expect("each metric is registered once");
         let metrics = Metrics {
             requests: counter_vec(
                 &r,
@@ -207,6 +215,7 @@ impl Default for Metrics {
                 &["result"],
             ),
             last_reload,
+            access_log_dropped,
             registry: r,
         };
         metrics.mark_reload_success();
@@ -255,6 +264,11 @@ impl Metrics {
     /// The open-connections gauge of a listener.
     pub fn connections(&self, listener: &str) -> IntGauge {
         self.connections.with_label_values(&[listener])
+    }
+
+    /// The counter of dropped access log lines.
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.access_log_dropped.clone()
     }
 
     /// Counts an answer the proxy made itself.

@@ -8,7 +8,8 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::config::{Config, RateLimitBackend, RateLimitConfig};
+use crate::access_log::AccessLog;
+use crate::config::{AccessLogConfig, Config, RateLimitBackend, RateLimitConfig};
 use crate::metrics::Metrics;
 use crate::proxy::client::{build_client, ClientSettings, UpstreamClient};
 use crate::proxy::upgrade::Tunnels;
@@ -30,6 +31,7 @@ pub struct Runtime {
     reloads_failed: AtomicU64,
     tunnels: Tunnels,
     metrics: Arc<Metrics>,
+    access_log: Mutex<Option<(AccessLogConfig, Arc<AccessLog>)>>,
 }
 
 /// Fresh state for a zone: empty buckets and, for the Redis backend, a (lazily connecting) client.
@@ -68,7 +70,8 @@ impl Runtime {
         let clients = Mutex::new(HashMap::new());
         let zones = Mutex::new(HashMap::new());
         let metrics = Arc::new(Metrics::default());
-        let snapshot = Self::build(
+        let access_log = Mutex::new(None);
+        let mut snapshot = Self::build(
             Arc::new(config),
             &registry,
             &clients,
@@ -76,6 +79,7 @@ impl Runtime {
             &metrics,
             true,
         );
+        snapshot.access_log = Self::access_log_for(&access_log, &snapshot.config, &metrics);
         Arc::new(Runtime {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
@@ -86,13 +90,14 @@ impl Runtime {
             reloads_failed: AtomicU64::new(0),
             tunnels: Tunnels::default(),
             metrics,
+            access_log,
         })
     }
 
     /// Builds a snapshot for `config` and publishes it with one atomic swap; requests already running keep
     /// the snapshot they started with.
     pub fn apply(&self, config: Config) {
-        let snapshot = Self::build(
+        let mut snapshot = Self::build(
             Arc::new(config),
             &self.registry,
             &self.clients,
@@ -100,6 +105,8 @@ impl Runtime {
             &self.metrics,
             false,
         );
+        snapshot.access_log =
+            Self::access_log_for(&self.access_log, &snapshot.config, &self.metrics);
         self.snapshot.store(Arc::new(snapshot));
         self.published.send_modify(|generation| *generation += 1);
     }
@@ -108,6 +115,39 @@ impl Runtime {
     #[inline]
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Reopens the access log file (SIGUSR1, after logrotate).
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = &self.snapshot().access_log {
+            log.reopen();
+        }
+    }
+
+    /// The access log for `config`: the running one when its settings are unchanged, else a new one.
+    fn access_log_for(
+        current: &Mutex<Option<(AccessLogConfig, Arc<AccessLog>)>>,
+        config: &Config,
+        metrics: &Metrics,
+    ) -> Option<Arc<AccessLog>> {
+        let wanted = config.access_log.as_ref()?;
+        let mut current = current.lock();
+        if let Some((settings, log)) = current.as_ref() {
+            if settings == wanted {
+                return Some(Arc::clone(log));
+            }
+        }
+        match AccessLog::open(wanted, metrics.access_log_dropped()) {
+            Ok(log) => {
+                let log = Arc::new(log);
+                *current = Some((wanted.clone(), Arc::clone(&log)));
+                Some(log)
+            }
+            Err(e) => {
+                tracing::error!(path = %wanted.path.display(), error = %e, "cannot open the access log; requests are not logged");
+                None
+            }
+        }
     }
 
     /// The Prometheus metrics.

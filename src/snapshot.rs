@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub pools: Vec<Pool>,
     /// Rate-limit zones, indexed by [`crate::proxy::router::Route::zones`].
     pub zones: Vec<Zone>,
+    /// The access log, when configured.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 /// One upstream pool.
@@ -172,6 +174,7 @@ impl Snapshot {
             router,
             pools,
             zones,
+            access_log: None,
         }
     }
 }

@@ -22,6 +22,15 @@ pub struct FileConfig {
     #[serde(default, rename = "rate_limit")]
     pub rate_limits: BTreeMap<String, RateLimitFile>,
     pub admin: Option<AdminFile>,
+    pub access_log: Option<AccessLogFile>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    pub path: Option<std::path::PathBuf>,
+    pub format: Option<super::AccessLogFormat>,
 }
 
 /// `[admin]`.

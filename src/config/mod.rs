@@ -29,6 +29,8 @@ pub struct Config {
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     /// `[admin]`, when present.
     pub admin: Option<AdminConfig>,
+    /// `[access_log]`, when present.
+    pub access_log: Option<AccessLogConfig>,
     /// The file this came from and its text, for `GET /config` (secrets redacted there).
     pub source: ConfigSource,
     /// Things that are valid but probably not what was meant (e.g. a key the chosen strategy ignores).
@@ -42,6 +44,26 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token required for anything that changes state, when set.
     pub token: Option<String>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// A file to append to, or `stdout`.
+    pub path: std::path::PathBuf,
+    /// Line format.
+    pub format: AccessLogFormat,
+}
+
+/// Access log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// nginx's `combined`, with key=value extras.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Where a config came from.

@@ -13,8 +13,8 @@ use super::file::{
 };
 use super::values::HashKey;
 use super::{
-    AdminConfig, Config, ConfigSource, Global, HealthCheckConfig, ListenerConfig, Rate,
-    RateLimitBackend, RateLimitConfig, RetryOn, RouteConfig, ServerConfig, UpstreamConfig,
+    AccessLogConfig, AdminConfig, Config, ConfigSource, Global, HealthCheckConfig, ListenerConfig,
+    Rate, RateLimitBackend, RateLimitConfig, RetryOn, RouteConfig, ServerConfig, UpstreamConfig,
 };
 
 /// nginx `client_max_body_size` default.
@@ -154,6 +154,10 @@ impl Validator<'_> {
             Some(admin) => Some(self.admin(admin)?),
             None => None,
         };
+        let access_log = file.access_log.as_ref().map(|log| AccessLogConfig {
+            path: log.path.clone().unwrap_or_else(|| "stdout".into()),
+            format: log.format.unwrap_or_default(),
+        });
         Ok(Config {
             global,
             listeners,
@@ -161,6 +165,7 @@ impl Validator<'_> {
             upstreams,
             rate_limits,
             admin,
+            access_log,
             source: ConfigSource {
                 path: self.path.to_path_buf(),
                 text: self.source.to_string(),

@@ -51,6 +51,7 @@ pub async fn run(
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut quit = signal(SignalKind::quit()).map_err(RunError::Signals)?;
+    let mut reopen = signal(SignalKind::user_defined1()).map_err(RunError::Signals)?;
     let mut proxy = server::start_with(config, inherited).await?;
     if let Some(pid_file) = &pid_file {
         if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
@@ -83,6 +84,10 @@ pub async fn run(
         tokio::select! {
             _ = hangup.recv() => { let _ = reload(&mut proxy, &path, "SIGHUP"); }
             _ = upgrade.recv() => spawn_upgrade(&proxy, &path),
+            _ = reopen.recv() => {
+                info!("SIGUSR1: reopening the access log");
+                proxy.runtime().reopen_access_log();
+            }
             Some(answer) = next_admin_reload(&mut admin_reloads) => {
                 let _ = answer.send(reload(&mut proxy, &path, "admin API"));
             }

@@ -128,13 +128,33 @@ impl Body for RequestBody {
     }
 }
 
+/// An access log line waiting for its body to end (it is written when dropped, with the bytes sent).
+#[derive(Debug)]
+pub struct PendingLog {
+    /// The line so far.
+    pub entry: crate::access_log::Entry,
+    /// Where it goes.
+    pub log: std::sync::Arc<crate::access_log::AccessLog>,
+    /// When the request arrived.
+    pub started: std::time::Instant,
+}
+
+impl Drop for PendingLog {
+    fn drop(&mut self) {
+        self.entry.duration = self.started.elapsed();
+        self.log.log(&self.entry);
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// An upstream response body that keeps its server's in-flight count until the body ends or is dropped.
+    /// An upstream response body that keeps its server's in-flight count until the body ends or is dropped,
+    /// and writes the request's access log line then.
     #[derive(Debug)]
     pub struct UpstreamBody {
         #[pin]
         inner: Incoming,
         guard: Option<InFlightGuard>,
+        log: Option<PendingLog>,
     }
 }
 
@@ -142,7 +162,20 @@ impl UpstreamBody {
     /// Wraps `inner`, releasing `guard` at its end.
     pub fn new(inner: Incoming, guard: InFlightGuard) -> Self {
         let guard = (!inner.is_end_stream()).then_some(guard);
-        Self { inner, guard }
+        Self {
+            inner,
+            guard,
+            log: None,
+        }
+    }
+
+    /// Writes `log` when the body ends (or the client goes away).
+    pub fn attach_log(&mut self, log: PendingLog) {
+        if self.inner.is_end_stream() {
+            drop(log);
+        } else {
+            self.log = Some(log);
+        }
     }
 }
 
@@ -159,8 +192,14 @@ impl Body for UpstreamBody {
         match &polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                 this.guard.take();
+                this.log.take();
             }
-            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(log), Some(data)) = (this.log.as_mut(), frame.data_ref()) {
+                    log.entry.bytes += data.len() as u64;
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }

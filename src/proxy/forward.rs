@@ -31,6 +31,8 @@ pub struct Forward<'a> {
     pub key_hash: Option<u64>,
     /// Largest body accepted.
     pub max_body_size: u64,
+    /// Where the answering server and its time are noted, for the access log.
+    pub trace: &'a mut super::Trace,
 }
 
 /// An answer from a server and the in-flight guard that must live as long as its body (or tunnel).
@@ -50,6 +52,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         client_ip,
         key_hash,
         max_body_size,
+        trace,
     } = request;
     let slot = BodySlot::new(body);
     let replayable_method =
@@ -101,6 +104,8 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         let outcome = match sent {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
+                trace.upstream = Some(server.addr.clone());
+                trace.upstream_time = Some(sent_at.elapsed());
                 server.metrics.count_status(status);
                 server
                     .metrics

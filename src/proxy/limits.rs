@@ -42,6 +42,7 @@ pub async fn admit(
     route: &Route,
     request: &Request<Incoming>,
     client_ip: IpAddr,
+    outcome: &mut &'static str,
 ) -> Result<Option<Quota>, Response<ProxyBody>> {
     if route.zones.is_empty() {
         return Ok(None);
@@ -60,10 +61,12 @@ pub async fn admit(
             Decision::Reject { retry_after_ms } => {
                 if zone.dry_run {
                     zone.metrics.dry_run.inc();
+                    *outcome = "dry_run";
                     info!(zone = %zone.name, client = %client_ip, "rate limit exceeded (dry run, not refused)");
                     continue;
                 }
                 zone.metrics.rejected.inc();
+                *outcome = "rejected";
                 warn!(zone = %zone.name, client = %client_ip, path = request.uri().path(), "rate limit exceeded");
                 return Err(refusal(zone, retry_after_ms));
             }
@@ -73,8 +76,12 @@ pub async fn admit(
             } => {
                 if wait > 0 && !zone.dry_run {
                     zone.metrics.delayed.inc();
+                    *outcome = "delayed";
                 } else {
                     zone.metrics.allowed.inc();
+                    if *outcome == "none" {
+                        *outcome = "allowed";
+                    }
                 }
                 if wait > 0 && !zone.dry_run {
                     match zone.enter_delay() {

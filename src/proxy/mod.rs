@@ -21,12 +21,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::{warn, Instrument};
 
 use crate::runtime::Runtime;
 use crate::server::FirstRequest;
+use crate::snapshot::Snapshot;
 use body::{ProxyBody, UpstreamBody};
 use error::ProxyError;
 use forward::{forward, Forward};
@@ -57,14 +59,19 @@ impl ProxyService {
         self
     }
 
-    async fn handle(self, mut request: Request<Incoming>) -> Response<ProxyBody> {
-        let snapshot = self.runtime.snapshot();
+    async fn handle(
+        &self,
+        snapshot: &Snapshot,
+        mut request: Request<Incoming>,
+        trace: &mut Trace,
+    ) -> Response<ProxyBody> {
         let peer_ip = self.peer.ip();
         let client_ip = client_ip::real_client_ip(
             peer_ip,
             request.headers(),
             &snapshot.config.global.trusted_proxies,
         );
+        trace.client = Some(client_ip);
         let host = request_host(&request);
         let path = request.uri().path();
         let Some(route) = snapshot
@@ -77,7 +84,9 @@ impl ProxyService {
         let Some(pool) = snapshot.pools.get(route.pool) else {
             return local_answer(&ProxyError::NoRoute);
         };
-        let quota = match limits::admit(&snapshot, route, &request, client_ip).await {
+        let quota = match limits::admit(snapshot, route, &request, client_ip, &mut trace.rate_limit)
+            .await
+        {
             Ok(quota) => quota,
             Err(refusal) => return refusal,
         };
@@ -116,6 +125,7 @@ impl ProxyService {
             client_ip,
             key_hash,
             max_body_size: route.max_body_size,
+            trace,
         })
         .await;
         let mut response = self.answer(result, client_upgrade, client_ip, pool);
@@ -185,18 +195,92 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                 request
                     .headers_mut()
                     .insert(request_id::X_REQUEST_ID.clone(), id.clone());
-                let metrics = std::sync::Arc::clone(service.runtime.metrics());
-                let mut response = service.handle(request).await;
+                let snapshot = service.runtime.snapshot();
+                let pending = snapshot
+                    .access_log
+                    .as_ref()
+                    .map(|log| access_entry(&request, &id, Arc::clone(log)));
+                let mut trace = Trace::default();
+                let mut response = service.handle(&snapshot, request, &mut trace).await;
                 if response.extensions().get::<LocalAnswer>().is_some() {
-                    metrics.local_answer(response.status().as_u16());
+                    service
+                        .runtime
+                        .metrics()
+                        .local_answer(response.status().as_u16());
                 }
                 response
                     .headers_mut()
                     .insert(request_id::X_REQUEST_ID.clone(), id);
+                if let Some(mut pending) = pending {
+                    pending.entry.status = response.status().as_u16();
+                    pending.entry.client = trace.client;
+                    pending.entry.upstream = trace.upstream.map(|a| a.to_string());
+                    pending.entry.upstream_time = trace.upstream_time;
+                    pending.entry.rate_limit = trace.rate_limit;
+                    match response.body_mut() {
+                        Either::Left(body) => body.attach_log(pending),
+                        Either::Right(full) => {
+                            pending.entry.bytes = full.size_hint().exact().unwrap_or(0);
+                        }
+                    }
+                }
                 Ok(response)
             }
             .instrument(span),
         )
+    }
+}
+
+/// What one request's handling learned, for its access log line.
+#[derive(Debug)]
+pub struct Trace {
+    /// The client after trusted-proxy resolution.
+    pub client: Option<IpAddr>,
+    /// The server that answered.
+    pub upstream: Option<http::uri::Authority>,
+    /// Its time to response headers.
+    pub upstream_time: Option<std::time::Duration>,
+    /// The rate-limit outcome.
+    pub rate_limit: &'static str,
+}
+
+impl Default for Trace {
+    fn default() -> Self {
+        Trace {
+            client: None,
+            upstream: None,
+            upstream_time: None,
+            rate_limit: "none",
+        }
+    }
+}
+
+/// Starts the access log line of a request (only when the access log is on).
+fn access_entry(
+    request: &Request<Incoming>,
+    id: &HeaderValue,
+    log: Arc<crate::access_log::AccessLog>,
+) -> body::PendingLog {
+    let header = |name: header::HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    body::PendingLog {
+        entry: crate::access_log::Entry {
+            time: Some(std::time::SystemTime::now()),
+            request_line: format!("{} {} {:?}", request.method(), target, request.version()),
+            referer: header(header::REFERER),
+            user_agent: header(header::USER_AGENT),
+            request_id: id.to_str().unwrap_or("").to_string(),
+            ..crate::access_log::Entry::default()
+        },
+        log,
+        started: std::time::Instant::now(),
     }
 }
 

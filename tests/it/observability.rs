@@ -106,3 +106,67 @@ async fn log_format_json_writes_one_json_object_per_line() {
         assert!(line.starts_with('{'), "not JSON: {line}");
     }
 }
+
+async fn read_lines(path: &std::path::Path, count: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= count {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} access log lines: {text}",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_parse_in_json_and_combined() {
+    let backend = named("hello").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    for format in ["json", "combined"] {
+        let path = dir.path().join(format!("access-{format}.log"));
+        let proxy = TestProxy::start(&format!(
+            "[access_log]\npath = \"{}\"\nformat = \"{format}\"\n{}",
+            path.display(),
+            one_pool(&format!("servers = [{{ addr = \"{}\" }}]", backend.addr()))
+        ))
+        .await;
+        let client = TestClient::new();
+        let request = Request::get(proxy.url("/greet?who=you"))
+            .header("x-request-id", "log-1")
+            .header("user-agent", "fulcrum-test")
+            .body(empty())
+            .expect("GET");
+        assert_eq!(client.send(request).await.status, StatusCode::OK);
+        let lines = read_lines(&path, 1).await;
+        let line = &lines[0];
+        if format == "json" {
+            let doc: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            assert_eq!(doc["status"], 200);
+            assert_eq!(doc["request"], "GET /greet?who=you HTTP/1.1");
+            assert_eq!(doc["bytes"], 5);
+            assert_eq!(doc["request_id"], "log-1");
+            assert_eq!(doc["client"], "127.0.0.1");
+            assert_eq!(doc["upstream"], backend.addr().to_string());
+            assert_eq!(doc["user_agent"], "fulcrum-test");
+            assert_eq!(doc["rate_limit"], "none");
+            assert!(doc["upstream_time_s"].as_f64().is_some_and(|t| t >= 0.0));
+        } else {
+            assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+            assert!(
+                line.contains("] \"GET /greet?who=you HTTP/1.1\" 200 5 \"-\" \"fulcrum-test\" rt="),
+                "{line}"
+            );
+            assert!(
+                line.contains(&format!("uaddr={}", backend.addr())),
+                "{line}"
+            );
+            assert!(line.ends_with("rid=log-1 rl=none"), "{line}");
+        }
+    }
+}
