@@ -60,6 +60,16 @@ impl ServerMetrics {
         }
     }
 
+    /// Answers counted for this server (every status class).
+    pub fn requests_total(&self) -> u64 {
+        self.requests_by_class.iter().map(IntCounter::get).sum()
+    }
+
+    /// 5xx answers plus failed attempts, for the status page's error rate.
+    pub fn errors_total(&self) -> u64 {
+        self.requests_by_class[4].get() + self.passive_failures.get()
+    }
+
     /// Counts an answer with `status`.
     #[inline]
     pub fn count_status(&self, status: u16) {

@@ -1,4 +1,5 @@
-//! The admin listener, separate from traffic: `GET /status`, `GET /config`, `POST /reload`,
+//! The admin listener, separate from traffic: `GET /` (the status page), `GET /status`, `GET /metrics`,
+//! `GET /config`, `POST /reload`,
 //! `POST /upstreams/{pool}/servers/{addr}/drain` and `/undrain`. With `[admin] token`, anything that
 //! changes state needs `Authorization: Bearer TOKEN`. Answers are JSON.
 
@@ -20,6 +21,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::runtime::Runtime;
+
+/// The status page: one self-contained HTML file that polls `/status`.
+const STATUS_PAGE: &str = include_str!("page.html");
 
 /// A reload asked for through the admin API, answered when done.
 pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
@@ -78,6 +82,14 @@ async fn handle(
         return refusal;
     }
     match (&method, segments.as_slice()) {
+        (&Method::GET, [""]) => {
+            let mut response = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            response
+        }
         (&Method::GET, ["status"]) => reply(StatusCode::OK, status::status(runtime)),
         (&Method::GET, ["metrics"]) => {
             let text = runtime.metrics().render(&runtime.snapshot());

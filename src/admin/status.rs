@@ -54,6 +54,8 @@ fn server(server: &Server, now: u64, drained_by_config: bool) -> Value {
         "in_flight": state.in_flight(),
         "passive_fails": state.passive().fails(),
         "last_probe": probe,
+        "requests": server.metrics.requests_total(),
+        "errors": server.metrics.errors_total(),
     })
 }
 

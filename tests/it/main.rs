@@ -11,6 +11,7 @@ mod health;
 mod observability;
 mod ratelimit;
 mod reload;
+mod status_page;
 mod strategies;
 mod tunnels;
 mod upgrade;
