@@ -20,6 +20,7 @@ const TIME_BUCKETS: [f64; 14] = [
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    route_requests: IntCounterVec,
     local_answers: IntCounterVec,
     request_duration: HistogramVec,
     upstream_response: HistogramVec,
@@ -158,6 +159,12 @@ impl Default for Metrics {
                 "Requests answered by an upstream server, by status class.",
                 &["upstream", "server", "code"],
             ),
+            route_requests: counter_vec(
+                &r,
+                "fulcrum_route_requests_total",
+                "Answers by route (host and path prefix) and status class.",
+                &["route", "code"],
+            ),
             local_answers: counter_vec(
                 &r,
                 "fulcrum_local_responses_total",
@@ -250,6 +257,18 @@ impl Metrics {
                 .with_label_values(&[upstream, server]),
             passive_failures: self.passive_failures.with_label_values(&[upstream, server]),
         }
+    }
+
+    /// Handles for a route, by status class 1xx..5xx.
+    pub fn route(&self, route: &str) -> [IntCounter; 5] {
+        let class = |c: &str| self.route_requests.with_label_values(&[route, c]);
+        [
+            class("1xx"),
+            class("2xx"),
+            class("3xx"),
+            class("4xx"),
+            class("5xx"),
+        ]
     }
 
     /// Handles for a pool.

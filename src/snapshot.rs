@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub zones: Vec<Zone>,
     /// The access log, when configured.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// Answers by route and status class, indexed by [`crate::proxy::router::Route::index`].
+    pub route_metrics: Vec<[prometheus::IntCounter; 5]>,
 }
 
 /// One upstream pool.
@@ -175,6 +177,14 @@ impl Snapshot {
             pools,
             zones,
             access_log: None,
+            route_metrics: config
+                .routes
+                .iter()
+                .map(|route| {
+                    let host = route.host.as_deref().unwrap_or("*");
+                    metrics.route(&format!("{host}{}", route.path))
+                })
+                .collect(),
         }
     }
 }

@@ -81,6 +81,7 @@ impl ProxyService {
             warn!(client = %client_ip, host = ?host, path, "no route");
             return local_answer(&ProxyError::NoRoute);
         };
+        trace.route = Some(route.index);
         let Some(pool) = snapshot.pools.get(route.pool) else {
             return local_answer(&ProxyError::NoRoute);
         };
@@ -202,6 +203,10 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                     .map(|log| access_entry(&request, &id, Arc::clone(log)));
                 let mut trace = Trace::default();
                 let mut response = service.handle(&snapshot, request, &mut trace).await;
+                if let Some(counters) = trace.route.and_then(|r| snapshot.route_metrics.get(r)) {
+                    let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
+                    counters[class].inc();
+                }
                 if response.extensions().get::<LocalAnswer>().is_some() {
                     service
                         .runtime
@@ -242,6 +247,8 @@ pub struct Trace {
     pub upstream_time: Option<std::time::Duration>,
     /// The rate-limit outcome.
     pub rate_limit: &'static str,
+    /// The matched route's index.
+    pub route: Option<usize>,
 }
 
 impl Default for Trace {
@@ -251,6 +258,7 @@ impl Default for Trace {
             upstream: None,
             upstream_time: None,
             rate_limit: "none",
+            route: None,
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct Route {
     pub max_body_size: u64,
     /// Indices of the rate-limit zones in the snapshot, checked in order.
     pub zones: Vec<usize>,
+    /// Position of the route in the config (indexes the snapshot's per-route metrics).
+    pub index: usize,
 }
 
 /// All routes, grouped by host kind, each group sorted longest prefix first.
@@ -36,8 +38,9 @@ impl Router {
         default_max_body: u64,
     ) -> Self {
         let mut router = Router::default();
-        for config in routes {
+        for (index, config) in routes.iter().enumerate() {
             let route = Route {
+                index,
                 prefix: config.path.clone(),
                 pool: pool_index(&config.upstream),
                 max_body_size: config.max_body_size.unwrap_or(default_max_body),

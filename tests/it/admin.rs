@@ -277,6 +277,22 @@ async fn metrics_move_with_requests_failures_retries_and_rate_limits() {
         sample(&text, "fulcrum_client_connections", &["listener=\"web\""]) >= 1.0,
         "{text}"
     );
+    assert_eq!(
+        sample(
+            &text,
+            "fulcrum_route_requests_total",
+            &["route=\"*/\"", "code=\"2xx\""]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "fulcrum_route_requests_total",
+            &["route=\"*/\"", "code=\"4xx\""]
+        ),
+        2.0
+    );
     assert_eq!(sample(&text, "fulcrum_build_info", &[]), 1.0);
     assert_eq!(
         sample(

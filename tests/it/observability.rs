@@ -170,3 +170,39 @@ async fn access_log_lines_parse_in_json_and_combined() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_access_log_after_a_rotation() {
+    let backend = named("hello").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.log");
+    let path = dir.path().join("fulcrum.toml");
+    let listen = refusing_addr();
+    std::fs::write(
+        &path,
+        format!(
+            "[access_log]\npath = \"{}\"\n[[listener]]\nname = \"public\"\nlisten = \"{listen}\"\n[[route]]\nupstream = \"a\"\n[upstream.a]\nservers = [{{ addr = \"{}\" }}]\n",
+            log.display(),
+            backend.addr()
+        ),
+    )
+    .expect("write config");
+    let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+    fulcrum.wait_for_line("fulcrum is serving");
+    let client = TestClient::new();
+    client.get(&format!("http://{listen}/before")).await;
+    read_lines(&log, 1).await;
+    // logrotate: move the file away, then signal.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    fulcrum.signal("USR1");
+    fulcrum.wait_for_line("reopening the access log");
+    client.get(&format!("http://{listen}/after")).await;
+    let fresh = read_lines(&log, 1).await;
+    assert!(fresh[0].contains("GET /after"), "{fresh:?}");
+    let old = std::fs::read_to_string(&rotated).expect("rotated file");
+    assert!(
+        old.contains("GET /before") && !old.contains("/after"),
+        "{old}"
+    );
+}
