@@ -3,6 +3,8 @@
 mod error;
 mod file;
 mod validate;
+mod validate_health;
+mod validate_limits;
 pub mod values;
 
 use std::collections::BTreeMap;

@@ -7,14 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::file::{
-    AdminFile, FileConfig, HealthCheckFile, ListenerFile, RateLimitFile, RouteFile, Strategy,
-    UpstreamFile,
-};
+use super::file::{FileConfig, ListenerFile, RouteFile, Strategy, UpstreamFile};
 use super::values::HashKey;
 use super::{
-    AccessLogConfig, AdminConfig, Config, ConfigSource, Global, HealthCheckConfig, ListenerConfig,
-    Rate, RateLimitBackend, RateLimitConfig, RetryOn, RouteConfig, ServerConfig, UpstreamConfig,
+    AccessLogConfig, Config, ConfigSource, Global, ListenerConfig, RateLimitConfig, RetryOn,
+    RouteConfig, ServerConfig, UpstreamConfig,
 };
 
 /// nginx `client_max_body_size` default.
@@ -48,63 +45,25 @@ fn full_key(path: &str) -> String {
 }
 
 /// `ip:port`, or `host:port` resolved now (as nginx resolves `listen localhost:8080` at start).
-fn listen_addr(text: &str) -> Option<SocketAddr> {
+pub(super) fn listen_addr(text: &str) -> Option<SocketAddr> {
     if let Ok(addr) = text.parse() {
         return Some(addr);
     }
     std::net::ToSocketAddrs::to_socket_addrs(text).ok()?.next()
 }
 
-/// Parses `"10r/s"` or `"600r/m"`.
-fn parse_rate(text: &str) -> Result<Rate, String> {
-    let bad = || format!("`{text}` is not a rate; write it like \"10r/s\" or \"600r/m\"");
-    let (count, unit) = text.trim().split_once("r/").ok_or_else(bad)?;
-    let count: u64 = count.trim().parse().map_err(|_| bad())?;
-    let window_secs = match unit.trim() {
-        "s" => 1,
-        "m" => 60,
-        _ => return Err(bad()),
-    };
-    if count == 0 || count > 1_000_000_000 {
-        return Err(format!(
-            "`{text}`: the rate must be from 1 to 1000000000 requests"
-        ));
-    }
-    Ok(Rate { count, window_secs })
-}
-
-/// Parses `"200-399"`, `"200"` or `"200, 204, 300-302"` into inclusive ranges of valid HTTP statuses.
-fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
-    let bad =
-        || format!("`{text}` is not a status range; write \"200-399\", \"200\" or \"200, 204\"");
-    let mut ranges = Vec::new();
-    for part in text.split(',') {
-        let (low, high) = match part.trim().split_once('-') {
-            Some((low, high)) => (low.trim(), high.trim()),
-            None => (part.trim(), part.trim()),
-        };
-        let low: u16 = low.parse().map_err(|_| bad())?;
-        let high: u16 = high.parse().map_err(|_| bad())?;
-        if !(100..=599).contains(&low) || !(100..=599).contains(&high) || low > high {
-            return Err(bad());
-        }
-        ranges.push((low, high));
-    }
-    Ok(ranges)
-}
-
-struct Validator<'a> {
-    path: &'a Path,
-    source: &'a str,
-    warnings: RefCell<Vec<ConfigError>>,
+pub(super) struct Validator<'a> {
+    pub(super) path: &'a Path,
+    pub(super) source: &'a str,
+    pub(super) warnings: RefCell<Vec<ConfigError>>,
 }
 
 impl Validator<'_> {
-    fn warn(&self, warning: ConfigError) {
+    pub(super) fn warn(&self, warning: ConfigError) {
         self.warnings.borrow_mut().push(warning);
     }
 
-    fn err(
+    pub(super) fn err(
         &self,
         span: Option<std::ops::Range<usize>>,
         key: impl Into<String>,
@@ -430,224 +389,6 @@ impl Validator<'_> {
         })
     }
 
-    fn health_check(
-        &self,
-        name: &str,
-        file: HealthCheckFile,
-        upstream_start_unhealthy: Option<bool>,
-    ) -> Result<HealthCheckConfig, ConfigError> {
-        let key = |k: &str| format!("upstream.{name}.health_check.{k}");
-        let interval = file
-            .interval
-            .as_ref()
-            .map_or(Duration::from_secs(5), |d| d.get_ref().0);
-        if interval.is_zero() {
-            return Err(self.err(
-                file.interval.as_ref().map(|d| d.span()),
-                key("interval"),
-                "must be greater than zero",
-            ));
-        }
-        let timeout = file
-            .timeout
-            .as_ref()
-            .map_or(Duration::from_secs(1), |d| d.get_ref().0);
-        if timeout.is_zero() || timeout >= interval {
-            return Err(self.err(
-                file.timeout
-                    .as_ref()
-                    .or(file.interval.as_ref())
-                    .map(|d| d.span()),
-                key("timeout"),
-                format!(
-                    "must be greater than zero and less than interval ({}ms)",
-                    interval.as_millis()
-                ),
-            ));
-        }
-        let at_least_one = |value: &Option<toml::Spanned<u32>>, k: &str, default: u32| match value {
-            Some(v) if *v.get_ref() == 0 => {
-                Err(self.err(Some(v.span()), key(k), "must be at least 1"))
-            }
-            Some(v) => Ok(*v.get_ref()),
-            None => Ok(default),
-        };
-        let max_fails = at_least_one(&file.max_fails, "max_fails", 3)?;
-        let passes = at_least_one(&file.passes, "passes", 2)?;
-        let expected_status = match &file.expected_status {
-            Some(text) => parse_status_ranges(text.get_ref())
-                .map_err(|why| self.err(Some(text.span()), key("expected_status"), why))?,
-            None => vec![(200, 399)],
-        };
-        let path = match &file.path {
-            Some(path) if !path.get_ref().starts_with('/') => {
-                return Err(self.err(
-                    Some(path.span()),
-                    key("path"),
-                    format!("`{}` must start with /", path.get_ref()),
-                ))
-            }
-            Some(path) => path.get_ref().clone(),
-            None => "/".to_string(),
-        };
-        let concurrency = match &file.concurrency {
-            Some(c) if *c.get_ref() == 0 => {
-                return Err(self.err(Some(c.span()), key("concurrency"), "must be at least 1"))
-            }
-            Some(c) => *c.get_ref(),
-            None => 64,
-        };
-        Ok(HealthCheckConfig {
-            kind: file.kind.unwrap_or_default(),
-            path,
-            interval,
-            timeout,
-            max_fails,
-            passes,
-            expected_status,
-            expect_body: file.expect_body,
-            host: file.host,
-            port: file.port,
-            start_unhealthy: file
-                .start_unhealthy
-                .or(upstream_start_unhealthy)
-                .unwrap_or(false),
-            concurrency,
-        })
-    }
-
-    fn admin(&self, file: &AdminFile) -> Result<AdminConfig, ConfigError> {
-        let listen = match &file.listen {
-            Some(text) => listen_addr(text.get_ref()).ok_or_else(|| {
-                self.err(
-                    Some(text.span()),
-                    "admin.listen",
-                    format!(
-                        "`{}` is not an address to listen on; write ip:port",
-                        text.get_ref()
-                    ),
-                )
-            })?,
-            None => SocketAddr::from(([127, 0, 0, 1], 9901)),
-        };
-        if file.token.as_deref() == Some("") {
-            return Err(self.err(
-                None,
-                "admin.token",
-                "must not be empty (leave it out for no token)",
-            ));
-        }
-        Ok(AdminConfig {
-            listen,
-            token: file.token.clone(),
-        })
-    }
-
-    fn trusted_proxies(
-        &self,
-        list: &toml::Spanned<Vec<String>>,
-    ) -> Result<Vec<ipnet::IpNet>, ConfigError> {
-        list.get_ref()
-            .iter()
-            .map(|text| {
-                text.parse::<ipnet::IpNet>()
-                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        self.err(
-                            Some(list.span()),
-                            "global.trusted_proxies",
-                            format!("`{text}` is not an address or CIDR range like \"10.0.0.0/8\""),
-                        )
-                    })
-            })
-            .collect()
-    }
-
-    fn rate_limit(&self, name: &str, file: RateLimitFile) -> Result<RateLimitConfig, ConfigError> {
-        let key = |k: &str| format!("rate_limit.{name}.{k}");
-        let rate = parse_rate(file.rate.get_ref())
-            .map_err(|why| self.err(Some(file.rate.span()), key("rate"), why))?;
-        let status = match &file.status {
-            Some(status) if !(400..=599).contains(status.get_ref()) => {
-                return Err(self.err(
-                    Some(status.span()),
-                    key("status"),
-                    "must be a 4xx or 5xx status",
-                ))
-            }
-            Some(status) => *status.get_ref(),
-            None => 429,
-        };
-        let backend = match file
-            .backend
-            .as_ref()
-            .map(|b| (b.get_ref().as_str(), b.span()))
-        {
-            None | Some(("local", _)) => RateLimitBackend::Local,
-            Some(("redis", span)) => {
-                let Some(url) = &file.redis_url else {
-                    return Err(self.err(
-                        Some(span),
-                        key("redis_url"),
-                        "backend = \"redis\" needs redis_url, e.g. \"redis://127.0.0.1:6379/0\"",
-                    ));
-                };
-                if let Err(e) = redis::Client::open(url.get_ref().as_str()) {
-                    return Err(self.err(
-                        Some(url.span()),
-                        key("redis_url"),
-                        format!("`{}` is not a Redis URL: {e}", url.get_ref()),
-                    ));
-                }
-                let deny_on_error = match file.on_redis_error.as_ref() {
-                    None => false,
-                    Some(v) if v.get_ref() == "allow" => false,
-                    Some(v) if v.get_ref() == "deny" => true,
-                    Some(v) => {
-                        return Err(self.err(
-                            Some(v.span()),
-                            key("on_redis_error"),
-                            format!("unknown value `{}`; expected allow or deny", v.get_ref()),
-                        ))
-                    }
-                };
-                RateLimitBackend::Redis {
-                    url: url.get_ref().clone(),
-                    deny_on_error,
-                    timeout: file
-                        .redis_timeout
-                        .map_or(Duration::from_millis(50), |d| d.0),
-                }
-            }
-            Some((other, span)) => {
-                return Err(self.err(
-                    Some(span),
-                    key("backend"),
-                    format!("unknown backend `{other}`; expected local or redis"),
-                ))
-            }
-        };
-        let max_keys = match &file.max_keys {
-            Some(n) if *n.get_ref() == 0 => {
-                return Err(self.err(Some(n.span()), key("max_keys"), "must be at least 1"))
-            }
-            Some(n) => *n.get_ref(),
-            None => 100_000,
-        };
-        Ok(RateLimitConfig {
-            name: name.to_string(),
-            key: file.key.map_or(HashKey::ClientIp, |k| k.into_inner()),
-            rate,
-            burst: file.burst.unwrap_or(0),
-            nodelay: file.nodelay.unwrap_or(false),
-            delay: file.delay.unwrap_or(0),
-            status,
-            dry_run: file.dry_run.unwrap_or(false),
-            max_keys,
-            backend,
-        })
-    }
-
     fn retry_on(
         &self,
         words: &toml::Spanned<Vec<String>>,
@@ -673,23 +414,5 @@ impl Validator<'_> {
             ));
         }
         Ok(RetryOn::from_bits(bits))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_ranges_parse() {
-        assert_eq!(parse_status_ranges("200-399"), Ok(vec![(200, 399)]));
-        assert_eq!(parse_status_ranges("200"), Ok(vec![(200, 200)]));
-        assert_eq!(
-            parse_status_ranges("200, 204,300-302"),
-            Ok(vec![(200, 200), (204, 204), (300, 302)])
-        );
-        for bad in ["", "2xx", "399-200", "99", "200-600", "200-"] {
-            assert!(parse_status_ranges(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -195,38 +195,30 @@ mod tests {
         );
     }
 
-    #[test]
-    fn without_nodelay_requests_in_the_burst_are_spaced_at_the_rate() {
+    /// The delay of each of six simultaneous requests at 10 r/s, burst 5, with `delay` let through at once.
+    fn burst_delays(delay: u64) -> Vec<u64> {
         let limit = Limit {
             rate_milli: 10_000,
             burst: 5,
-            delay: 0,
+            delay,
         };
-        let delays: Vec<u64> = run(limit, &[1_000; 6])
+        run(limit, &[1_000; 6])
             .into_iter()
             .map(|d| match d {
                 Decision::Allow { delay_ms, .. } => delay_ms,
                 Decision::Reject { .. } => u64::MAX,
             })
-            .collect();
-        assert_eq!(delays, [0, 100, 200, 300, 400, 500]);
+            .collect()
+    }
+
+    #[test]
+    fn without_nodelay_requests_in_the_burst_are_spaced_at_the_rate() {
+        assert_eq!(burst_delays(0), [0, 100, 200, 300, 400, 500]);
     }
 
     #[test]
     fn delay_n_lets_the_first_n_through_at_once() {
-        let limit = Limit {
-            rate_milli: 10_000,
-            burst: 5,
-            delay: 2,
-        };
-        let delays: Vec<u64> = run(limit, &[1_000; 6])
-            .into_iter()
-            .map(|d| match d {
-                Decision::Allow { delay_ms, .. } => delay_ms,
-                Decision::Reject { .. } => u64::MAX,
-            })
-            .collect();
-        assert_eq!(delays, [0, 0, 0, 100, 200, 300]);
+        assert_eq!(burst_delays(2), [0, 0, 0, 100, 200, 300]);
     }
 
     #[test]

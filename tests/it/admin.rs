@@ -1,7 +1,5 @@
 //! The admin API: status, drain and undrain, token, reload, config.
 
-use std::time::Duration;
-
 use http::{Request, StatusCode};
 
 use crate::harness::*;
@@ -55,14 +53,7 @@ async fn status_lists_servers_and_drain_stops_new_requests_while_in_flight_finis
     assert_eq!(servers[0]["healthy"], true);
 
     // A slow request holds a; then a is drained through the API.
-    let (c, u) = (client.clone(), proxy.url("/slow"));
-    let held = tokio::spawn(async move { c.get(&u).await });
-    wait_until(
-        Duration::from_secs(5),
-        "the slow request to reach a",
-        || a.requests() == 1,
-    )
-    .await;
+    let held = send_held(&client, proxy.url("/slow"), &a, 1).await;
     let drained = post(
         &client,
         &admin_url(

@@ -60,6 +60,25 @@ pub async fn held_backend(
     (backend, gate)
 }
 
+/// Sends a GET to `url` in the background and waits until `backend` has received it (its count of
+/// requests reaches `seen`), for tests that hold a request in flight.
+pub async fn send_held(
+    client: &TestClient,
+    url: String,
+    backend: &Backend,
+    seen: usize,
+) -> tokio::task::JoinHandle<Reply> {
+    let client = client.clone();
+    let request = tokio::spawn(async move { client.get(&url).await });
+    wait_until(
+        Duration::from_secs(5),
+        "the held request to reach its backend",
+        || backend.requests() == seen,
+    )
+    .await;
+    request
+}
+
 /// A loopback address where nothing listens (bound then released).
 pub fn refusing_addr() -> SocketAddr {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");

@@ -363,15 +363,7 @@ async fn drained_server_takes_no_new_requests_and_finishes_in_flight() {
     .await;
     let client = TestClient::new();
     // Round robin starts with a: the slow request holds it.
-    let slow_client = client.clone();
-    let slow_url = proxy.url("/slow");
-    let slow = tokio::spawn(async move { slow_client.get(&slow_url).await });
-    wait_until(
-        Duration::from_secs(5),
-        "the slow request to reach a",
-        || a.requests() == 1,
-    )
-    .await;
+    let slow = send_held(&client, proxy.url("/slow"), &a, 1).await;
     state_of(&proxy, 0).set_drained(true);
     for _ in 0..10 {
         assert_eq!(client.get(&proxy.url("/")).await.body, "b");

@@ -135,14 +135,7 @@ async fn passive_down_and_in_flight_survive_a_reload() {
     let mut proxy = TestProxy::start(&config_on("127.0.0.1:0", &servers(1))).await;
     let client = TestClient::new();
     // The first requests find the dead server and take it out (max_fails = 1).
-    let (c, u) = (client.clone(), proxy.url("/"));
-    let held_request = tokio::spawn(async move { c.get(&u).await });
-    wait_until(
-        Duration::from_secs(5),
-        "the slow request to be held",
-        || slow.requests() == 1,
-    )
-    .await;
+    let held_request = send_held(&client, proxy.url("/"), &slow, 1).await;
     for _ in 0..4 {
         assert_eq!(client.get(&proxy.url("/")).await.body, "b");
     }
