@@ -5,6 +5,9 @@ use http::StatusCode;
 /// A request the proxy answers itself.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// A `Transfer-Encoding` other than a lone `chunked` (nginx answers 501 too).
+    #[error("unsupported transfer-encoding")]
+    UnsupportedTransferEncoding,
     /// No route matches host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -36,6 +39,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoServer | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                 StatusCode::BAD_GATEWAY

@@ -72,6 +72,12 @@ impl ProxyService {
             &snapshot.config.global.trusted_proxies,
         );
         trace.client = Some(client_ip);
+        // The body is re-framed for the upstream, so a transfer coding other than chunked (gzip, ...) would
+        // be silently dropped: refuse it, as nginx does.
+        if !transfer_encoding_is_plain(request.headers()) {
+            warn!(client = %client_ip, "unsupported transfer-encoding");
+            return local_answer(&ProxyError::UnsupportedTransferEncoding);
+        }
         let host = request_host(&request);
         let path = request.uri().path();
         let Some(route) = snapshot
@@ -292,6 +298,20 @@ fn access_entry(
     }
 }
 
+/// Whether `Transfer-Encoding` is absent or exactly one `chunked`.
+fn transfer_encoding_is_plain(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim);
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only.eq_ignore_ascii_case("chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// The request's host: the `Host` header, or the URI authority (HTTP/2 `:authority`, absolute-form).
 fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
     if let Some(host) = request.headers().get(header::HOST) {
@@ -345,6 +365,7 @@ pub(crate) fn local_answer(error: &ProxyError) -> Response<ProxyBody> {
 fn public_reason(error: &ProxyError) -> &'static str {
     match error {
         ProxyError::NoRoute => "no route for this host and path",
+        ProxyError::UnsupportedTransferEncoding => "only Transfer-Encoding: chunked is supported",
         ProxyError::BodyTooLarge => "request body larger than max_body_size",
         ProxyError::NoServer => "no upstream server available",
         ProxyError::Connect(_) => "cannot connect to the upstream server",
