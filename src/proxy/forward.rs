@@ -115,7 +115,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                     note_transition(pool, server, server.state.record_success());
                     return Ok((response, guard));
                 }
-                warn!(pool = %pool.name, server = %server.addr, status, attempt, "upstream answered with a failure status");
+                warn!(id = trace.id(), pool = %pool.name, server = %server.addr, status, attempt, "upstream answered with a failure status");
                 Outcome::Answered((response, guard))
             }
             Ok(Err(error)) => {
@@ -123,11 +123,11 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                     return Err(ProxyError::BodyTooLarge);
                 }
                 let error = ProxyError::from_client(&error);
-                warn!(pool = %pool.name, server = %server.addr, %error, attempt, "upstream attempt failed");
+                warn!(id = trace.id(), pool = %pool.name, server = %server.addr, %error, attempt, "upstream attempt failed");
                 Outcome::Failed(error)
             }
             Err(_elapsed) => {
-                warn!(pool = %pool.name, server = %server.addr, timeout = ?pool.read_timeout, attempt, "upstream timed out");
+                warn!(id = trace.id(), pool = %pool.name, server = %server.addr, timeout = ?pool.read_timeout, attempt, "upstream timed out");
                 Outcome::Failed(ProxyError::Timeout)
             }
         };
@@ -154,14 +154,14 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         Some(Outcome::Answered(response)) => Ok(response),
         Some(Outcome::Failed(error)) => Err(error),
         None if pool.all_unhealthy == Some(AllUnhealthy::FailClosed) => {
-            error!(pool = %pool.name, "no healthy upstream server: answering 503 (all_unhealthy = fail_closed)");
+            error!(id = trace.id(), pool = %pool.name, "no healthy upstream server: answering 503 (all_unhealthy = fail_closed)");
             let retry_after = pool.health_check.as_ref().map_or(1, |check| {
                 check.interval.as_secs_f64().ceil().max(1.0) as u64
             });
             Err(ProxyError::NoHealthyServer { retry_after })
         }
         None => {
-            error!(pool = %pool.name, "no upstream server available: every server and backup is down or was tried");
+            error!(id = trace.id(), pool = %pool.name, "no upstream server available: every server and backup is down or was tried");
             Err(ProxyError::NoServer)
         }
     }

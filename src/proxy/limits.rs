@@ -42,7 +42,7 @@ pub async fn admit(
     route: &Route,
     request: &Request<Incoming>,
     client_ip: IpAddr,
-    outcome: &mut &'static str,
+    trace: &mut super::Trace,
 ) -> Result<Option<Quota>, Response<ProxyBody>> {
     if route.zones.is_empty() {
         return Ok(None);
@@ -61,13 +61,13 @@ pub async fn admit(
             Decision::Reject { retry_after_ms } => {
                 if zone.dry_run {
                     zone.metrics.dry_run.inc();
-                    *outcome = "dry_run";
+                    trace.rate_limit = "dry_run";
                     info!(zone = %zone.name, client = %client_ip, "rate limit exceeded (dry run, not refused)");
                     continue;
                 }
                 zone.metrics.rejected.inc();
-                *outcome = "rejected";
-                warn!(zone = %zone.name, client = %client_ip, path = request.uri().path(), "rate limit exceeded");
+                trace.rate_limit = "rejected";
+                warn!(id = trace.id(), zone = %zone.name, client = %client_ip, path = request.uri().path(), "rate limit exceeded");
                 return Err(refusal(zone, retry_after_ms));
             }
             Decision::Allow {
@@ -76,18 +76,18 @@ pub async fn admit(
             } => {
                 if wait > 0 && !zone.dry_run {
                     zone.metrics.delayed.inc();
-                    *outcome = "delayed";
+                    trace.rate_limit = "delayed";
                 } else {
                     zone.metrics.allowed.inc();
-                    if *outcome == "none" {
-                        *outcome = "allowed";
+                    if trace.rate_limit == "none" {
+                        trace.rate_limit = "allowed";
                     }
                 }
                 if wait > 0 && !zone.dry_run {
                     match zone.enter_delay() {
                         Some(guard) => _held.push(guard),
                         None => {
-                            warn!(zone = %zone.name, "too many delayed requests; refusing");
+                            warn!(id = trace.id(), zone = %zone.name, "too many delayed requests; refusing");
                             return Err(refusal(zone, wait));
                         }
                     }

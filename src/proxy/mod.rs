@@ -24,7 +24,7 @@ use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tracing::{warn, Instrument};
+use tracing::warn;
 
 use crate::runtime::Runtime;
 use crate::server::FirstRequest;
@@ -75,7 +75,7 @@ impl ProxyService {
         // The body is re-framed for the upstream, so a transfer coding other than chunked (gzip, ...) would
         // be silently dropped: refuse it, as nginx does.
         if !transfer_encoding_is_plain(request.headers()) {
-            warn!(client = %client_ip, "unsupported transfer-encoding");
+            warn!(id = trace.id(), client = %client_ip, "unsupported transfer-encoding");
             return local_answer(&ProxyError::UnsupportedTransferEncoding);
         }
         let host = request_host(&request);
@@ -84,21 +84,19 @@ impl ProxyService {
             .router
             .find(host.as_ref().and_then(|h| h.to_str().ok()), path)
         else {
-            warn!(client = %client_ip, host = ?host, path, "no route");
+            warn!(id = trace.id(), client = %client_ip, host = ?host, path, "no route");
             return local_answer(&ProxyError::NoRoute);
         };
         trace.route = Some(route.index);
         let Some(pool) = snapshot.pools.get(route.pool) else {
             return local_answer(&ProxyError::NoRoute);
         };
-        let quota = match limits::admit(snapshot, route, &request, client_ip, &mut trace.rate_limit)
-            .await
-        {
+        let quota = match limits::admit(snapshot, route, &request, client_ip, trace).await {
             Ok(quota) => quota,
             Err(refusal) => return refusal,
         };
         if content_length(&request).is_some_and(|len| len > route.max_body_size) {
-            warn!(client = %client_ip, path, limit = route.max_body_size, "request body larger than max_body_size");
+            warn!(id = trace.id(), client = %client_ip, path, limit = route.max_body_size, "request body larger than max_body_size");
             return local_answer(&ProxyError::BodyTooLarge);
         }
         let client_upgrade = upgrade::is_upgrade_request(&request)
@@ -135,7 +133,7 @@ impl ProxyService {
             trace,
         })
         .await;
-        let mut response = self.answer(result, client_upgrade, client_ip, pool);
+        let mut response = self.answer(result, client_upgrade, client_ip, pool, trace.id());
         pool.metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
@@ -151,6 +149,7 @@ impl ProxyService {
         client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
         client_ip: IpAddr,
         pool: &crate::snapshot::Pool,
+        id: &str,
     ) -> Response<ProxyBody> {
         match result {
             Ok((mut response, guard)) => {
@@ -177,7 +176,7 @@ impl ProxyService {
                 Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
             }
             Err(error) => {
-                warn!(client = %client_ip, pool = %pool.name, status = error.status().as_u16(), %error, "answering with an error");
+                warn!(id, client = %client_ip, pool = %pool.name, status = error.status().as_u16(), %error, "answering with an error");
                 local_answer(&error)
             }
         }
@@ -195,50 +194,46 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         }
         let service = self.clone();
         let id = request_id::request_id(request.headers());
-        let span = tracing::info_span!("request", id = id.to_str().unwrap_or("-"));
-        Box::pin(
-            async move {
-                let mut request = request;
-                request
-                    .headers_mut()
-                    .insert(request_id::X_REQUEST_ID.clone(), id.clone());
-                let snapshot = service.runtime.snapshot();
-                let pending = snapshot
-                    .access_log
-                    .as_ref()
-                    .map(|log| access_entry(&request, &id, Arc::clone(log)));
-                let mut trace = Trace::default();
-                let mut response = service.handle(&snapshot, request, &mut trace).await;
-                if let Some(counters) = trace.route.and_then(|r| snapshot.route_metrics.get(r)) {
-                    let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
-                    counters[class].inc();
-                }
-                if response.extensions().get::<LocalAnswer>().is_some() {
-                    service
-                        .runtime
-                        .metrics()
-                        .local_answer(response.status().as_u16());
-                }
-                response
-                    .headers_mut()
-                    .insert(request_id::X_REQUEST_ID.clone(), id);
-                if let Some(mut pending) = pending {
-                    pending.entry.status = response.status().as_u16();
-                    pending.entry.client = trace.client;
-                    pending.entry.upstream = trace.upstream.map(|a| a.to_string());
-                    pending.entry.upstream_time = trace.upstream_time;
-                    pending.entry.rate_limit = trace.rate_limit;
-                    match response.body_mut() {
-                        Either::Left(body) => body.attach_log(pending),
-                        Either::Right(full) => {
-                            pending.entry.bytes = full.size_hint().exact().unwrap_or(0);
-                        }
+        Box::pin(async move {
+            let mut request = request;
+            request
+                .headers_mut()
+                .insert(request_id::X_REQUEST_ID.clone(), id.clone());
+            let snapshot = service.runtime.snapshot();
+            let pending = snapshot
+                .access_log
+                .as_ref()
+                .map(|log| access_entry(&request, &id, Arc::clone(log)));
+            let mut trace = Trace::new(id.clone());
+            let mut response = service.handle(&snapshot, request, &mut trace).await;
+            if let Some(counters) = trace.route.and_then(|r| snapshot.route_metrics.get(r)) {
+                let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
+                counters[class].inc();
+            }
+            if response.extensions().get::<LocalAnswer>().is_some() {
+                service
+                    .runtime
+                    .metrics()
+                    .local_answer(response.status().as_u16());
+            }
+            response
+                .headers_mut()
+                .insert(request_id::X_REQUEST_ID.clone(), id);
+            if let Some(mut pending) = pending {
+                pending.entry.status = response.status().as_u16();
+                pending.entry.client = trace.client;
+                pending.entry.upstream = trace.upstream.map(|a| a.to_string());
+                pending.entry.upstream_time = trace.upstream_time;
+                pending.entry.rate_limit = trace.rate_limit;
+                match response.body_mut() {
+                    Either::Left(body) => body.attach_log(pending),
+                    Either::Right(full) => {
+                        pending.entry.bytes = full.size_hint().exact().unwrap_or(0);
                     }
                 }
-                Ok(response)
             }
-            .instrument(span),
-        )
+            Ok(response)
+        })
     }
 }
 
@@ -255,17 +250,26 @@ pub struct Trace {
     pub rate_limit: &'static str,
     /// The matched route's index.
     pub route: Option<usize>,
+    /// The request ID, for log lines about the request.
+    pub id: HeaderValue,
 }
 
-impl Default for Trace {
-    fn default() -> Self {
+impl Trace {
+    /// A trace for the request with this ID.
+    pub fn new(id: HeaderValue) -> Self {
         Trace {
             client: None,
             upstream: None,
             upstream_time: None,
             rate_limit: "none",
             route: None,
+            id,
         }
+    }
+
+    /// The request ID as text.
+    pub fn id(&self) -> &str {
+        self.id.to_str().unwrap_or("-")
     }
 }
 

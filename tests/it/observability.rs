@@ -85,11 +85,12 @@ async fn a_missing_or_odd_request_id_is_generated_and_returned() {
 async fn log_format_json_writes_one_json_object_per_line() {
     let backend = named("a").await;
     let dir = tempfile::tempdir().expect("temp dir");
+    let listen = refusing_addr();
     let path = dir.path().join("fulcrum.toml");
     std::fs::write(
         &path,
         format!(
-            "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"a\"\n[upstream.a]\nservers = [{{ addr = \"{}\" }}]\n",
+            "[[listener]]\nname = \"public\"\nlisten = \"{listen}\"\n[[route]]\npath = \"/only\"\nupstream = \"a\"\n[upstream.a]\nservers = [{{ addr = \"{}\" }}]\n",
             backend.addr()
         ),
     )
@@ -100,6 +101,17 @@ async fn log_format_json_writes_one_json_object_per_line() {
     let line = fulcrum.wait_for_line("fulcrum is serving");
     assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
     assert!(line.contains("\"level\":\"INFO\""), "{line}");
+    // A request that goes wrong is logged with its ID.
+    let reply = TestClient::new()
+        .get_with(
+            &format!("http://{listen}/elsewhere"),
+            "x-request-id",
+            "find-me-42",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let warning = fulcrum.wait_for_line("find-me-42");
+    assert!(warning.contains("no route"), "{warning}");
     fulcrum.signal("TERM");
     assert!(fulcrum.wait_exit(Duration::from_secs(10)).success());
     for line in &fulcrum.log {
