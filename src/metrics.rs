@@ -34,7 +34,12 @@ pub struct Metrics {
     reloads: IntCounterVec,
     last_reload: IntGauge,
     access_log_dropped: IntCounter,
+    /// `local_answers` handles for the statuses the proxy answers itself, resolved once.
+    local_by_status: Vec<(u16, IntCounter)>,
 }
+
+/// Statuses the proxy answers itself (a rate-limit zone may configure another 4xx/5xx).
+const LOCAL_STATUSES: [u16; 8] = [404, 413, 429, 501, 502, 503, 504, 400];
 
 /// Handles for one server, resolved when the snapshot is built.
 #[derive(Debug, Clone)]
@@ -152,7 +157,7 @@ impl Default for Metrics {
         .expect("metric names are valid constants");
         r.register(Box::new(access_log_dropped.clone()))
             .expect("each metric is registered once");
-        let metrics = Metrics {
+        let mut metrics = Metrics {
             requests: counter_vec(
                 &r,
                 "fulcrum_requests_total",
@@ -233,8 +238,19 @@ impl Default for Metrics {
             ),
             last_reload,
             access_log_dropped,
+            local_by_status: Vec::new(),
             registry: r,
         };
+        metrics.local_by_status = LOCAL_STATUSES
+            .iter()
+            .map(|&code| {
+                let label = code.to_string();
+                (
+                    code,
+                    metrics.local_answers.with_label_values(&[label.as_str()]),
+                )
+            })
+            .collect();
         metrics.mark_reload_success();
         metrics
     }
@@ -302,8 +318,17 @@ impl Metrics {
 
     /// Counts an answer the proxy made itself.
     pub fn local_answer(&self, status: u16) {
-        let code = status.to_string();
-        self.local_answers.with_label_values(&[code.as_str()]).inc();
+        match self
+            .local_by_status
+            .iter()
+            .find(|(code, _)| *code == status)
+        {
+            Some((_, counter)) => counter.inc(),
+            None => {
+                let code = status.to_string();
+                self.local_answers.with_label_values(&[code.as_str()]).inc();
+            }
+        }
     }
 
     /// Counts a server going `to` "down" or "up" because of `cause` ("passive" or "active").

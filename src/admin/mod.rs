@@ -6,7 +6,6 @@
 mod status;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -202,9 +201,4 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// Binds the admin address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

@@ -132,7 +132,7 @@ pub async fn start_with(
     let bound = bind_all(config.listeners.iter(), &mut inherited)?;
     let admin = match &config.admin {
         Some(admin) => {
-            let socket = crate::admin::bind(admin.listen)
+            let socket = tokio::net::TcpListener::bind(admin.listen)
                 .await
                 .map_err(|source| BindError {
                     name: "admin".to_string(),
