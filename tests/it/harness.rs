@@ -79,6 +79,49 @@ pub async fn send_held(
     request
 }
 
+/// Several clients sending GETs to one URL back to back until told to stop.
+pub struct SteadyLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    clients: tokio::task::JoinSet<Vec<StatusCode>>,
+}
+
+impl SteadyLoad {
+    /// Starts `clients` clients on `url`.
+    pub fn start(url: &str, clients: usize) -> SteadyLoad {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (client, url, stop) = (TestClient::new(), url.to_string(), Arc::clone(&stop));
+            tasks.spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    statuses.push(client.get(&url).await.status);
+                }
+                statuses
+            });
+        }
+        SteadyLoad {
+            stop,
+            clients: tasks,
+        }
+    }
+
+    /// Stops the clients and asserts every request got a 200; returns how many there were.
+    pub async fn finish_all_ok(mut self, what: &str) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut total = 0;
+        while let Some(statuses) = self.clients.join_next().await {
+            let statuses = statuses.expect("client task");
+            total += statuses.len();
+            assert!(
+                statuses.iter().all(|s| *s == StatusCode::OK),
+                "a request failed {what}"
+            );
+        }
+        total
+    }
+}
+
 /// A loopback address where nothing listens (bound then released).
 pub fn refusing_addr() -> SocketAddr {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");

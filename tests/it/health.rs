@@ -392,31 +392,12 @@ async fn killing_one_of_three_under_load_with_probes_gives_zero_failed_gets() {
         ))
     ))
     .await;
-    let url = proxy.url("/");
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let client = TestClient::new();
-        let url = url.clone();
-        clients.spawn(async move {
-            let deadline = Instant::now() + Duration::from_millis(1200);
-            let mut statuses = Vec::new();
-            while Instant::now() < deadline {
-                statuses.push(client.get(&url).await.status);
-            }
-            statuses
-        });
-    }
+    let load = SteadyLoad::start(&proxy.url("/"), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.stop().await;
-    let mut total = 0;
-    while let Some(statuses) = clients.join_next().await {
-        let statuses = statuses.expect("client task");
-        total += statuses.len();
-        assert!(
-            statuses.iter().all(|s| *s == StatusCode::OK),
-            "a client saw a failure"
-        );
-    }
+    // Keep the load on for a while with one backend gone.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let total = load.finish_all_ok("while a backend was killed").await;
     assert!(total > 100, "too little load to mean anything: {total}");
     assert!(
         state_of(&proxy, 2).is_active_down(),

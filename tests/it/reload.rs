@@ -2,7 +2,6 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fulcrum::demo::Backend;
@@ -50,18 +49,7 @@ async fn fifty_reloads_under_load_fail_no_request_and_end_on_the_last_config() {
     ];
     let mut proxy = TestProxy::start(&config_on("127.0.0.1:0", &variants[0])).await;
     let url = proxy.url("/");
-    let mut clients = tokio::task::JoinSet::new();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for _ in 0..4 {
-        let (client, url, stop) = (TestClient::new(), url.clone(), Arc::clone(&stop));
-        clients.spawn(async move {
-            let mut statuses = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                statuses.push(client.get(&url).await.status);
-            }
-            statuses
-        });
-    }
+    let load = SteadyLoad::start(&url, 4);
     for round in 0..50 {
         let config = fulcrum::Config::parse(
             &config_on("127.0.0.1:0", &variants[round % variants.len()]),
@@ -80,16 +68,7 @@ async fn fifty_reloads_under_load_fail_no_request_and_end_on_the_last_config() {
     )
     .expect("a valid config");
     proxy.proxy.reload(last).expect("reload");
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut total = 0;
-    while let Some(statuses) = clients.join_next().await {
-        let statuses = statuses.expect("client task");
-        total += statuses.len();
-        assert!(
-            statuses.iter().all(|s| *s == StatusCode::OK),
-            "a request failed during reloads"
-        );
-    }
+    let total = load.finish_all_ok("during reloads").await;
     assert!(total >= 100, "too little load to mean anything: {total}");
     let client = TestClient::new();
     for _ in 0..10 {
