@@ -55,36 +55,19 @@ fn local(c: &mut Criterion) {
 }
 
 fn redis(c: &mut Criterion) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0);
-    let Ok(mut server) = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-    else {
-        eprintln!("redis-server not found: skipping the Redis bench");
-        return;
+    let server = match fulcrum::demo::RedisServer::start() {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("no redis-server ({error}): skipping the Redis bench");
+            return;
+        }
     };
-    std::thread::sleep(Duration::from_millis(300));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime for the bench");
-    let backend = RedisBackend::new(
-        &format!("redis://127.0.0.1:{port}/0"),
-        "bench",
-        Duration::from_secs(1),
-    )
-    .expect("a Redis URL");
+    let backend =
+        RedisBackend::new(&server.url(), "bench", Duration::from_secs(1)).expect("a Redis URL");
     // Latency distribution of one check (a round trip running the Lua script).
     let mut samples: Vec<Duration> = runtime.block_on(async {
         let mut samples = Vec::with_capacity(10_000);
@@ -105,8 +88,7 @@ fn redis(c: &mut Criterion) {
     c.bench_function("ratelimit/redis/check", |b| {
         b.iter(|| runtime.block_on(backend.check(black_box(7), LIMIT)))
     });
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 criterion_group!(benches, local, redis);
