@@ -83,11 +83,6 @@ impl RedisBackend {
         })
     }
 
-    /// The URL it talks to.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// Checks one request for `key`; `Err` when Redis did not answer within the timeout (the caller
     /// applies `on_redis_error`).
     pub async fn check(&self, key: u64, limit: Limit) -> Result<Decision, String> {

@@ -192,14 +192,6 @@ impl RunningProxy {
         self.listeners.iter().map(|l| l.bound.clone()).collect()
     }
 
-    /// The address of the listener called `name`.
-    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|l| l.bound.name == name)
-            .map(|l| l.bound.addr)
-    }
-
     /// The admin API's address, when `[admin]` is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin

@@ -439,3 +439,31 @@ async fn health_state_survives_a_new_snapshot() {
         assert_eq!(client.get(&proxy.url("/")).await.body, "steady");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_body_fails_a_probe_whose_body_lacks_the_text() {
+    // Both answer 200 on /health; only one says "ok".
+    let healthy = named("ok").await;
+    let wrong = backend_with(|_request| async { text(StatusCode::OK, "degraded") }).await;
+    let proxy = TestProxy::start(&format!(
+        "{}{}",
+        one_pool(&format!(
+            "servers = [{{ addr = \"{}\" }}, {{ addr = \"{}\" }}]",
+            healthy.addr(),
+            wrong.addr()
+        )),
+        check("interval = \"100ms\"\ntimeout = \"80ms\"\nmax_fails = 1\nexpect_body = \"ok\"")
+    ))
+    .await;
+    let wrong_state = state_of(&proxy, 1);
+    wait_until(
+        Duration::from_secs(5),
+        "the probe to fail on the body",
+        || wrong_state.is_active_down(),
+    )
+    .await;
+    assert!(
+        !state_of(&proxy, 0).is_active_down(),
+        "a body with the text passes"
+    );
+}

@@ -471,3 +471,31 @@ async fn second_sigterm_and_sigquit_exit_at_once() {
         gate.add_permits(1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuseport_lets_two_processes_share_an_address() {
+    let a = named("a").await;
+    let listen = refusing_addr();
+    let config = |reuseport: bool| {
+        format!(
+            "[[listener]]\nname = \"public\"\nlisten = \"{listen}\"\nreuseport = {reuseport}\n[[route]]\nupstream = \"pool\"\n[upstream.pool]\nservers = [{{ addr = \"{}\" }}]\n",
+            a.addr()
+        )
+    };
+    let parse =
+        |text: &str| fulcrum::Config::parse(text, Path::new("r.toml")).expect("a valid config");
+    let first = fulcrum::start(parse(&config(true)))
+        .await
+        .expect("bind the first");
+    let second = fulcrum::start(parse(&config(true)))
+        .await
+        .expect("a second listener on the same address with reuseport");
+    assert!(
+        fulcrum::start(parse(&config(false))).await.is_err(),
+        "without reuseport the address is taken"
+    );
+    let reply = TestClient::new().get(&format!("http://{listen}/")).await;
+    assert_eq!(reply.body, "a");
+    second.shutdown().await;
+    first.shutdown().await;
+}
