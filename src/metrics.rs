@@ -358,12 +358,7 @@ impl Metrics {
         self.in_flight.reset();
         self.healthy.reset();
         for pool in &snapshot.pools {
-            let servers = pool
-                .primary
-                .servers
-                .iter()
-                .chain(pool.backup.iter().flat_map(|t| t.servers.iter()));
-            for server in servers {
+            for server in pool.servers() {
                 let labels = [pool.name.as_str(), server.addr.as_str()];
                 self.in_flight
                     .with_label_values(&labels)

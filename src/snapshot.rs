@@ -97,6 +97,14 @@ pub enum TierKind {
 }
 
 impl Pool {
+    /// Every server that takes traffic: primaries, then backups (not those drained by config).
+    pub fn servers(&self) -> impl Iterator<Item = &Server> {
+        self.primary
+            .servers
+            .iter()
+            .chain(self.backup.iter().flat_map(|tier| tier.servers.iter()))
+    }
+
     /// The tier of `kind`.
     pub fn tier(&self, kind: TierKind) -> Option<&Tier> {
         match kind {

@@ -166,13 +166,8 @@ fn drain(runtime: &Runtime, pool_name: &str, addr: &str, drained: bool) -> Respo
             status::error(&format!("no upstream named `{pool_name}`")),
         );
     };
-    let servers = pool
-        .primary
-        .servers
-        .iter()
-        .chain(pool.backup.iter().flat_map(|t| t.servers.iter()));
-    let Some(server) = servers
-        .into_iter()
+    let Some(server) = pool
+        .servers()
         .find(|s| s.addr.as_str().eq_ignore_ascii_case(addr))
     else {
         return reply(

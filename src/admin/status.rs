@@ -21,16 +21,11 @@ pub fn status(runtime: &Runtime) -> Value {
 
 fn pool(pool: &Pool) -> Value {
     let now = now_ms();
-    let mut servers: Vec<Value> = pool
-        .primary
-        .servers
-        .iter()
+    let servers: Vec<Value> = pool
+        .servers()
         .map(|s| server(s, now, false))
+        .chain(pool.drained.iter().map(|s| server(s, now, true)))
         .collect();
-    if let Some(backup) = &pool.backup {
-        servers.extend(backup.servers.iter().map(|s| server(s, now, false)));
-    }
-    servers.extend(pool.drained.iter().map(|s| server(s, now, true)));
     json!({
         "name": pool.name,
         "health_check": pool.health_check.is_some(),

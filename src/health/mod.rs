@@ -65,12 +65,7 @@ fn targets(snapshot: &Snapshot) -> Vec<Target> {
             continue;
         };
         let limit = Arc::new(Semaphore::new(check.concurrency));
-        let servers = pool
-            .primary
-            .servers
-            .iter()
-            .chain(pool.backup.iter().flat_map(|tier| tier.servers.iter()));
-        for server in servers {
+        for server in pool.servers() {
             targets.push(Target {
                 pool: pool.name.clone(),
                 server: server.addr.to_string(),
