@@ -76,11 +76,34 @@ impl Backend {
 
     /// A backend on `addr` answering with `handler`.
     pub async fn start(addr: SocketAddr, handler: Handler) -> io::Result<Backend> {
+        Self::serve(addr, handler, None).await
+    }
+
+    /// Like [`Backend::start`], over TLS with `tls` (an `https://` upstream).
+    pub async fn start_tls(
+        addr: SocketAddr,
+        handler: Handler,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> io::Result<Backend> {
+        Self::serve(addr, handler, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        handler: Handler,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> io::Result<Backend> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicUsize::new(0));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept(listener, handler, Arc::clone(&requests), stop_rx));
+        let task = tokio::spawn(accept(
+            listener,
+            handler,
+            tls,
+            Arc::clone(&requests),
+            stop_rx,
+        ));
         Ok(Backend {
             addr,
             requests,
@@ -109,6 +132,7 @@ impl Backend {
 async fn accept(
     listener: TcpListener,
     handler: Handler,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     requests: Arc<AtomicUsize>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -119,7 +143,15 @@ async fn accept(
                 let Ok((stream, _)) = accepted else { continue };
                 let handler = Arc::clone(&handler);
                 let requests = Arc::clone(&requests);
-                connections.spawn(serve_connection(stream, DemoService { handler, requests }));
+                let service = DemoService { handler, requests };
+                match tls.clone() {
+                    Some(tls) => connections.spawn(async move {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            serve_connection(stream, service).await;
+                        }
+                    }),
+                    None => connections.spawn(serve_connection(stream, service)),
+                };
             }
             _ = stop.changed() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -129,7 +161,10 @@ async fn accept(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, service: DemoService) {
+async fn serve_connection<I>(stream: I, service: DemoService)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let _ = auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await;

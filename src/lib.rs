@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};

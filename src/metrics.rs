@@ -31,6 +31,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     ratelimit: IntCounterVec,
     connections: IntGaugeVec,
+    tls_handshake_failures: IntCounterVec,
     reloads: IntCounterVec,
     last_reload: IntGauge,
     access_log_dropped: IntCounter,
@@ -39,7 +40,16 @@ pub struct Metrics {
 }
 
 /// Statuses the proxy answers itself (a rate-limit zone may configure another 4xx/5xx).
-const LOCAL_STATUSES: [u16; 8] = [404, 413, 429, 501, 502, 503, 504, 400];
+const LOCAL_STATUSES: [u16; 9] = [404, 413, 429, 501, 502, 503, 504, 400, 308];
+
+/// `fulcrum_tls_handshake_failures_total` handles of one listener.
+#[derive(Debug, Clone)]
+pub struct TlsFailureMetrics {
+    /// The client's hello was refused (e.g. TLS 1.1 only, no shared cipher) or the handshake broke.
+    pub error: IntCounter,
+    /// The handshake did not finish within `handshake_timeout`.
+    pub timeout: IntCounter,
+}
 
 /// Handles for one server, resolved when the snapshot is built.
 #[derive(Debug, Clone)]
@@ -230,6 +240,13 @@ impl Default for Metrics {
                 "Open client connections by listener.",
                 &["listener"],
             ),
+            tls_handshake_failures: counter_vec(
+                &r,
+                "fulcrum_tls_handshake_failures_total",
+                "TLS handshakes that failed, by listener and reason (error: refused or broken; timeout: \
+                 not finished within handshake_timeout).",
+                &["listener", "reason"],
+            ),
             reloads: counter_vec(
                 &r,
                 "fulcrum_config_reloads_total",
@@ -309,6 +326,18 @@ impl Metrics {
     /// The open-connections gauge of a listener.
     pub fn connections(&self, listener: &str) -> IntGauge {
         self.connections.with_label_values(&[listener])
+    }
+
+    /// The TLS handshake failure counters of a listener.
+    pub fn tls_handshake_failures(&self, listener: &str) -> TlsFailureMetrics {
+        TlsFailureMetrics {
+            error: self
+                .tls_handshake_failures
+                .with_label_values(&[listener, "error"]),
+            timeout: self
+                .tls_handshake_failures
+                .with_label_values(&[listener, "timeout"]),
+        }
     }
 
     /// The counter of dropped access log lines.

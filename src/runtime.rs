@@ -196,11 +196,11 @@ impl Runtime {
         Snapshot::build(
             config,
             registry,
-            |settings| {
+            |settings, tls| {
                 clients
                     .lock()
                     .entry(settings)
-                    .or_insert_with(|| build_client(settings))
+                    .or_insert_with(|| build_client(settings, tls))
                     .clone()
             },
             |zone| {

@@ -14,6 +14,7 @@ use crate::metrics::{Metrics, PoolMetrics};
 use crate::proxy::client::{ClientSettings, UpstreamClient};
 use crate::proxy::router::Router;
 use crate::ratelimit::{Store, Zone};
+use crate::tls::UpstreamTls;
 use crate::upstream::{Registry, Server};
 use std::sync::atomic::AtomicUsize;
 
@@ -53,6 +54,10 @@ pub struct Pool {
     pub retry_on: RetryOn,
     /// The pooled client for this pool's connect settings.
     pub client: UpstreamClient,
+    /// HTTP/1.1 or HTTP/2 to the servers.
+    pub protocol: crate::config::UpstreamProtocol,
+    /// TLS settings for `https://` servers (probes use them too).
+    pub tls: Option<Arc<UpstreamTls>>,
     /// Active probes, when configured.
     pub health_check: Option<Arc<HealthCheckConfig>>,
     /// What to do when no server can be picked; `None` answers 502 (nginx).
@@ -147,7 +152,7 @@ impl Snapshot {
     pub fn build(
         config: Arc<Config>,
         registry: &Registry,
-        client_for: impl Fn(ClientSettings) -> UpstreamClient,
+        client_for: impl Fn(ClientSettings, Option<&UpstreamTls>) -> UpstreamClient,
         zone_state_for: impl Fn(&RateLimitConfig) -> ZoneShared,
         metrics: &Arc<Metrics>,
         first: bool,
@@ -200,7 +205,7 @@ impl Snapshot {
 fn build_pool(
     upstream: &UpstreamConfig,
     registry: &Registry,
-    client_for: &impl Fn(ClientSettings) -> UpstreamClient,
+    client_for: &impl Fn(ClientSettings, Option<&UpstreamTls>) -> UpstreamClient,
     metrics: &Arc<Metrics>,
     first: bool,
 ) -> Pool {
@@ -214,13 +219,24 @@ fn build_pool(
     };
     let now = now_ms();
     let server = |config: &crate::config::ServerConfig| {
-        let (state, is_new) = registry.state_for(config.addr.as_str());
+        // Identity is address and scheme: the same host:port in clear and over TLS are two servers.
+        let identity = if config.tls {
+            format!("https://{}", config.addr)
+        } else {
+            config.addr.to_string()
+        };
+        let (state, is_new) = registry.state_for(&identity);
         health::prepare_state(&state, upstream.health_check.as_ref(), is_new);
         if is_new && !first {
             state.begin_slow_start(now, slow_start_ms);
         }
         Server {
             addr: config.addr.clone(),
+            scheme: if config.tls {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            },
             weight: config.weight,
             max_fails: if single { 0 } else { config.max_fails },
             fail_timeout_ms: millis(config.fail_timeout),
@@ -266,11 +282,18 @@ fn build_pool(
         read_timeout: upstream.read_timeout,
         max_attempts: 1 + retries,
         retry_on: upstream.retry_on,
-        client: client_for(ClientSettings {
-            connect_timeout: upstream.connect_timeout,
-            keepalive_timeout: upstream.keepalive_timeout,
-            keepalive: upstream.keepalive,
-        }),
+        client: client_for(
+            ClientSettings {
+                connect_timeout: upstream.connect_timeout,
+                keepalive_timeout: upstream.keepalive_timeout,
+                keepalive: upstream.keepalive,
+                protocol: upstream.protocol,
+                tls: upstream.tls.as_ref().map(|tls| tls.fingerprint),
+            },
+            upstream.tls.as_deref(),
+        ),
+        protocol: upstream.protocol,
+        tls: upstream.tls.clone(),
         health_check: upstream.health_check.clone().map(Arc::new),
         all_unhealthy: upstream.all_unhealthy.or(upstream
             .health_check

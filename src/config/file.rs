@@ -80,6 +80,37 @@ pub struct ListenerFile {
     #[serde(default)]
     pub reuseport: bool,
     pub max_connections_per_client: Option<Spanned<usize>>,
+    pub tls: Option<ListenerTlsFile>,
+    pub redirect_to_https: Option<Spanned<RedirectToHttps>>,
+    pub http2_max_concurrent_streams: Option<Spanned<u32>>,
+    pub http2_max_header_size: Option<Spanned<ConfigSize>>,
+}
+
+/// `redirect_to_https = true` (to port 443) or `= 8443` (to that port).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum RedirectToHttps {
+    /// On (to the default port) or off.
+    Enabled(bool),
+    /// On, to this port.
+    Port(u16),
+}
+
+/// `[listener.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsFile {
+    pub certificates: Spanned<Vec<CertificateFile>>,
+    pub handshake_timeout: Option<Spanned<ConfigDuration>>,
+}
+
+/// One `[[listener.tls.certificates]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    pub cert: Spanned<std::path::PathBuf>,
+    pub key: Spanned<std::path::PathBuf>,
+    pub server_names: Option<Spanned<Vec<String>>>,
 }
 
 /// One `[[route]]`.
@@ -128,7 +159,25 @@ pub struct UpstreamFile {
     pub all_unhealthy: Option<AllUnhealthy>,
     pub start_unhealthy: Option<bool>,
     pub health_check: Option<HealthCheckFile>,
+    pub protocol: Option<Spanned<UpstreamProtocol>>,
+    pub ca_file: Option<Spanned<std::path::PathBuf>>,
+    pub tls_verify: Option<Spanned<bool>>,
+    pub tls_server_name: Option<Spanned<String>>,
     pub servers: Spanned<Vec<ServerFile>>,
+}
+
+/// The HTTP version spoken to a pool's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over TLS with ALPN http/1.1 for `https://` servers).
+    #[default]
+    #[serde(alias = "http1.1", alias = "http/1.1")]
+    Http1,
+    /// HTTP/2: over TLS with ALPN h2 for `https://` servers, else cleartext with prior knowledge.
+    H2,
+    /// HTTP/2 in cleartext with prior knowledge (gRPC servers without TLS).
+    H2c,
 }
 
 /// What a pool does when no server is healthy.

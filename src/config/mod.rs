@@ -5,15 +5,17 @@ mod file;
 mod validate;
 mod validate_health;
 mod validate_limits;
+mod validate_tls;
 pub mod values;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ConfigError;
-pub use file::{AllUnhealthy, ProbeKind, Strategy};
+pub use file::{AllUnhealthy, ProbeKind, Strategy, UpstreamProtocol};
 pub use values::HashKey;
 
 /// A validated config, ready to build a snapshot from.
@@ -182,6 +184,42 @@ pub struct ListenerConfig {
     pub reuseport: bool,
     /// Open connections one client address may hold (nginx `limit_conn`); more are closed at once.
     pub max_connections_per_client: Option<usize>,
+    /// TLS termination, when `[listener.tls]` is set.
+    pub tls: Option<Arc<ListenerTls>>,
+    /// Answer every request with a 308 to `https://` on this port (plain listeners only).
+    pub redirect_to_https: Option<u16>,
+    /// HTTP/2 limits for this listener's connections.
+    pub http2: Http2Limits,
+}
+
+/// HTTP/2 limits of a listener (bounded streams, headers and resets: rapid reset and header floods cost
+/// bounded memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// Concurrent streams a client may open (nginx `http2_max_concurrent_streams`, 128).
+    pub max_concurrent_streams: u32,
+    /// Largest decoded header list of a request, in bytes.
+    pub max_header_size: u32,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 128,
+            max_header_size: 32 * 1024,
+        }
+    }
+}
+
+/// A TLS listener's certificates, loaded and checked, and its rustls config.
+#[derive(Debug)]
+pub struct ListenerTls {
+    /// rustls config: SNI resolver over the certificates, ALPN h2 and http/1.1, TLS 1.2 and 1.3.
+    pub server_config: Arc<rustls::ServerConfig>,
+    /// The certificates in config order (the first is the default).
+    pub certificates: Vec<crate::tls::LoadedCert>,
+    /// Longest a client may take to finish its handshake.
+    pub handshake_timeout: Duration,
 }
 
 /// Which requests go to which upstream.
@@ -297,6 +335,10 @@ pub struct UpstreamConfig {
     pub all_unhealthy: Option<AllUnhealthy>,
     /// Active probes, when configured.
     pub health_check: Option<HealthCheckConfig>,
+    /// HTTP/1.1 or HTTP/2 to the servers.
+    pub protocol: UpstreamProtocol,
+    /// TLS settings for the pool's `https://` servers; `None` when it has none.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// The servers, primaries and backups, in file order.
     pub servers: Vec<ServerConfig>,
 }
@@ -344,6 +386,8 @@ impl HealthCheckConfig {
 pub struct ServerConfig {
     /// `host:port`.
     pub addr: http::uri::Authority,
+    /// Spoken to over TLS (`https://` address).
+    pub tls: bool,
     /// Relative weight, 1..=1000.
     pub weight: u32,
     /// Failures within `fail_timeout` that take the server out; 0 disables passive health.
@@ -364,6 +408,24 @@ impl Config {
         let source = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
         Self::parse(&source, path)
+    }
+
+    /// The certificate, key and CA files this config read: a change to one of them is a reason to reload.
+    pub fn tls_files(&self) -> Vec<std::path::PathBuf> {
+        let listeners = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|tls| tls.certificates.iter())
+            .flat_map(|cert| [cert.cert_path.clone(), cert.key_path.clone()]);
+        let upstreams = self
+            .upstreams
+            .values()
+            .filter_map(|u| u.tls.as_ref()?.ca_file.clone());
+        let mut files: Vec<_> = listeners.chain(upstreams).collect();
+        files.sort();
+        files.dedup();
+        files
     }
 
     /// Parses and validates config text; `path` is used in error messages only.

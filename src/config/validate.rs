@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::file::{FileConfig, ListenerFile, RouteFile, Strategy, UpstreamFile};
+use super::file::{FileConfig, ListenerFile, RedirectToHttps, RouteFile, Strategy, UpstreamFile};
 use super::values::HashKey;
 use super::{
     AccessLogConfig, Config, ConfigSource, Global, ListenerConfig, RateLimitConfig, RetryOn,
@@ -175,11 +175,45 @@ impl Validator<'_> {
                 Some(n) => Some(*n.get_ref()),
                 None => None,
             };
+            let tls = match &file.tls {
+                Some(tls) => Some(self.listener_tls(i, tls)?),
+                None => None,
+            };
+            let redirect_to_https = match &file.redirect_to_https {
+                Some(redirect) if tls.is_some() && !matches!(redirect.get_ref(), RedirectToHttps::Enabled(false)) => {
+                    return Err(self.err(
+                        Some(redirect.span()),
+                        format!("listener[{i}].redirect_to_https"),
+                        "is for plain listeners; this one already terminates TLS (the redirect would loop)",
+                    ))
+                }
+                Some(redirect) => match *redirect.get_ref() {
+                    RedirectToHttps::Enabled(true) => Some(443),
+                    RedirectToHttps::Enabled(false) => None,
+                    RedirectToHttps::Port(0) => {
+                        return Err(self.err(
+                            Some(redirect.span()),
+                            format!("listener[{i}].redirect_to_https"),
+                            "write true (to port 443) or the HTTPS port, e.g. 8443",
+                        ))
+                    }
+                    RedirectToHttps::Port(port) => Some(port),
+                },
+                None => None,
+            };
+            let http2 = self.http2_limits(
+                i,
+                file.http2_max_concurrent_streams.as_ref(),
+                file.http2_max_header_size.as_ref(),
+            )?;
             out.push(ListenerConfig {
                 name,
                 listen,
                 reuseport: file.reuseport,
                 max_connections_per_client,
+                tls,
+                redirect_to_https,
+                http2,
             });
         }
         Ok(out)
@@ -320,11 +354,14 @@ impl Validator<'_> {
         };
         let max_fails = file.max_fails.unwrap_or(1);
         let fail_timeout = file.fail_timeout.map_or(Duration::from_secs(10), |d| d.0);
+        let any_tls = file.servers.get_ref().iter().any(|s| s.addr.get_ref().tls);
+        let (protocol, tls) = self.upstream_tls(name, &file, any_tls)?;
         let servers_span = file.servers.span();
         let mut servers = Vec::with_capacity(file.servers.get_ref().len());
         let mut addrs = HashSet::new();
         for (i, server) in file.servers.into_inner().into_iter().enumerate() {
-            let addr = server.addr.get_ref().0.clone();
+            let addr = server.addr.get_ref().authority.clone();
+            let tls = server.addr.get_ref().tls;
             if !addrs.insert(addr.as_str().to_ascii_lowercase()) {
                 return Err(self.err(
                     Some(server.addr.span()),
@@ -345,6 +382,7 @@ impl Validator<'_> {
             };
             servers.push(ServerConfig {
                 addr,
+                tls,
                 weight,
                 max_fails: server.max_fails.unwrap_or(max_fails),
                 fail_timeout: server.fail_timeout.map_or(fail_timeout, |d| d.0),
@@ -385,6 +423,8 @@ impl Validator<'_> {
                 Some(check) => Some(self.health_check(name, check, file.start_unhealthy)?),
                 None => None,
             },
+            protocol,
+            tls,
             servers,
         })
     }

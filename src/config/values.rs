@@ -152,38 +152,49 @@ impl<'de> serde::Deserialize<'de> for HashKey {
     }
 }
 
-/// An upstream server address: `host:port`, optionally written with an `http://` prefix.
+/// An upstream server address: `host:port`, optionally written with an `http://` or `https://` prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerAddr(pub http::uri::Authority);
+pub struct ServerAddr {
+    /// `host:port`.
+    pub authority: http::uri::Authority,
+    /// Written `https://`: spoken to over TLS.
+    pub tls: bool,
+}
 
-/// Parses `127.0.0.1:9001`, `[::1]:9001`, `backend.internal:80` or `http://backend:80`.
-pub fn parse_server_addr(text: &str) -> Result<http::uri::Authority, String> {
-    if let Some((scheme, _)) = text.split_once("://") {
-        if scheme != "http" {
+/// Parses `127.0.0.1:9001`, `[::1]:9001`, `backend.internal:80`, `http://backend:80` or
+/// `https://backend:443` (an `https://` address without a port means 443).
+pub fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
+    let (tls, bare) = match text.split_once("://") {
+        Some(("http", rest)) => (false, rest),
+        Some(("https", rest)) => (true, rest),
+        Some((scheme, _)) => {
             return Err(format!(
-                "`{text}`: scheme `{scheme}` is not supported here; write host:port"
-            ));
+                "`{text}`: scheme `{scheme}` is not supported; write host:port, http://host:port or https://host:port"
+            ))
         }
-    }
-    let bare = text.strip_prefix("http://").unwrap_or(text);
+        None => (false, text),
+    };
     let bare = bare.strip_suffix('/').unwrap_or(bare);
-    let authority: http::uri::Authority = bare
+    let mut authority: http::uri::Authority = bare
         .parse()
         .map_err(|_| format!("`{text}` is not a server address; write host:port"))?;
+    if tls && authority.port_u16().is_none() && !authority.host().is_empty() {
+        authority = format!("{bare}:443")
+            .parse()
+            .map_err(|_| format!("`{text}` is not a server address; write host:port"))?;
+    }
     if authority.port_u16().is_none() || authority.host().is_empty() || bare.contains('@') {
         return Err(format!(
             "`{text}` is not a server address; write host:port, e.g. \"127.0.0.1:9001\""
         ));
     }
-    Ok(authority)
+    Ok(ServerAddr { authority, tls })
 }
 
 impl<'de> serde::Deserialize<'de> for ServerAddr {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse_server_addr(&text)
-            .map(ServerAddr)
-            .map_err(de::Error::custom)
+        parse_server_addr(&text).map_err(de::Error::custom)
     }
 }
 
@@ -234,7 +245,14 @@ mod tests {
         assert!(parse_server_addr("http://backend:80").is_ok());
         assert!(parse_server_addr("[::1]:80").is_ok());
         assert!(parse_server_addr("127.0.0.1").is_err());
-        assert!(parse_server_addr("https://x:443").is_err());
+        let https = parse_server_addr("https://x:8443").expect("an https address");
+        assert!(https.tls);
+        assert_eq!(https.authority.as_str(), "x:8443");
+        assert_eq!(
+            parse_server_addr("https://x").map(|a| a.authority.to_string()),
+            Ok("x:443".to_string())
+        );
+        assert!(parse_server_addr("ftp://x:21").is_err());
         assert!(parse_server_addr("not an address").is_err());
     }
 }

@@ -43,6 +43,7 @@ pub async fn run(
     inherited: Vec<std::net::TcpListener>,
 ) -> Result<Exit, RunError> {
     let watch_config = config.global.watch_config;
+    let tls_files = config.tls_files();
     let pid_file = config.global.pid_file.clone();
     // Handlers first: a signal that arrives while listeners bind must not take the default action (for
     // SIGHUP and SIGUSR2, terminating the process).
@@ -58,7 +59,7 @@ pub async fn run(
             warn!(pid_file = %pid_file.display(), error = %e, "cannot write the pid file");
         }
     }
-    let mut watcher = match watch_config.then(|| ConfigWatcher::new(&path)) {
+    let mut watcher = match watch_config.then(|| ConfigWatcher::new(&path, &tls_files)) {
         Some(Ok(watcher)) => Some(watcher),
         Some(Err(e)) => {
             warn!(config = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
@@ -82,7 +83,10 @@ pub async fn run(
 
     let immediate = loop {
         tokio::select! {
-            _ = hangup.recv() => { let _ = reload(&mut proxy, &path, "SIGHUP"); }
+            _ = hangup.recv() => {
+                let _ = reload(&mut proxy, &path, "SIGHUP");
+                follow(&mut watcher, &proxy);
+            }
             _ = upgrade.recv() => spawn_upgrade(&proxy, &path),
             _ = reopen.recv() => {
                 info!("SIGUSR1: reopening the access log");
@@ -90,8 +94,12 @@ pub async fn run(
             }
             Some(answer) = next_admin_reload(&mut admin_reloads) => {
                 let _ = answer.send(reload(&mut proxy, &path, "admin API"));
+                follow(&mut watcher, &proxy);
             }
-            () = changed(&mut watcher) => { let _ = reload(&mut proxy, &path, "config file changed"); }
+            () = changed(&mut watcher) => {
+                let _ = reload(&mut proxy, &path, "config or certificate file changed");
+                follow(&mut watcher, &proxy);
+            }
             _ = terminate.recv() => break false,
             _ = interrupt.recv() => break false,
             _ = quit.recv() => break true,
@@ -148,6 +156,13 @@ async fn next_admin_reload(
     match requests {
         Some(requests) => requests.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Points the watcher at the files the config now in force names (certificates may have moved).
+fn follow(watcher: &mut Option<ConfigWatcher>, proxy: &RunningProxy) {
+    if let Some(watcher) = watcher {
+        watcher.follow(&proxy.runtime().snapshot().config.tls_files());
     }
 }
 

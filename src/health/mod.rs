@@ -12,11 +12,11 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-pub use probe::{probe, ProbeResult};
+pub use probe::{probe, ProbeResult, Transport};
 pub use rise_fall::{Flip, ProbeCounter};
 
 use crate::clock::now_ms;
-use crate::config::HealthCheckConfig;
+use crate::config::{HealthCheckConfig, UpstreamProtocol};
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
 use crate::upstream::ServerState;
@@ -32,6 +32,7 @@ struct Target {
     slow_start_ms: u64,
     limit: Arc<Semaphore>,
     metrics: Arc<crate::metrics::Metrics>,
+    transport: Transport,
 }
 
 /// Runs until `stop` fires; restarts its probe loops whenever a new snapshot is published (the counters
@@ -65,7 +66,20 @@ fn targets(snapshot: &Snapshot) -> Vec<Target> {
             continue;
         };
         let limit = Arc::new(Semaphore::new(check.concurrency));
+        let http2 = pool.protocol != UpstreamProtocol::Http1;
+        let alpn: &[&[u8]] = if http2 {
+            &[crate::tls::ALPN_H2]
+        } else {
+            &[crate::tls::ALPN_HTTP11]
+        };
+        let tls_config = pool.tls.as_ref().map(|tls| tls.with_alpn(alpn));
         for server in pool.servers() {
+            let tls = match (&tls_config, server.scheme == http::uri::Scheme::HTTPS) {
+                (Some(config), true) => {
+                    probe_server_name(pool, server).map(|name| (Arc::clone(config), name))
+                }
+                _ => None,
+            };
             targets.push(Target {
                 pool: pool.name.clone(),
                 server: server.addr.to_string(),
@@ -76,10 +90,27 @@ fn targets(snapshot: &Snapshot) -> Vec<Target> {
                 slow_start_ms: pool.slow_start_ms,
                 limit: Arc::clone(&limit),
                 metrics: Arc::clone(&pool.all_metrics),
+                transport: Transport { tls, http2 },
             });
         }
     }
     targets
+}
+
+/// The name a probe of an `https://` server sends in SNI and verifies: `tls_server_name`, else the host.
+fn probe_server_name(
+    pool: &crate::snapshot::Pool,
+    server: &crate::upstream::Server,
+) -> Option<rustls::pki_types::ServerName<'static>> {
+    if let Some(name) = pool.tls.as_ref().and_then(|tls| tls.server_name.clone()) {
+        return Some(name);
+    }
+    let host = server
+        .addr
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_string()).ok()
 }
 
 /// Spreads first probes over the interval so a thousand servers are not probed in one burst, then probes
@@ -92,7 +123,7 @@ async fn probe_loop(target: Target) {
             let Ok(_permit) = target.limit.acquire().await else {
                 return;
             };
-            probe(&target.host, target.port, &target.check).await
+            probe(&target.host, target.port, &target.check, &target.transport).await
         };
         record(&target, &result);
         // Within 5% of the interval either way, so probes started together drift apart.

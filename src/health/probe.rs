@@ -1,11 +1,13 @@
 //! One active probe: an HTTP GET on a fresh connection, or a TCP connect, under a timeout.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Request};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::config::{HealthCheckConfig, ProbeKind};
@@ -22,10 +24,25 @@ pub struct ProbeResult {
     pub latency: Duration,
 }
 
-/// Probes `host:port` as `check` says.
-pub async fn probe(host: &str, port: u16, check: &HealthCheckConfig) -> ProbeResult {
+/// How a probe reaches its server: in clear or over TLS, HTTP/1.1 or HTTP/2 (as the pool's traffic does).
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// TLS config (ALPN set for the protocol) and the name to send and verify, for `https://` servers.
+    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// Speak HTTP/2 (prior knowledge in clear, ALPN h2 over TLS).
+    pub http2: bool,
+}
+
+/// Probes `host:port` as `check` says, over `transport`.
+pub async fn probe(
+    host: &str,
+    port: u16,
+    check: &HealthCheckConfig,
+    transport: &Transport,
+) -> ProbeResult {
     let started = Instant::now();
-    let failure = match tokio::time::timeout(check.timeout, run(host, port, check)).await {
+    let failure = match tokio::time::timeout(check.timeout, run(host, port, check, transport)).await
+    {
         Ok(Ok(())) => None,
         Ok(Err(why)) => Some(why),
         Err(_) => Some(format!("timed out after {}ms", check.timeout.as_millis())),
@@ -36,7 +53,12 @@ pub async fn probe(host: &str, port: u16, check: &HealthCheckConfig) -> ProbeRes
     }
 }
 
-async fn run(host: &str, port: u16, check: &HealthCheckConfig) -> Result<(), String> {
+async fn run(
+    host: &str,
+    port: u16,
+    check: &HealthCheckConfig,
+    transport: &Transport,
+) -> Result<(), String> {
     let host_for_connect = host.trim_start_matches('[').trim_end_matches(']');
     let stream = TcpStream::connect((host_for_connect, port))
         .await
@@ -45,46 +67,90 @@ async fn run(host: &str, port: u16, check: &HealthCheckConfig) -> Result<(), Str
         return Ok(());
     }
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake failed: {e}"))?;
-    // The connection task ends with the probe: it is dropped with this future on timeout.
-    let driver = async move {
-        let _ = connection.await;
+    let authority = match &check.host {
+        Some(name) => name.clone(),
+        None => format!("{host}:{port}"),
     };
-    let request = async move {
-        let host_header = match &check.host {
-            Some(name) => name.clone(),
-            None => format!("{host}:{port}"),
-        };
-        let request = Request::get(check.path.as_str())
-            .header(header::HOST, host_header)
-            .header(header::USER_AGENT, "fulcrum-health-check")
+    match &transport.tls {
+        Some((config, name)) => {
+            let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                .connect(name.clone(), stream)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            http_probe(stream, "https", &authority, check, transport.http2).await
+        }
+        None => http_probe(stream, "http", &authority, check, transport.http2).await,
+    }
+}
+
+/// One GET over `io`, HTTP/1.1 (with `Connection: close`) or HTTP/2.
+async fn http_probe<I>(
+    io: I,
+    scheme: &str,
+    authority: &str,
+    check: &HealthCheckConfig,
+    http2: bool,
+) -> Result<(), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    let builder = Request::get(format!("{scheme}://{authority}{}", check.path))
+        .header(header::USER_AGENT, "fulcrum-health-check");
+    if http2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+        let request = builder
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("cannot build the probe request: {e}"))?;
+        drive(connection, async move {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("request failed: {e}"))?;
+            judge(response, check).await
+        })
+        .await
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("handshake failed: {e}"))?;
+        let mut request = builder
+            .header(header::HOST, authority)
             .header(header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("cannot build the probe request: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        let status = response.status().as_u16();
-        if !check.status_ok(status) {
-            return Err(format!("unexpected status {status}"));
-        }
-        if let Some(expected) = &check.expect_body {
-            let body = Limited::new(response.into_body(), MAX_PROBE_BODY)
-                .collect()
+        // HTTP/1.1 sends the path only (origin form).
+        *request.uri_mut() = check
+            .path
+            .parse()
+            .map_err(|_| format!("`{}` is not a path", check.path))?;
+        drive(connection, async move {
+            let response = sender
+                .send_request(request)
                 .await
-                .map_err(|e| format!("reading the body failed: {e}"))?
-                .to_bytes();
-            if !String::from_utf8_lossy(&body).contains(expected.as_str()) {
-                return Err(format!("body does not contain `{expected}`"));
-            }
-        }
-        Ok(())
+                .map_err(|e| format!("request failed: {e}"))?;
+            judge(response, check).await
+        })
+        .await
+    }
+}
+
+/// Drives `connection` until `request` is answered. The connection ending first is not itself an error
+/// (the answer may already be buffered); the request then says what it got. The connection is dropped with
+/// the probe on timeout.
+async fn drive<C, E>(
+    connection: C,
+    request: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String>
+where
+    C: std::future::Future<Output = Result<(), E>>,
+{
+    let driver = async move {
+        let _ = connection.await;
     };
-    // Drive the connection until the request is answered; the connection ending first is not itself an
-    // error (the answer may already be buffered), the request then says what it got.
     tokio::pin!(request, driver);
     let mut driving = true;
     loop {
@@ -93,4 +159,26 @@ async fn run(host: &str, port: u16, check: &HealthCheckConfig) -> Result<(), Str
             () = &mut driver, if driving => driving = false,
         }
     }
+}
+
+/// Whether an answer is good: its status, and its body when `expect_body` is set.
+async fn judge(
+    response: http::Response<hyper::body::Incoming>,
+    check: &HealthCheckConfig,
+) -> Result<(), String> {
+    let status = response.status().as_u16();
+    if !check.status_ok(status) {
+        return Err(format!("unexpected status {status}"));
+    }
+    if let Some(expected) = &check.expect_body {
+        let body = Limited::new(response.into_body(), MAX_PROBE_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body failed: {e}"))?
+            .to_bytes();
+        if !String::from_utf8_lossy(&body).contains(expected.as_str()) {
+            return Err(format!("body does not contain `{expected}`"));
+        }
+    }
+    Ok(())
 }

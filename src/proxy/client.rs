@@ -1,15 +1,21 @@
-//! The pooled keep-alive HTTP/1.1 client to upstream servers.
+//! The pooled keep-alive client to upstream servers: HTTP/1.1 or HTTP/2, cleartext or TLS.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use hyper_rustls::{
+    DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector, ResolveServerName,
+};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::RequestBody;
+use crate::config::UpstreamProtocol;
+use crate::tls::{UpstreamTls, ALPN_H2, ALPN_HTTP11};
 
-/// A pooled client; cheap to clone (clones share the pool).
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+/// A pooled client; cheap to clone (clones share the pool). `https://` URIs go over TLS, others in clear.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// Settings that need a client (and pool) of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,19 +26,63 @@ pub struct ClientSettings {
     pub keepalive_timeout: Duration,
     /// Idle connections kept per server.
     pub keepalive: usize,
+    /// HTTP/1.1 or HTTP/2.
+    pub protocol: UpstreamProtocol,
+    /// The [`UpstreamTls::fingerprint`] of the pool's TLS settings, when it has `https://` servers.
+    pub tls: Option<u64>,
 }
 
-/// Builds a client with its own connection pool.
-pub fn build_client(settings: ClientSettings) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(settings.connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+/// Builds a client with its own connection pool; `tls` must be the settings whose fingerprint is in
+/// `settings.tls`.
+pub fn build_client(settings: ClientSettings, tls: Option<&UpstreamTls>) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(settings.connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let http2 = settings.protocol != UpstreamProtocol::Http1;
+    let alpn: &[&[u8]] = if http2 { &[ALPN_H2] } else { &[ALPN_HTTP11] };
+    let (config, names): (_, Arc<dyn ResolveServerName + Send + Sync>) = match tls {
+        Some(tls) => (
+            tls.with_alpn(alpn),
+            match &tls.server_name {
+                Some(name) => Arc::new(FixedServerNameResolver::new(name.clone())),
+                None => Arc::new(DefaultServerNameResolver::default()),
+            },
+        ),
+        None => (
+            no_tls_config(),
+            Arc::new(DefaultServerNameResolver::default()),
+        ),
+    };
+    let connector = HttpsConnector::new(http, config, false, names);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(settings.keepalive_timeout)
         .pool_max_idle_per_host(settings.keepalive)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .set_host(false)
-        .build(connector)
+        .set_host(false);
+    if http2 {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
+/// The TLS config of a pool without `https://` servers: never used for a handshake, and it trusts nothing.
+fn no_tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    Arc::clone(CONFIG.get_or_init(|| {
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(crate::tls::PROTOCOL_VERSIONS)
+            .map(|builder| {
+                builder
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            });
+        match config {
+            Ok(config) => Arc::new(config),
+            // The ring provider supports both versions; this cannot fail with it.
+            Err(_) => unreachable!("the ring provider supports TLS 1.2 and 1.3"),
+        }
+    }))
 }

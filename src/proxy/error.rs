@@ -8,6 +8,9 @@ pub enum ProxyError {
     /// A `Transfer-Encoding` other than a lone `chunked` (nginx answers 501 too).
     #[error("unsupported transfer-encoding")]
     UnsupportedTransferEncoding,
+    /// The request names no host (HTTP/1.0 without `Host`), so there is nothing to redirect to.
+    #[error("the request has no Host")]
+    MissingHost,
     /// No route matches host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -39,6 +42,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoServer | ProxyError::Connect(_) | ProxyError::Upstream(_) => {

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tracing::{error, info, warn};
@@ -13,7 +13,7 @@ use super::body::{BodySlot, RequestBody};
 use super::error::ProxyError;
 use crate::balance::PickContext;
 use crate::clock::now_ms;
-use crate::config::{AllUnhealthy, RetryOn};
+use crate::config::{AllUnhealthy, RetryOn, UpstreamProtocol};
 use crate::snapshot::{Pool, TierKind};
 use crate::upstream::{InFlightGuard, Server, Transition};
 
@@ -97,7 +97,14 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             pool.metrics.retries.inc();
         }
         let guard = server.in_flight_guard();
-        let upstream_request = build_request(&parts, server, &path_and_query, &slot, max_body_size);
+        let upstream_request = build_request(
+            &parts,
+            server,
+            &path_and_query,
+            &slot,
+            max_body_size,
+            pool.protocol,
+        );
         let sent_at = std::time::Instant::now();
         let sent =
             tokio::time::timeout(pool.read_timeout, pool.client.request(upstream_request)).await;
@@ -190,15 +197,19 @@ fn build_request(
     path_and_query: &PathAndQuery,
     slot: &Option<Arc<BodySlot>>,
     max_body_size: u64,
+    protocol: UpstreamProtocol,
 ) -> Request<RequestBody> {
     let mut uri_parts = http::uri::Parts::default();
-    uri_parts.scheme = Some(Scheme::HTTP);
+    uri_parts.scheme = Some(server.scheme.clone());
     uri_parts.authority = Some(server.addr.clone());
     uri_parts.path_and_query = Some(path_and_query.clone());
     let mut request = Request::new(RequestBody::new(slot.clone(), max_body_size));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = Uri::from_parts(uri_parts).unwrap_or_default();
-    *request.version_mut() = Version::HTTP_11;
+    *request.version_mut() = match protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c => Version::HTTP_2,
+    };
     *request.headers_mut() = parts.headers.clone();
     request
 }

@@ -8,6 +8,7 @@ mod forward;
 pub mod headers;
 pub mod keys;
 mod limits;
+mod redirect;
 pub mod request_id;
 pub mod router;
 pub mod upgrade;
@@ -40,6 +41,7 @@ pub struct ProxyService {
     peer: SocketAddr,
     proto: &'static str,
     first_request: Option<Arc<FirstRequest>>,
+    https_redirect: Option<u16>,
 }
 
 impl ProxyService {
@@ -50,7 +52,14 @@ impl ProxyService {
             peer,
             proto,
             first_request: None,
+            https_redirect: None,
         }
+    }
+
+    /// Answers every request with a 308 to `https://` on `port` (`redirect_to_https`), when set.
+    pub fn with_https_redirect(mut self, port: Option<u16>) -> Self {
+        self.https_redirect = port;
+        self
     }
 
     /// Reports the connection's first request to `first` (the listener's drain waits for it).
@@ -72,6 +81,11 @@ impl ProxyService {
             &snapshot.config.global.trusted_proxies,
         );
         trace.client = Some(client_ip);
+        if let Some(port) = self.https_redirect {
+            if let Some(answer) = redirect::to_https(&request, port) {
+                return answer;
+            }
+        }
         // The body is re-framed for the upstream, so a transfer coding other than chunked (gzip, ...) would
         // be silently dropped: refuse it, as nginx does.
         if !transfer_encoding_is_plain(request.headers()) {
@@ -369,6 +383,7 @@ pub(crate) fn local_answer(error: &ProxyError) -> Response<ProxyBody> {
 fn public_reason(error: &ProxyError) -> &'static str {
     match error {
         ProxyError::NoRoute => "no route for this host and path",
+        ProxyError::MissingHost => "the request has no Host header",
         ProxyError::UnsupportedTransferEncoding => "only Transfer-Encoding: chunked is supported",
         ProxyError::BodyTooLarge => "request body larger than max_body_size",
         ProxyError::NoServer => "no upstream server available",

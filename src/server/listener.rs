@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::config::{Http2Limits, ListenerConfig, ListenerTls};
+use crate::metrics::TlsFailureMetrics;
 use crate::proxy::ProxyService;
 use crate::runtime::Runtime;
 
@@ -51,24 +53,24 @@ pub async fn accept_loop(
     runtime: Arc<Runtime>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(connection_builder());
+    let mut builder: Option<(Http2Limits, Arc<auto::Builder<TokioExecutor>>)> = None;
     let connections = TaskTracker::new();
     let force_close = CancellationToken::new();
     let per_client = Arc::new(PerClient::default());
     let open_connections = runtime.metrics().connections(&name);
+    let tls_failures = runtime.metrics().tls_handshake_failures(&name);
     loop {
         tokio::select! {
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    // The limit is read from the current config, so a reload changes it for kept sockets.
-                    let limit = runtime
-                        .snapshot()
-                        .config
-                        .listeners
-                        .iter()
-                        .find(|l| l.listen == listen)
-                        .and_then(|l| l.max_connections_per_client);
-                    let slot = match limit {
+                    // Settings are read from the current config, so a reload changes them (certificates
+                    // included) for new connections on kept sockets.
+                    let snapshot = runtime.snapshot();
+                    let Some(settings) = listener_settings(&snapshot.config.listeners, &name, listen) else {
+                        // The listener is being removed by a reload; its stop signal follows.
+                        continue;
+                    };
+                    let slot = match settings.max_connections_per_client {
                         Some(max) => match per_client.enter(peer.ip(), max) {
                             Some(slot) => Some(slot),
                             None => {
@@ -80,23 +82,41 @@ pub async fn accept_loop(
                         None => None,
                     };
                     let _ = stream.set_nodelay(true);
+                    let builder = match &builder {
+                        Some((limits, built)) if *limits == settings.http2 => Arc::clone(built),
+                        _ => {
+                            let built = Arc::new(connection_builder(settings.http2));
+                            builder = Some((settings.http2, Arc::clone(&built)));
+                            built
+                        }
+                    };
                     let served = Arc::new(FirstRequest::default());
-                    let service = ProxyService::new(Arc::clone(&runtime), peer, "http")
-                        .with_first_request(Arc::clone(&served));
-                    let connection = serve(
-                        stream,
+                    let proto = if settings.tls.is_some() { "https" } else { "http" };
+                    let service = ProxyService::new(Arc::clone(&runtime), peer, proto)
+                        .with_first_request(Arc::clone(&served))
+                        .with_https_redirect(settings.redirect_to_https);
+                    let connection = Connection {
                         peer,
-                        service,
-                        Arc::clone(&builder),
+                        builder,
                         served,
-                        stop.clone(),
-                        force_close.clone(),
-                    );
+                        stop: stop.clone(),
+                        force_close: force_close.clone(),
+                    };
+                    let tls = settings.tls.clone();
+                    let failures = tls_failures.clone();
+                    let listener = name.clone();
                     let gauge = open_connections.clone();
                     gauge.inc();
                     connections.spawn(async move {
                         let _slot = slot;
-                        connection.await;
+                        match tls {
+                            Some(tls) => {
+                                if let Some(stream) = handshake(stream, &tls, &connection, &failures, &listener).await {
+                                    connection.serve(stream, service).await;
+                                }
+                            }
+                            None => connection.serve(stream, service).await,
+                        }
                         gauge.dec();
                     });
                 }
@@ -120,6 +140,48 @@ pub async fn accept_loop(
         warn!(listener = %name, "shutdown_timeout passed with connections still open; closing them");
         force_close.cancel();
         connections.wait().await;
+    }
+}
+
+/// This listener's settings in `listeners`: by name and address (two listeners may both ask for port 0),
+/// else by address (a reload renamed it).
+fn listener_settings<'a>(
+    listeners: &'a [ListenerConfig],
+    name: &str,
+    listen: SocketAddr,
+) -> Option<&'a ListenerConfig> {
+    listeners
+        .iter()
+        .find(|l| l.listen == listen && l.name == name)
+        .or_else(|| listeners.iter().find(|l| l.listen == listen))
+}
+
+/// The TLS handshake, in the connection's own task, bounded by `handshake_timeout` (and cut short when the
+/// listener's drain runs out). Failures are counted and logged at debug: scanners make many.
+async fn handshake(
+    stream: TcpStream,
+    tls: &ListenerTls,
+    connection: &Connection,
+    failures: &TlsFailureMetrics,
+    listener: &str,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
+    let peer = connection.peer;
+    tokio::select! {
+        result = tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)) => match result {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(error)) => {
+                failures.error.inc();
+                debug!(%listener, %peer, %error, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                failures.timeout.inc();
+                debug!(%listener, %peer, timeout = ?tls.handshake_timeout, "TLS handshake timed out");
+                None
+            }
+        },
+        () = connection.force_close.cancelled() => None,
     }
 }
 
@@ -201,48 +263,72 @@ impl FirstRequest {
     }
 }
 
-fn connection_builder() -> auto::Builder<TokioExecutor> {
+fn connection_builder(http2: Http2Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(http2.max_concurrent_streams)
+        .max_header_list_size(http2.max_header_size)
+        // Rapid reset (CVE-2023-44487): a client that resets streams faster than they are served gets a
+        // GOAWAY once this many resets are pending.
+        .max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
     builder
 }
 
-async fn serve(
-    stream: TcpStream,
+/// Streams a client may reset before they are accepted, at once (hyper's default).
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams the proxy may have to reset for a client's protocol errors before it sends GOAWAY.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// One client connection's serving context.
+struct Connection {
     peer: SocketAddr,
-    service: ProxyService,
     builder: Arc<auto::Builder<TokioExecutor>>,
     served: Arc<FirstRequest>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     force_close: CancellationToken,
-) {
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => Some(result),
-        _ = stop.wait_for(|stopped| *stopped) => None,
-        () = force_close.cancelled() => return,
-    };
-    let result = match result {
-        Some(result) => result,
-        None => {
-            // Draining: give a brand-new connection its first request, then ask hyper to finish what is in
-            // flight and close.
-            tokio::select! {
-                result = connection.as_mut() => return log_end(peer, result),
-                () = served.wait() => {}
-                () = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
-                () = force_close.cancelled() => return,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 or HTTP/2 (by preface) on `io` until it closes, the drain asks it to finish, or the
+    /// drain runs out.
+    async fn serve<I>(mut self, io: I, service: ProxyService)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => Some(result),
+            _ = self.stop.wait_for(|stopped| *stopped) => None,
+            () = self.force_close.cancelled() => return,
+        };
+        let result = match result {
+            Some(result) => result,
+            None => {
+                // Draining: give a brand-new connection its first request, then ask hyper to finish what
+                // is in flight and close.
+                tokio::select! {
+                    result = connection.as_mut() => return log_end(peer, result),
+                    () = self.served.wait() => {}
+                    () = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+                    () = self.force_close.cancelled() => return,
+                }
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = self.force_close.cancelled() => return,
+                }
             }
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = connection.as_mut() => result,
-                () = force_close.cancelled() => return,
-            }
-        }
-    };
-    log_end(peer, result);
+        };
+        log_end(peer, result);
+    }
 }
 
 fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {

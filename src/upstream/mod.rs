@@ -15,6 +15,8 @@ pub use state::ServerState;
 pub struct Server {
     /// `host:port` as configured.
     pub addr: http::uri::Authority,
+    /// `http`, or `https` for a server spoken to over TLS.
+    pub scheme: http::uri::Scheme,
     /// Relative weight (1..=1000).
     pub weight: u32,
     /// Passive failures that take it out; 0 disables.
@@ -36,6 +38,7 @@ impl Server {
     pub fn standalone(addr: &str, weight: u32) -> Option<Server> {
         Some(Server {
             addr: addr.parse().ok()?,
+            scheme: http::uri::Scheme::HTTP,
             weight,
             max_fails: 1,
             fail_timeout_ms: 10_000,

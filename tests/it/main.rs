@@ -1,6 +1,7 @@
 //! Integration tests over real sockets: real backends, the real proxy, a real client.
 
 mod harness;
+mod pki;
 
 mod admin;
 mod backup_and_failover;
@@ -13,5 +14,7 @@ mod ratelimit;
 mod reload;
 mod status_page;
 mod strategies;
+mod tls;
 mod tunnels;
 mod upgrade;
+mod upstream_tls;
