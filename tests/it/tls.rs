@@ -549,3 +549,46 @@ fn redirect_to_https_on_a_tls_listener_is_refused() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn an_http2_request_over_the_header_size_limit_gets_431_and_never_reaches_the_upstream() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new("h2 header CA");
+    let files = ca.issue(&["app.test"]).write(dir.path(), "app");
+    let backend = named("app").await;
+    let toml = tls_config(
+        &[files],
+        "http2_max_header_size = \"4k\"",
+        &pool_of(&backend),
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let addr = proxy.proxy.listeners()[0].addr;
+    let stream = connect(addr, "app.test", ca.client(dir.path(), &[ALPN_H2]))
+        .await
+        .expect("handshake");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("h2 ready");
+    let big = http::Request::get("https://app.test/")
+        .header("x-big", "a".repeat(8 * 1024))
+        .body(())
+        .expect("a GET");
+    let (response, _) = client.send_request(big, true).expect("send");
+    let status = response.await.map(|r| r.status());
+    assert!(
+        matches!(status, Ok(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)) || status.is_err(),
+        "refused (431 or a stream reset): {status:?}"
+    );
+    assert_eq!(
+        backend.requests(),
+        0,
+        "the oversized request never reaches the upstream"
+    );
+    // The connection stays usable for a request within the limit.
+    let mut client = client.ready().await.expect("still ready");
+    let small = http::Request::get("https://app.test/")
+        .body(())
+        .expect("a GET");
+    let (response, _) = client.send_request(small, true).expect("send");
+    assert_eq!(response.await.expect("an answer").status(), StatusCode::OK);
+}

@@ -177,24 +177,17 @@ async fn websocket_echo_backend() -> Backend {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_text_binary_and_close_frames_pass_through() {
+/// A WebSocket session over `stream` to `url`: text and binary frames echo back, and the close frame
+/// comes back through the proxy.
+async fn websocket_round_trip<S>(stream: S, url: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let backend = websocket_echo_backend().await;
-    let proxy = TestProxy::start(&one_pool(&format!(
-        "servers = [{{ addr = \"{}\" }}]",
-        backend.addr()
-    )))
-    .await;
-    let addr = proxy.url("").trim_start_matches("http://").to_string();
-    let stream = TcpStream::connect(&addr)
+    let (mut socket, response) = tokio_tungstenite::client_async(url, stream)
         .await
-        .expect("connect to the proxy");
-    let (mut socket, response) =
-        tokio_tungstenite::client_async(format!("ws://{addr}/socket"), stream)
-            .await
-            .expect("websocket handshake through the proxy");
+        .expect("websocket handshake through the proxy");
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     socket
         .send(Message::text("hello"))
@@ -223,4 +216,42 @@ async fn websocket_text_binary_and_close_frames_pass_through() {
         }
     }
     assert!(closed, "the close frame came back through the proxy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_text_binary_and_close_frames_pass_through() {
+    let backend = websocket_echo_backend().await;
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "servers = [{{ addr = \"{}\" }}]",
+        backend.addr()
+    )))
+    .await;
+    let addr = proxy.url("").trim_start_matches("http://").to_string();
+    let stream = TcpStream::connect(&addr)
+        .await
+        .expect("connect to the proxy");
+    websocket_round_trip(stream, format!("ws://{addr}/socket")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_a_tls_listener_round_trips_frames() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = crate::pki::TestCa::new("wss CA");
+    let files = ca.issue(&["ws.test"]).write(dir.path(), "ws");
+    let backend = websocket_echo_backend().await;
+    let toml = crate::pki::tls_config(
+        &[files],
+        "",
+        &format!("servers = [{{ addr = \"{}\" }}]", backend.addr()),
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let addr = proxy.proxy.listeners()[0].addr;
+    let stream = crate::pki::connect(
+        addr,
+        "ws.test",
+        ca.client(dir.path(), &[fulcrum::tls::ALPN_HTTP11]),
+    )
+    .await
+    .expect("TLS handshake");
+    websocket_round_trip(stream, "wss://ws.test/socket".to_string()).await;
 }
