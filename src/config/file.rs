@@ -84,6 +84,7 @@ pub struct ListenerFile {
     pub redirect_to_https: Option<Spanned<RedirectToHttps>>,
     pub http2_max_concurrent_streams: Option<Spanned<u32>>,
     pub http2_max_header_size: Option<Spanned<ConfigSize>>,
+    pub http1_max_header_size: Option<Spanned<ConfigSize>>,
 }
 
 /// `redirect_to_https = true` (to port 443) or `= 8443` (to that port).

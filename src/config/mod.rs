@@ -188,23 +188,26 @@ pub struct ListenerConfig {
     pub tls: Option<Arc<ListenerTls>>,
     /// Answer every request with a 308 to `https://` on this port (plain listeners only).
     pub redirect_to_https: Option<u16>,
-    /// HTTP/2 limits for this listener's connections.
-    pub http2: Http2Limits,
+    /// HTTP/1.1 and HTTP/2 limits for this listener's connections.
+    pub http2: HttpLimits,
 }
 
-/// HTTP/2 limits of a listener (bounded streams, headers and resets: rapid reset and header floods cost
+/// HTTP limits of a listener (bounded streams, headers and resets: rapid reset and header floods cost
 /// bounded memory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Http2Limits {
+pub struct HttpLimits {
+    /// Largest HTTP/1.1 request head (request line and headers), in bytes; larger gets 431.
+    pub http1_max_header_size: usize,
     /// Concurrent streams a client may open (nginx `http2_max_concurrent_streams`, 128).
     pub max_concurrent_streams: u32,
     /// Largest decoded header list of a request, in bytes.
     pub max_header_size: u32,
 }
 
-impl Default for Http2Limits {
+impl Default for HttpLimits {
     fn default() -> Self {
         Self {
+            http1_max_header_size: 32 * 1024,
             max_concurrent_streams: 128,
             max_header_size: 32 * 1024,
         }

@@ -205,6 +205,7 @@ impl Validator<'_> {
                 i,
                 file.http2_max_concurrent_streams.as_ref(),
                 file.http2_max_header_size.as_ref(),
+                file.http1_max_header_size.as_ref(),
             )?;
             out.push(ListenerConfig {
                 name,

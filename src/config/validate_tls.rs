@@ -10,7 +10,7 @@ use toml::Spanned;
 use super::error::ConfigError;
 use super::file::{ListenerTlsFile, UpstreamFile, UpstreamProtocol};
 use super::validate::Validator;
-use super::{Http2Limits, ListenerTls};
+use super::{HttpLimits, ListenerTls};
 use crate::tls::{self, UpstreamTls};
 
 /// Default time a client has to finish its TLS handshake.
@@ -116,8 +116,21 @@ impl Validator<'_> {
         i: usize,
         streams: Option<&Spanned<u32>>,
         header_size: Option<&Spanned<super::values::ConfigSize>>,
-    ) -> Result<Http2Limits, ConfigError> {
-        let mut limits = Http2Limits::default();
+        http1_header_size: Option<&Spanned<super::values::ConfigSize>>,
+    ) -> Result<HttpLimits, ConfigError> {
+        let mut limits = HttpLimits::default();
+        if let Some(size) = http1_header_size {
+            let bytes = size.get_ref().0;
+            // hyper's smallest read buffer is 8 KiB.
+            if !(8 * 1024..=u64::from(u32::MAX)).contains(&bytes) {
+                return Err(self.err(
+                    Some(size.span()),
+                    format!("listener[{i}].http1_max_header_size"),
+                    "must be from 8k to 4g",
+                ));
+            }
+            limits.http1_max_header_size = bytes as usize;
+        }
         if let Some(streams) = streams {
             if *streams.get_ref() == 0 {
                 return Err(self.err(

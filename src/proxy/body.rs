@@ -2,7 +2,7 @@
 //! that holds its server's in-flight count until it ends.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -25,8 +25,21 @@ pub struct BodySlot {
     body: Mutex<Option<Incoming>>,
     hint: SizeHint,
     touched: AtomicBool,
-    too_large: AtomicBool,
+    client_fault: AtomicU8,
 }
+
+/// Why the client's body failed, as [`BodySlot::client_fault`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// It passed `max_body_size`.
+    TooLarge,
+    /// It was malformed (a bad chunk size, ...) or the client stopped sending it.
+    Malformed,
+}
+
+const FAULT_NONE: u8 = 0;
+const FAULT_TOO_LARGE: u8 = 1;
+const FAULT_MALFORMED: u8 = 2;
 
 impl BodySlot {
     /// Wraps the client's body; `None` when it is known to be empty.
@@ -38,7 +51,7 @@ impl BodySlot {
             hint: body.size_hint(),
             body: Mutex::new(Some(body)),
             touched: AtomicBool::new(false),
-            too_large: AtomicBool::new(false),
+            client_fault: AtomicU8::new(FAULT_NONE),
         }))
     }
 
@@ -47,9 +60,14 @@ impl BodySlot {
         self.touched.load(Ordering::Acquire)
     }
 
-    /// Whether the body passed the size limit.
-    pub fn too_large(&self) -> bool {
-        self.too_large.load(Ordering::Acquire)
+    /// Whether reading the client's body failed through the client's fault: an attempt that failed for
+    /// this reason is the client's error (4xx), not the server's.
+    pub fn client_fault(&self) -> Option<ClientFault> {
+        match self.client_fault.load(Ordering::Acquire) {
+            FAULT_TOO_LARGE => Some(ClientFault::TooLarge),
+            FAULT_MALFORMED => Some(ClientFault::Malformed),
+            _ => None,
+        }
     }
 }
 
@@ -99,14 +117,19 @@ impl Body for RequestBody {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
                         if let Some(slot) = &this.slot {
-                            slot.too_large.store(true, Ordering::Release);
+                            slot.client_fault.store(FAULT_TOO_LARGE, Ordering::Release);
                         }
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(slot) = &this.slot {
+                    slot.client_fault.store(FAULT_MALFORMED, Ordering::Release);
+                }
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

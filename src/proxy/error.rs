@@ -17,6 +17,12 @@ pub enum ProxyError {
     /// The request body is larger than `max_body_size`.
     #[error("request body larger than max_body_size")]
     BodyTooLarge,
+    /// The request body was malformed (a bad chunk size, ...) or the client stopped sending it.
+    #[error("malformed or incomplete request body")]
+    BadRequestBody,
+    /// An HTTP/1.1 request without exactly one valid `Host` (RFC 9112 3.2).
+    #[error("the request needs exactly one Host header")]
+    BadHost,
     /// Every server of the pool (and its backups) is down or already tried.
     #[error("no upstream server available")]
     NoServer,
@@ -42,7 +48,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost | ProxyError::BadRequestBody | ProxyError::BadHost => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoServer | ProxyError::Connect(_) | ProxyError::Upstream(_) => {

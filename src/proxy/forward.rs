@@ -9,7 +9,7 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tracing::{error, info, warn};
 
-use super::body::{BodySlot, RequestBody};
+use super::body::{BodySlot, ClientFault, RequestBody};
 use super::error::ProxyError;
 use crate::balance::PickContext;
 use crate::clock::now_ms;
@@ -126,8 +126,15 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                 Outcome::Answered((response, guard))
             }
             Ok(Err(error)) => {
-                if slot.as_ref().is_some_and(|s| s.too_large()) {
-                    return Err(ProxyError::BodyTooLarge);
+                // The client's own body failed (too large, malformed chunks, cut short): its fault, so a
+                // 4xx, no passive failure against the server and no retry.
+                match slot.as_ref().and_then(|s| s.client_fault()) {
+                    Some(ClientFault::TooLarge) => return Err(ProxyError::BodyTooLarge),
+                    Some(ClientFault::Malformed) => {
+                        warn!(id = trace.id(), pool = %pool.name, server = %server.addr, "the client's request body was malformed or cut short");
+                        return Err(ProxyError::BadRequestBody);
+                    }
+                    None => {}
                 }
                 let error = ProxyError::from_client(&error);
                 warn!(id = trace.id(), pool = %pool.name, server = %server.addr, %error, attempt, "upstream attempt failed");

@@ -81,6 +81,10 @@ impl ProxyService {
             &snapshot.config.global.trusted_proxies,
         );
         trace.client = Some(client_ip);
+        if !host_is_sane(&request) {
+            warn!(id = trace.id(), client = %client_ip, "request without exactly one valid Host");
+            return local_answer(&ProxyError::BadHost);
+        }
         if let Some(port) = self.https_redirect {
             if let Some(answer) = redirect::to_https(&request, port) {
                 return answer;
@@ -316,6 +320,22 @@ fn access_entry(
     }
 }
 
+/// RFC 9112 3.2: an HTTP/1.1 request has exactly one `Host`, an HTTP/1.0 one at most one, and its value is
+/// a valid authority (HTTP/2 carries `:authority` instead and is checked by hyper).
+fn host_is_sane<B>(request: &Request<B>) -> bool {
+    if request.version() > http::Version::HTTP_11 {
+        return true;
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(value), None) => {
+            value.as_bytes().is_empty() || http::uri::Authority::try_from(value.as_bytes()).is_ok()
+        }
+        (None, None) => request.version() < http::Version::HTTP_11,
+        _ => false,
+    }
+}
+
 /// Whether `Transfer-Encoding` is absent or exactly one `chunked`.
 fn transfer_encoding_is_plain(headers: &http::HeaderMap) -> bool {
     let mut codings = headers
@@ -386,6 +406,8 @@ fn public_reason(error: &ProxyError) -> &'static str {
         ProxyError::MissingHost => "the request has no Host header",
         ProxyError::UnsupportedTransferEncoding => "only Transfer-Encoding: chunked is supported",
         ProxyError::BodyTooLarge => "request body larger than max_body_size",
+        ProxyError::BadRequestBody => "malformed or incomplete request body",
+        ProxyError::BadHost => "the request needs exactly one valid Host header",
         ProxyError::NoServer => "no upstream server available",
         ProxyError::Connect(_) => "cannot connect to the upstream server",
         ProxyError::Upstream(_) => "the upstream server failed to answer",

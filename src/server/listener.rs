@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::{Http2Limits, ListenerConfig, ListenerTls};
+use crate::config::{HttpLimits, ListenerConfig, ListenerTls};
 use crate::metrics::TlsFailureMetrics;
 use crate::proxy::ProxyService;
 use crate::runtime::Runtime;
@@ -53,7 +53,7 @@ pub async fn accept_loop(
     runtime: Arc<Runtime>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut builder: Option<(Http2Limits, Arc<auto::Builder<TokioExecutor>>)> = None;
+    let mut builder: Option<(HttpLimits, Arc<auto::Builder<TokioExecutor>>)> = None;
     let connections = TaskTracker::new();
     let force_close = CancellationToken::new();
     let per_client = Arc::new(PerClient::default());
@@ -263,9 +263,13 @@ impl FirstRequest {
     }
 }
 
-fn connection_builder(http2: Http2Limits) -> auto::Builder<TokioExecutor> {
+fn connection_builder(http2: HttpLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(http2.http1_max_header_size);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -12,6 +12,7 @@ mod health;
 mod observability;
 mod ratelimit;
 mod reload;
+mod smuggling;
 mod status_page;
 mod strategies;
 mod tls;

@@ -429,6 +429,9 @@ async fn the_binary_picks_up_renewed_certificate_files_without_a_signal() {
     std::fs::write(&config, tls_config(&[files], "", &pool_of(&backend))).expect("write config");
     let mut fulcrum = FulcrumProcess::spawn(&config, &[]);
     let addr = fulcrum.listener_addr("https");
+    // The file watcher takes its baseline after the listeners start and before this line: a renewal
+    // written earlier would be the baseline (seen under a loaded parallel test run).
+    fulcrum.wait_for_line("fulcrum is serving");
     let client = ca.client(dir.path(), &[ALPN_HTTP11]);
     let before = connect(addr, "app.test", client.clone())
         .await

@@ -1,0 +1,384 @@
+//! Request smuggling and parsing: ambiguous or malformed HTTP/1.1 requests, sent on a raw socket, are
+//! refused with the right 4xx/5xx, or normalised into exactly one well-formed request, and never reach the
+//! upstream in a form it could read differently. The upstream here is a raw TCP server that records the
+//! bytes it received and reads them with a strict parser of its own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness::*;
+
+/// One request as the raw backend read it.
+#[derive(Debug, Clone)]
+struct Received {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// What the raw backend saw on its connections.
+#[derive(Default)]
+struct Seen {
+    requests: Vec<Received>,
+    /// Bytes it could not read as a strict HTTP/1.1 request, with the reason.
+    malformed: Vec<String>,
+}
+
+/// A raw TCP upstream: parses each request strictly (one `Content-Length` or a lone `chunked`, never both;
+/// CRLF line ends; token header names), records it, and answers `200 ok`.
+struct RawBackend {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl RawBackend {
+    async fn start() -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let shared = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_raw(stream, Arc::clone(&shared)));
+            }
+        });
+        RawBackend { addr, seen }
+    }
+
+    fn requests(&self) -> Vec<Received> {
+        self.seen.lock().requests.clone()
+    }
+
+    fn malformed(&self) -> Vec<String> {
+        self.seen.lock().malformed.clone()
+    }
+
+    fn clear(&self) {
+        let mut seen = self.seen.lock();
+        seen.requests.clear();
+        seen.malformed.clear();
+    }
+}
+
+async fn serve_raw(mut stream: TcpStream, seen: Arc<Mutex<Seen>>) {
+    let mut buffer = Vec::new();
+    loop {
+        match strict_parse(&buffer) {
+            Parsed::Request(request, used) => {
+                buffer.drain(..used);
+                seen.lock().requests.push(request);
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Parsed::Malformed(why) => {
+                seen.lock()
+                    .malformed
+                    .push(format!("{why}: {:?}", String::from_utf8_lossy(&buffer)));
+                return;
+            }
+            Parsed::Partial => {}
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+enum Parsed {
+    Request(Received, usize),
+    Malformed(String),
+    Partial,
+}
+
+/// A strict reading of one request at the start of `bytes`.
+fn strict_parse(bytes: &[u8]) -> Parsed {
+    let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Parsed::Partial;
+    };
+    let head = &bytes[..head_end + 4];
+    if head
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| (b == b'\n' && (i == 0 || head[i - 1] != b'\r')) || b == 0)
+    {
+        return Parsed::Malformed("bare LF or NUL in the head".into());
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(e) => return Parsed::Malformed(format!("httparse: {e}")),
+    }
+    let lengths: Vec<&[u8]> = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| h.value)
+        .collect();
+    let codings: Vec<&[u8]> = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .map(|h| h.value)
+        .collect();
+    if !lengths.is_empty() && !codings.is_empty() {
+        return Parsed::Malformed("both Content-Length and Transfer-Encoding".into());
+    }
+    if lengths.len() > 1 || codings.len() > 1 {
+        return Parsed::Malformed("a framing header twice".into());
+    }
+    let body_start = head_end + 4;
+    let (body, used) = if let Some(value) = lengths.first() {
+        let Some(len) = std::str::from_utf8(value)
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<usize>().ok())
+        else {
+            return Parsed::Malformed("Content-Length is not digits".into());
+        };
+        if bytes.len() < body_start + len {
+            return Parsed::Partial;
+        }
+        (
+            bytes[body_start..body_start + len].to_vec(),
+            body_start + len,
+        )
+    } else if let Some(coding) = codings.first() {
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Parsed::Malformed("Transfer-Encoding other than a lone chunked".into());
+        }
+        match strict_chunks(&bytes[body_start..]) {
+            Ok(Some((body, used))) => (body, body_start + used),
+            Ok(None) => return Parsed::Partial,
+            Err(why) => return Parsed::Malformed(why),
+        }
+    } else {
+        (Vec::new(), body_start)
+    };
+    let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
+    Parsed::Request(Received { head, body }, used)
+}
+
+/// A strict chunked body (hex sizes, CRLF after each, no trailers): the data and the bytes used, or `None`
+/// while incomplete.
+fn strict_chunks(mut bytes: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+    let total = bytes.len();
+    let mut body = Vec::new();
+    loop {
+        let Some(line_end) = bytes.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let size_text = std::str::from_utf8(&bytes[..line_end]).map_err(|e| e.to_string())?;
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("chunk size {size_text:?} is not plain hex"))?;
+        bytes = &bytes[line_end + 2..];
+        if size == 0 {
+            if bytes.len() < 2 {
+                return Ok(None);
+            }
+            if &bytes[..2] != b"\r\n" {
+                return Err("trailers or junk after the last chunk".into());
+            }
+            return Ok(Some((body, total - bytes.len() + 2)));
+        }
+        if bytes.len() < size + 2 {
+            return Ok(None);
+        }
+        if &bytes[size..size + 2] != b"\r\n" {
+            return Err("chunk data not followed by CRLF".into());
+        }
+        body.extend_from_slice(&bytes[..size]);
+        bytes = &bytes[size + 2..];
+    }
+}
+
+/// What the proxy must do with a case.
+enum Expect {
+    /// Answer one of these statuses and send nothing upstream.
+    Refused(&'static [u16]),
+    /// Answer 200 from the upstream, which got exactly one well-formed request with this body.
+    Forwarded(&'static [u8]),
+}
+
+/// Sends `bytes` on a new connection and returns the status code of the first answer (0 when the proxy
+/// closed without answering).
+async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok() || !answer.is_empty(),
+        "the proxy neither answered nor closed within 5s"
+    );
+    let status = String::from_utf8_lossy(&answer);
+    status
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status.strip_prefix("HTTP/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The cases: name, raw request, expectation. Every request ends its connection (`Connection: close`
+/// or a smuggled tail the proxy must not read as a second request).
+fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
+    use Expect::*;
+    let post = |headers: &str, body: &str| -> Vec<u8> {
+        format!("POST /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n{body}")
+            .into_bytes()
+    };
+    vec![
+        // Both framings: RFC 9112 6.1 lets a server drop Content-Length and use chunked, as long as the
+        // connection is then closed; the smuggled request after the last chunk must not be read.
+        (
+            "CL then TE with a smuggled tail",
+            b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Forwarded(b"abc"),
+        ),
+        (
+            "TE then CL with a smuggled tail",
+            b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Forwarded(b""),
+        ),
+        ("two different Content-Lengths", post("Content-Length: 3\r\nContent-Length: 5\r\n", "abcde"), Refused(&[400])),
+        ("a Content-Length list", post("Content-Length: 3, 5\r\n", "abcde"), Refused(&[400])),
+        ("the same Content-Length twice", post("Content-Length: 3\r\nContent-Length: 3\r\n", "abc"), Forwarded(b"abc")),
+        ("Content-Length with a sign", post("Content-Length: +3\r\n", "abc"), Refused(&[400])),
+        ("negative Content-Length", post("Content-Length: -1\r\n", "abc"), Refused(&[400])),
+        ("hex Content-Length", post("Content-Length: 0x3\r\n", "abc"), Refused(&[400])),
+        ("Content-Length with inner space", post("Content-Length: 1 2\r\n", "abc"), Refused(&[400])),
+        ("Content-Length overflowing u64", post("Content-Length: 99999999999999999999999\r\n", "abc"), Refused(&[400])),
+        ("leading zeros in Content-Length", post("Content-Length: 003\r\n", "abc"), Forwarded(b"abc")),
+        ("Transfer-Encoding gzip, chunked", post("Transfer-Encoding: gzip, chunked\r\n", "3\r\nabc\r\n0\r\n\r\n"), Refused(&[400, 501])),
+        ("Transfer-Encoding chunked, gzip", post("Transfer-Encoding: chunked, gzip\r\n", "3\r\nabc\r\n0\r\n\r\n"), Refused(&[400, 501])),
+        ("Transfer-Encoding identity", post("Transfer-Encoding: identity\r\n", "abc"), Refused(&[400, 501])),
+        ("Transfer-Encoding xchunked", post("Transfer-Encoding: xchunked\r\n", "3\r\nabc\r\n0\r\n\r\n"), Refused(&[400, 501])),
+        ("chunked on two lines", post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "3\r\nabc\r\n0\r\n\r\n"), Refused(&[400, 501])),
+        ("chunked with a tab before it", post("Transfer-Encoding:\tchunked\r\n", "3\r\nabc\r\n0\r\n\r\n"), Forwarded(b"abc")),
+        ("chunk extensions", post("Transfer-Encoding: chunked\r\n", "3;name=value\r\nabc\r\n0\r\n\r\n"), Forwarded(b"abc")),
+        ("a chunk size that is not hex", post("Transfer-Encoding: chunked\r\n", "zz\r\nabc\r\n0\r\n\r\n"), Refused(&[400, 0])),
+        ("a negative chunk size", post("Transfer-Encoding: chunked\r\n", "-3\r\nabc\r\n0\r\n\r\n"), Refused(&[400, 0])),
+        ("a chunk size overflowing u64", post("Transfer-Encoding: chunked\r\n", "fffffffffffffffff3\r\nabc\r\n0\r\n\r\n"), Refused(&[400, 0])),
+        ("HTTP/1.0 with Transfer-Encoding", b"POST /p HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(), Refused(&[400])),
+        ("obs-fold header line", post("X-A: one\r\n two\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
+        ("obs-fold hiding Transfer-Encoding", post("X-A: one\r\n Transfer-Encoding: chunked\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
+        ("whitespace before the colon", post("Content-Length : 3\r\n", "abc"), Refused(&[400])),
+        ("whitespace before the colon of TE", post("Transfer-Encoding : chunked\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
+        ("a space inside a header name", post("X A: b\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
+        ("a control byte in a header name", post("X\x01A: b\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
+        ("a separator in a header name", post("(X): b\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
+        ("a bare CR in a header value", post("X-A: a\rb\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
+        ("a NUL in a header value", post("X-A: a\0b\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
+        ("a bare CR ending the request line", b"GET /p HTTP/1.1\rHost: x\r\nConnection: close\r\n\r\n".to_vec(), Refused(&[400])),
+        // RFC 9112 2.2: a recipient may read a bare LF as a line end; the upstream then gets CRLF.
+        ("bare LF line ends", b"GET /p HTTP/1.1\nHost: x\nConnection: close\n\n".to_vec(), Forwarded(b"")),
+        ("a space inside the request target", b"GET /a b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), Refused(&[400])),
+        ("an unknown HTTP version", b"GET /p HTTP/1.2\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), Refused(&[400, 505])),
+        ("HTTP/1.1 without Host", b"GET /p HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), Refused(&[400])),
+        ("two Host headers", b"GET /p HTTP/1.1\r\nHost: x\r\nHost: y\r\nConnection: close\r\n\r\n".to_vec(), Refused(&[400])),
+        ("HTTP/1.0 keep-alive", b"GET /p HTTP/1.0\r\nHost: x\r\n\r\n".to_vec(), Forwarded(b"")),
+        ("a request line over 64 KiB", format!("GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "a".repeat(70_000)).into_bytes(), Refused(&[400, 414, 431])),
+        ("more than 100 header lines", post(&"X-A: b\r\n".repeat(101), ""), Refused(&[431])),
+        ("a header block over 64 KiB", post(&format!("X-A: {}\r\n", "b".repeat(70_000)), ""), Refused(&[431])),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_and_malformed_requests_are_refused_or_normalised_never_smuggled() {
+    let backend = RawBackend::start().await;
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "servers = [{{ addr = \"{}\" }}]",
+        backend.addr
+    )))
+    .await;
+    let addr: SocketAddr = proxy
+        .url("")
+        .trim_start_matches("http://")
+        .parse()
+        .expect("proxy address");
+    let mut failures = Vec::new();
+    for (name, bytes, expect) in cases() {
+        backend.clear();
+        let status = send_raw(addr, &bytes).await;
+        match expect {
+            Expect::Refused(statuses) => {
+                // A refused request is answered by the proxy itself, so anything forwarded would have
+                // arrived before the answer did.
+                if !statuses.contains(&status) {
+                    failures.push(format!(
+                        "{name}: answered {status}, expected one of {statuses:?}"
+                    ));
+                }
+                let reached = backend.requests();
+                if !reached.is_empty() {
+                    failures.push(format!("{name}: reached the upstream as {reached:?}"));
+                }
+            }
+            Expect::Forwarded(body) => {
+                if status != 200 {
+                    failures.push(format!("{name}: answered {status}, expected 200"));
+                }
+                let reached = backend.requests();
+                if reached.len() != 1 || reached[0].body != body {
+                    failures.push(format!(
+                        "{name}: expected one request with body {:?}, the upstream got {reached:?}",
+                        String::from_utf8_lossy(body)
+                    ));
+                }
+                if reached.iter().any(|r| r.head.contains("smuggled")) {
+                    failures.push(format!("{name}: the smuggled request reached the upstream"));
+                }
+            }
+        }
+        let malformed = backend.malformed();
+        if !malformed.is_empty() {
+            failures.push(format!(
+                "{name}: the upstream read bytes it could not parse strictly: {malformed:?}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_body_is_the_clients_fault_not_the_servers() {
+    let (a, b) = (RawBackend::start().await, RawBackend::start().await);
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "max_fails = 1\nfail_timeout = \"60s\"\nservers = [{{ addr = \"{}\" }}, {{ addr = \"{}\" }}]",
+        a.addr, b.addr
+    )))
+    .await;
+    let addr: SocketAddr = proxy
+        .url("")
+        .trim_start_matches("http://")
+        .parse()
+        .expect("proxy address");
+    let bad = b"POST /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
+    for _ in 0..2 {
+        assert_eq!(send_raw(addr, bad).await, 400);
+    }
+    // Had either server been charged with a passive failure (max_fails = 1), it would be out for 60s and
+    // every request below would go to the other.
+    let client = TestClient::new();
+    for _ in 0..6 {
+        assert_eq!(client.get(&proxy.url("/ok")).await.status, 200);
+    }
+    let (to_a, to_b) = (a.requests().len(), b.requests().len());
+    assert!(to_a >= 2 && to_b >= 2, "a got {to_a}, b got {to_b}");
+}
