@@ -181,6 +181,13 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
+impl UpstreamProtocol {
+    /// HTTP/2 (`h2` or `h2c`).
+    pub fn is_http2(self) -> bool {
+        self != UpstreamProtocol::Http1
+    }
+}
+
 /// What a pool does when no server is healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -4,6 +4,7 @@ mod error;
 mod file;
 mod validate;
 mod validate_health;
+mod validate_http;
 mod validate_limits;
 mod validate_tls;
 pub mod values;
@@ -189,7 +190,7 @@ pub struct ListenerConfig {
     /// Answer every request with a 308 to `https://` on this port (plain listeners only).
     pub redirect_to_https: Option<u16>,
     /// HTTP/1.1 and HTTP/2 limits for this listener's connections.
-    pub http2: HttpLimits,
+    pub http: HttpLimits,
 }
 
 /// HTTP limits of a listener (bounded streams, headers and resets: rapid reset and header floods cost
@@ -198,18 +199,18 @@ pub struct ListenerConfig {
 pub struct HttpLimits {
     /// Largest HTTP/1.1 request head (request line and headers), in bytes; larger gets 431.
     pub http1_max_header_size: usize,
-    /// Concurrent streams a client may open (nginx `http2_max_concurrent_streams`, 128).
-    pub max_concurrent_streams: u32,
-    /// Largest decoded header list of a request, in bytes.
-    pub max_header_size: u32,
+    /// Concurrent HTTP/2 streams a client may open (nginx `http2_max_concurrent_streams`, 128).
+    pub http2_max_concurrent_streams: u32,
+    /// Largest decoded HTTP/2 header list of a request, in bytes; larger gets 431.
+    pub http2_max_header_size: u32,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             http1_max_header_size: 32 * 1024,
-            max_concurrent_streams: 128,
-            max_header_size: 32 * 1024,
+            http2_max_concurrent_streams: 128,
+            http2_max_header_size: 32 * 1024,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::file::{FileConfig, ListenerFile, RedirectToHttps, RouteFile, Strategy, UpstreamFile};
+use super::file::{FileConfig, ListenerFile, RouteFile, Strategy, UpstreamFile};
 use super::values::HashKey;
 use super::{
     AccessLogConfig, Config, ConfigSource, Global, ListenerConfig, RateLimitConfig, RetryOn,
@@ -179,34 +179,8 @@ impl Validator<'_> {
                 Some(tls) => Some(self.listener_tls(i, tls)?),
                 None => None,
             };
-            let redirect_to_https = match &file.redirect_to_https {
-                Some(redirect) if tls.is_some() && !matches!(redirect.get_ref(), RedirectToHttps::Enabled(false)) => {
-                    return Err(self.err(
-                        Some(redirect.span()),
-                        format!("listener[{i}].redirect_to_https"),
-                        "is for plain listeners; this one already terminates TLS (the redirect would loop)",
-                    ))
-                }
-                Some(redirect) => match *redirect.get_ref() {
-                    RedirectToHttps::Enabled(true) => Some(443),
-                    RedirectToHttps::Enabled(false) => None,
-                    RedirectToHttps::Port(0) => {
-                        return Err(self.err(
-                            Some(redirect.span()),
-                            format!("listener[{i}].redirect_to_https"),
-                            "write true (to port 443) or the HTTPS port, e.g. 8443",
-                        ))
-                    }
-                    RedirectToHttps::Port(port) => Some(port),
-                },
-                None => None,
-            };
-            let http2 = self.http2_limits(
-                i,
-                file.http2_max_concurrent_streams.as_ref(),
-                file.http2_max_header_size.as_ref(),
-                file.http1_max_header_size.as_ref(),
-            )?;
+            let redirect_to_https = self.redirect_to_https(i, file, tls.is_some())?;
+            let http = self.http_limits(i, file)?;
             out.push(ListenerConfig {
                 name,
                 listen,
@@ -214,7 +188,7 @@ impl Validator<'_> {
                 max_connections_per_client,
                 tls,
                 redirect_to_https,
-                http2,
+                http,
             });
         }
         Ok(out)

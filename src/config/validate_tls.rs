@@ -10,7 +10,7 @@ use toml::Spanned;
 use super::error::ConfigError;
 use super::file::{ListenerTlsFile, UpstreamFile, UpstreamProtocol};
 use super::validate::Validator;
-use super::{HttpLimits, ListenerTls};
+use super::ListenerTls;
 use crate::tls::{self, UpstreamTls};
 
 /// Default time a client has to finish its TLS handshake.
@@ -109,50 +109,6 @@ impl Validator<'_> {
                 }
             })
             .collect()
-    }
-
-    pub(super) fn http2_limits(
-        &self,
-        i: usize,
-        streams: Option<&Spanned<u32>>,
-        header_size: Option<&Spanned<super::values::ConfigSize>>,
-        http1_header_size: Option<&Spanned<super::values::ConfigSize>>,
-    ) -> Result<HttpLimits, ConfigError> {
-        let mut limits = HttpLimits::default();
-        if let Some(size) = http1_header_size {
-            let bytes = size.get_ref().0;
-            // hyper's smallest read buffer is 8 KiB.
-            if !(8 * 1024..=u64::from(u32::MAX)).contains(&bytes) {
-                return Err(self.err(
-                    Some(size.span()),
-                    format!("listener[{i}].http1_max_header_size"),
-                    "must be from 8k to 4g",
-                ));
-            }
-            limits.http1_max_header_size = bytes as usize;
-        }
-        if let Some(streams) = streams {
-            if *streams.get_ref() == 0 {
-                return Err(self.err(
-                    Some(streams.span()),
-                    format!("listener[{i}].http2_max_concurrent_streams"),
-                    "must be at least 1",
-                ));
-            }
-            limits.max_concurrent_streams = *streams.get_ref();
-        }
-        if let Some(size) = header_size {
-            let bytes = size.get_ref().0;
-            if !(1024..=u64::from(u32::MAX)).contains(&bytes) {
-                return Err(self.err(
-                    Some(size.span()),
-                    format!("listener[{i}].http2_max_header_size"),
-                    "must be from 1k to 4g",
-                ));
-            }
-            limits.max_header_size = bytes as u32;
-        }
-        Ok(limits)
     }
 
     /// The protocol and TLS settings of a pool; TLS keys on a pool without `https://` servers are

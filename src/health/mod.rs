@@ -16,7 +16,7 @@ pub use probe::{probe, ProbeResult, Transport};
 pub use rise_fall::{Flip, ProbeCounter};
 
 use crate::clock::now_ms;
-use crate::config::{HealthCheckConfig, UpstreamProtocol};
+use crate::config::HealthCheckConfig;
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
 use crate::upstream::ServerState;
@@ -66,13 +66,8 @@ fn targets(snapshot: &Snapshot) -> Vec<Target> {
             continue;
         };
         let limit = Arc::new(Semaphore::new(check.concurrency));
-        let http2 = pool.protocol != UpstreamProtocol::Http1;
-        let alpn: &[&[u8]] = if http2 {
-            &[crate::tls::ALPN_H2]
-        } else {
-            &[crate::tls::ALPN_HTTP11]
-        };
-        let tls_config = pool.tls.as_ref().map(|tls| tls.with_alpn(alpn));
+        let http2 = pool.protocol.is_http2();
+        let tls_config = pool.tls.as_ref().map(|tls| tls.for_protocol(http2));
         for server in pool.servers() {
             let tls = match (&tls_config, server.scheme == http::uri::Scheme::HTTPS) {
                 (Some(config), true) => {

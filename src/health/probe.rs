@@ -106,11 +106,7 @@ where
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("cannot build the probe request: {e}"))?;
         drive(connection, async move {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| format!("request failed: {e}"))?;
-            judge(response, check).await
+            judge(sender.send_request(request).await, check).await
         })
         .await
     } else {
@@ -128,11 +124,7 @@ where
             .parse()
             .map_err(|_| format!("`{}` is not a path", check.path))?;
         drive(connection, async move {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| format!("request failed: {e}"))?;
-            judge(response, check).await
+            judge(sender.send_request(request).await, check).await
         })
         .await
     }
@@ -161,11 +153,12 @@ where
     }
 }
 
-/// Whether an answer is good: its status, and its body when `expect_body` is set.
+/// Whether the probe request got a good answer: its status, and its body when `expect_body` is set.
 async fn judge(
-    response: http::Response<hyper::body::Incoming>,
+    sent: hyper::Result<http::Response<hyper::body::Incoming>>,
     check: &HealthCheckConfig,
 ) -> Result<(), String> {
+    let response = sent.map_err(|e| format!("request failed: {e}"))?;
     let status = response.status().as_u16();
     if !check.status_ok(status) {
         return Err(format!("unexpected status {status}"));

@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::RequestBody;
 use crate::config::UpstreamProtocol;
-use crate::tls::{UpstreamTls, ALPN_H2, ALPN_HTTP11};
+use crate::tls::UpstreamTls;
 
 /// A pooled client; cheap to clone (clones share the pool). `https://` URIs go over TLS, others in clear.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -39,11 +39,10 @@ pub fn build_client(settings: ClientSettings, tls: Option<&UpstreamTls>) -> Upst
     http.set_connect_timeout(Some(settings.connect_timeout));
     http.set_nodelay(true);
     http.enforce_http(false);
-    let http2 = settings.protocol != UpstreamProtocol::Http1;
-    let alpn: &[&[u8]] = if http2 { &[ALPN_H2] } else { &[ALPN_HTTP11] };
+    let http2 = settings.protocol.is_http2();
     let (config, names): (_, Arc<dyn ResolveServerName + Send + Sync>) = match tls {
         Some(tls) => (
-            tls.with_alpn(alpn),
+            tls.for_protocol(http2),
             match &tls.server_name {
                 Some(name) => Arc::new(FixedServerNameResolver::new(name.clone())),
                 None => Arc::new(DefaultServerNameResolver::default()),

@@ -8,9 +8,6 @@ pub enum ProxyError {
     /// A `Transfer-Encoding` other than a lone `chunked` (nginx answers 501 too).
     #[error("unsupported transfer-encoding")]
     UnsupportedTransferEncoding,
-    /// The request names no host (HTTP/1.0 without `Host`), so there is nothing to redirect to.
-    #[error("the request has no Host")]
-    MissingHost,
     /// No route matches host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -20,8 +17,9 @@ pub enum ProxyError {
     /// The request body was malformed (a bad chunk size, ...) or the client stopped sending it.
     #[error("malformed or incomplete request body")]
     BadRequestBody,
-    /// An HTTP/1.1 request without exactly one valid `Host` (RFC 9112 3.2).
-    #[error("the request needs exactly one Host header")]
+    /// An HTTP/1.1 request without exactly one valid `Host` (RFC 9112 3.2), or a request with no host
+    /// at all where one is needed (an HTTP/1.0 request to redirect).
+    #[error("the request needs exactly one valid Host header")]
     BadHost,
     /// Every server of the pool (and its backups) is down or already tried.
     #[error("no upstream server available")]
@@ -48,9 +46,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::MissingHost | ProxyError::BadRequestBody | ProxyError::BadHost => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::BadRequestBody | ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoServer | ProxyError::Connect(_) | ProxyError::Upstream(_) => {

@@ -403,7 +403,6 @@ pub(crate) fn local_answer(error: &ProxyError) -> Response<ProxyBody> {
 fn public_reason(error: &ProxyError) -> &'static str {
     match error {
         ProxyError::NoRoute => "no route for this host and path",
-        ProxyError::MissingHost => "the request has no Host header",
         ProxyError::UnsupportedTransferEncoding => "only Transfer-Encoding: chunked is supported",
         ProxyError::BodyTooLarge => "request body larger than max_body_size",
         ProxyError::BadRequestBody => "malformed or incomplete request body",

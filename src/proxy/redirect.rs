@@ -24,7 +24,7 @@ pub fn to_https(request: &Request<Incoming>, port: u16) -> Option<Response<Proxy
         .and_then(|value| value.to_str().ok().map(str::to_owned))
         .and_then(|text| text.parse::<http::uri::Authority>().ok());
     let Some(host) = host else {
-        return Some(local_answer(&ProxyError::MissingHost));
+        return Some(local_answer(&ProxyError::BadHost));
     };
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let location = if port == 443 {
@@ -33,7 +33,7 @@ pub fn to_https(request: &Request<Incoming>, port: u16) -> Option<Response<Proxy
         format!("https://{}:{port}{target}", host.host())
     };
     let Ok(location) = HeaderValue::from_str(&location) else {
-        return Some(local_answer(&ProxyError::MissingHost));
+        return Some(local_answer(&ProxyError::BadHost));
     };
     let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
     *response.status_mut() = StatusCode::PERMANENT_REDIRECT;

@@ -83,10 +83,10 @@ pub async fn accept_loop(
                     };
                     let _ = stream.set_nodelay(true);
                     let builder = match &builder {
-                        Some((limits, built)) if *limits == settings.http2 => Arc::clone(built),
+                        Some((limits, built)) if *limits == settings.http => Arc::clone(built),
                         _ => {
-                            let built = Arc::new(connection_builder(settings.http2));
-                            builder = Some((settings.http2, Arc::clone(&built)));
+                            let built = Arc::new(connection_builder(settings.http));
+                            builder = Some((settings.http, Arc::clone(&built)));
                             built
                         }
                     };
@@ -263,18 +263,18 @@ impl FirstRequest {
     }
 }
 
-fn connection_builder(http2: HttpLimits) -> auto::Builder<TokioExecutor> {
+fn connection_builder(limits: HttpLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .max_buf_size(http2.http1_max_header_size);
+        .max_buf_size(limits.http1_max_header_size);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(http2.max_concurrent_streams)
-        .max_header_list_size(http2.max_header_size)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.http2_max_header_size)
         // Rapid reset (CVE-2023-44487): a client that resets streams faster than they are served gets a
         // GOAWAY once this many resets are pending.
         .max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))

@@ -68,7 +68,16 @@ impl UpstreamTls {
         })
     }
 
-    /// This config with `alpn` offered, for a client or a probe of one protocol.
+    /// This config offering ALPN `h2` (for HTTP/2) or `http/1.1`: what the pool's client and its probes use.
+    pub fn for_protocol(&self, http2: bool) -> Arc<ClientConfig> {
+        self.with_alpn(if http2 {
+            &[super::ALPN_H2]
+        } else {
+            &[super::ALPN_HTTP11]
+        })
+    }
+
+    /// This config with `alpn` offered.
     pub fn with_alpn(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         let mut config = (*self.config).clone();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

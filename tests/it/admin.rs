@@ -177,18 +177,6 @@ async fn post_reload_applies_the_file_or_reports_why_not() {
     assert_eq!(client.get(&format!("http://{listen}/")).await.body, "b");
 }
 
-/// The value of the sample of `name` whose labels include every `label="value"` in `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|line| {
-            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
-        })
-        .find(|line| labels.iter().all(|label| line.contains(label)))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_requests_failures_retries_and_rate_limits() {
     let good = named("good").await;

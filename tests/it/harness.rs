@@ -292,6 +292,31 @@ pub async fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut()
     }
 }
 
+/// Like [`wait_until`], for a condition that must await (an HTTP request, say); polls every 20 ms.
+pub async fn wait_until_async<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the sample of `name` whose labels include every `label="value"` in `labels`.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Counts how many replies came from each backend name.
 pub fn tally<'a>(
     names: impl IntoIterator<Item = &'a str>,

@@ -119,18 +119,15 @@ fn strict_parse(bytes: &[u8]) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(e) => return Parsed::Malformed(format!("httparse: {e}")),
     }
-    let lengths: Vec<&[u8]> = request
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .map(|h| h.value)
-        .collect();
-    let codings: Vec<&[u8]> = request
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-        .map(|h| h.value)
-        .collect();
+    let values = |name: &str| -> Vec<&[u8]> {
+        request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect()
+    };
+    let (lengths, codings) = (values("content-length"), values("transfer-encoding"));
     if !lengths.is_empty() && !codings.is_empty() {
         return Parsed::Malformed("both Content-Length and Transfer-Encoding".into());
     }
@@ -302,11 +299,7 @@ async fn ambiguous_and_malformed_requests_are_refused_or_normalised_never_smuggl
         backend.addr
     )))
     .await;
-    let addr: SocketAddr = proxy
-        .url("")
-        .trim_start_matches("http://")
-        .parse()
-        .expect("proxy address");
+    let addr = proxy.proxy.listeners()[0].addr;
     let mut failures = Vec::new();
     for (name, bytes, expect) in cases() {
         backend.clear();
@@ -364,11 +357,7 @@ async fn a_malformed_request_body_is_the_clients_fault_not_the_servers() {
         a.addr, b.addr
     )))
     .await;
-    let addr: SocketAddr = proxy
-        .url("")
-        .trim_start_matches("http://")
-        .parse()
-        .expect("proxy address");
+    let addr = proxy.proxy.listeners()[0].addr;
     let bad = b"POST /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
     for _ in 0..2 {
         assert_eq!(send_raw(addr, bad).await, 400);
@@ -381,4 +370,40 @@ async fn a_malformed_request_body_is_the_clients_fault_not_the_servers() {
     }
     let (to_a, to_b) = (a.requests().len(), b.requests().len());
     assert!(to_a >= 2 && to_b >= 2, "a got {to_a}, b got {to_b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_max_header_size_bounds_the_request_head() {
+    let backend = RawBackend::start().await;
+    let with_limit = |limit: &str| {
+        one_pool(&format!("servers = [{{ addr = \"{}\" }}]", backend.addr)).replacen(
+            "listen = \"127.0.0.1:0\"\n",
+            &format!("listen = \"127.0.0.1:0\"\nhttp1_max_header_size = \"{limit}\"\n"),
+            1,
+        )
+    };
+    let refused = fulcrum::Config::parse(&with_limit("4k"), std::path::Path::new("limit.toml"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        refused.contains("listener[0].http1_max_header_size") && refused.contains("8k"),
+        "below hyper's 8k minimum is a config error naming the key: {refused:?}"
+    );
+    let proxy = TestProxy::start(&with_limit("8k")).await;
+    let addr = proxy.proxy.listeners()[0].addr;
+    let head = |value_len: usize| {
+        format!(
+            "GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-A: {}\r\n\r\n",
+            "b".repeat(value_len)
+        )
+    };
+    assert_eq!(send_raw(addr, head(4_000).as_bytes()).await, 200);
+    assert_eq!(backend.requests().len(), 1);
+    backend.clear();
+    assert_eq!(send_raw(addr, head(10_000).as_bytes()).await, 431);
+    assert!(
+        backend.requests().is_empty(),
+        "a head over the limit never reaches the upstream"
+    );
 }

@@ -234,15 +234,6 @@ async fn raw_hello(addr: std::net::SocketAddr, hello: Vec<u8>) -> Vec<u8> {
     .expect("raw client")
 }
 
-/// The value of the metric line that starts with `prefix` in `text`, or 0.
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn with_admin(toml: &str) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{toml}")
 }
@@ -273,7 +264,7 @@ async fn a_client_offering_only_tls_1_1_is_refused_and_counted() {
         answer.is_empty() || answer[0] == 0x15,
         "expected an alert or a close, got {answer:02x?}"
     );
-    let line = "fulcrum_tls_handshake_failures_total{listener=\"https\",reason=\"error\"}";
+    let failed = ["listener=\"https\"", "reason=\"error\""];
     let client = TestClient::new();
     // The control hello was dropped unfinished (counted too) and the TLS 1.1 one refused: two failures.
     wait_until_async(
@@ -282,7 +273,10 @@ async fn a_client_offering_only_tls_1_1_is_refused_and_counted() {
         || {
             let client = client.clone();
             let url = metrics_url.clone();
-            async move { metric(&client.get(&url).await.body, line) == 2.0 }
+            async move {
+                let text = client.get(&url).await.body;
+                sample(&text, "fulcrum_tls_handshake_failures_total", &failed) == 2.0
+            }
         },
     )
     .await;
@@ -306,19 +300,6 @@ async fn a_client_offering_only_tls_1_1_is_refused_and_counted() {
         stream.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-}
-
-/// Polls an async condition every 20 ms until it holds or `limit` passes.
-async fn wait_until_async<F, Fut>(limit: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -365,9 +346,10 @@ async fn a_silent_client_is_cut_at_handshake_timeout_without_holding_up_others()
     );
     let text = TestClient::new().get(&metrics_url).await.body;
     assert_eq!(
-        metric(
+        sample(
             &text,
-            "fulcrum_tls_handshake_failures_total{listener=\"https\",reason=\"timeout\"}"
+            "fulcrum_tls_handshake_failures_total",
+            &["listener=\"https\"", "reason=\"timeout\""]
         ),
         1.0
     );
