@@ -85,6 +85,13 @@ pub struct ListenerFile {
     pub http2_max_concurrent_streams: Option<Spanned<u32>>,
     pub http2_max_header_size: Option<Spanned<ConfigSize>>,
     pub http1_max_header_size: Option<Spanned<ConfigSize>>,
+    pub client_header_timeout: Option<Spanned<ConfigDuration>>,
+    pub client_body_timeout: Option<Spanned<ConfigDuration>>,
+    pub keepalive_timeout: Option<Spanned<ConfigDuration>>,
+    pub send_timeout: Option<Spanned<ConfigDuration>>,
+    pub keepalive_requests: Option<Spanned<u32>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub max_uri_size: Option<Spanned<ConfigSize>>,
 }
 
 /// `redirect_to_https = true` (to port 443) or `= 8443` (to that port).

@@ -3,6 +3,7 @@
 mod error;
 mod file;
 mod validate;
+mod validate_client;
 mod validate_health;
 mod validate_http;
 mod validate_limits;
@@ -191,6 +192,42 @@ pub struct ListenerConfig {
     pub redirect_to_https: Option<u16>,
     /// HTTP/1.1 and HTTP/2 limits for this listener's connections.
     pub http: HttpLimits,
+    /// Timeouts and limits on this listener's clients: slow, idle and too many.
+    pub client: ClientLimits,
+}
+
+/// Timeouts and limits a listener puts on its clients (nginx's names and defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Longest a client may take to send a request head, counted from its first byte (from the accept
+    /// for a new connection), however often it sends; then the connection is closed (slowloris).
+    pub header_timeout: Duration,
+    /// Longest the proxy waits for the next piece of a request body it is reading; then 408.
+    pub body_timeout: Duration,
+    /// Longest a connection may sit idle between requests; zero turns keep-alive off.
+    pub keepalive_timeout: Duration,
+    /// Longest a write to the client may stay blocked (a client that does not read); then it is closed.
+    pub send_timeout: Duration,
+    /// Requests served on one connection before it is closed (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY).
+    pub keepalive_requests: u32,
+    /// Open connections the listener accepts at once; more are closed as they arrive.
+    pub max_connections: Option<usize>,
+    /// Longest request target (path and query); longer gets 414.
+    pub max_uri_size: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
+            keepalive_requests: 1000,
+            max_connections: None,
+            max_uri_size: 8 * 1024,
+        }
+    }
 }
 
 /// HTTP limits of a listener (bounded streams, headers and resets: rapid reset and header floods cost

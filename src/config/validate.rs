@@ -181,6 +181,7 @@ impl Validator<'_> {
             };
             let redirect_to_https = self.redirect_to_https(i, file, tls.is_some())?;
             let http = self.http_limits(i, file)?;
+            let client = self.client_limits(i, file)?;
             out.push(ListenerConfig {
                 name,
                 listen,
@@ -189,6 +190,7 @@ impl Validator<'_> {
                 tls,
                 redirect_to_https,
                 http,
+                client,
             });
         }
         Ok(out)

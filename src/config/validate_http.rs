@@ -39,7 +39,7 @@ impl Validator<'_> {
     }
 
     /// A size from `min` bytes (written `min_text`) to 4g.
-    fn size_between(
+    pub(super) fn size_between(
         &self,
         i: usize,
         key: &str,

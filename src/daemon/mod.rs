@@ -53,12 +53,8 @@ pub async fn run(
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut quit = signal(SignalKind::quit()).map_err(RunError::Signals)?;
     let mut reopen = signal(SignalKind::user_defined1()).map_err(RunError::Signals)?;
-    let mut proxy = server::start_with(config, inherited).await?;
-    if let Some(pid_file) = &pid_file {
-        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
-            warn!(pid_file = %pid_file.display(), error = %e, "cannot write the pid file");
-        }
-    }
+    // The watch starts before the listeners: its baseline is the files as loaded, so a change written
+    // while the listeners start is still seen.
     let mut watcher = match watch_config.then(|| ConfigWatcher::new(&path, &tls_files)) {
         Some(Ok(watcher)) => Some(watcher),
         Some(Err(e)) => {
@@ -67,6 +63,12 @@ pub async fn run(
         }
         None => None,
     };
+    let mut proxy = server::start_with(config, inherited).await?;
+    if let Some(pid_file) = &pid_file {
+        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            warn!(pid_file = %pid_file.display(), error = %e, "cannot write the pid file");
+        }
+    }
     let mut admin_reloads = proxy.take_reload_requests();
     let mut background = JoinSet::new();
     if let Some(every) = systemd::watchdog_interval() {

@@ -1,6 +1,7 @@
 //! Body wrappers: the request body shared across retry attempts with a size limit, and the response body
 //! that holds its server's in-flight count until it ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,20 @@ use crate::upstream::InFlightGuard;
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than max_body_size")]
 pub struct BodyTooLarge;
+
+/// Error a request body raises once the client sends nothing for `client_body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("client_body_timeout passed while reading the request body")]
+pub struct BodyTimedOut;
+
+/// Limits on a request body the proxy reads.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Bytes it may have (`max_body_size`).
+    pub max_size: u64,
+    /// Longest wait for its next piece (`client_body_timeout`).
+    pub timeout: std::time::Duration,
+}
 
 /// The client's request body, held until an attempt first reads it, so an attempt that failed before reading
 /// (connect error) leaves it for the next one.
@@ -35,11 +50,14 @@ pub enum ClientFault {
     TooLarge,
     /// It was malformed (a bad chunk size, ...) or the client stopped sending it.
     Malformed,
+    /// The client sent nothing for `client_body_timeout`.
+    TimedOut,
 }
 
 const FAULT_NONE: u8 = 0;
 const FAULT_TOO_LARGE: u8 = 1;
 const FAULT_MALFORMED: u8 = 2;
+const FAULT_TIMED_OUT: u8 = 3;
 
 impl BodySlot {
     /// Wraps the client's body; `None` when it is known to be empty.
@@ -60,12 +78,17 @@ impl BodySlot {
         self.touched.load(Ordering::Acquire)
     }
 
+    fn blame(&self, fault: u8) {
+        self.client_fault.store(fault, Ordering::Release);
+    }
+
     /// Whether reading the client's body failed through the client's fault: an attempt that failed for
     /// this reason is the client's error (4xx), not the server's.
     pub fn client_fault(&self) -> Option<ClientFault> {
         match self.client_fault.load(Ordering::Acquire) {
             FAULT_TOO_LARGE => Some(ClientFault::TooLarge),
             FAULT_MALFORMED => Some(ClientFault::Malformed),
+            FAULT_TIMED_OUT => Some(ClientFault::TimedOut),
             _ => None,
         }
     }
@@ -77,17 +100,42 @@ pub struct RequestBody {
     slot: Option<Arc<BodySlot>>,
     inner: Option<Incoming>,
     seen: u64,
-    limit: u64,
+    limits: BodyLimits,
+    /// The `client_body_timeout` timer, armed while the client keeps the body waiting.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timer_armed: bool,
 }
 
 impl RequestBody {
-    /// A body reading from `slot` (empty when `None`), failing past `limit` bytes.
-    pub fn new(slot: Option<Arc<BodySlot>>, limit: u64) -> Self {
+    /// A body reading from `slot` (empty when `None`), failing past `limits`.
+    pub fn new(slot: Option<Arc<BodySlot>>, limits: BodyLimits) -> Self {
         Self {
             slot,
             inner: None,
             seen: 0,
-            limit,
+            limits,
+            timer: None,
+            timer_armed: false,
+        }
+    }
+
+    /// The client has kept the body waiting: starts the timer if it is not running, and tells whether
+    /// it has run out.
+    fn waited_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.timer_armed {
+            timer.as_mut().reset(deadline);
+            self.timer_armed = true;
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    fn fail(&self, fault: u8) {
+        if let Some(slot) = &self.slot {
+            slot.blame(fault);
         }
     }
 }
@@ -111,27 +159,33 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        let polled = Pin::new(inner).poll_frame(cx);
+        if !polled.is_pending() {
+            this.timer_armed = false;
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
-                    if this.seen > this.limit {
-                        if let Some(slot) = &this.slot {
-                            slot.client_fault.store(FAULT_TOO_LARGE, Ordering::Release);
-                        }
+                    if this.seen > this.limits.max_size {
+                        this.fail(FAULT_TOO_LARGE);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                if let Some(slot) = &this.slot {
-                    slot.client_fault.store(FAULT_MALFORMED, Ordering::Release);
-                }
+                this.fail(FAULT_MALFORMED);
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if this.waited_too_long(cx) {
+                    this.fail(FAULT_TIMED_OUT);
+                    return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
+                }
+                Poll::Pending
+            }
         }
     }
 

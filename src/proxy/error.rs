@@ -17,6 +17,12 @@ pub enum ProxyError {
     /// The request body was malformed (a bad chunk size, ...) or the client stopped sending it.
     #[error("malformed or incomplete request body")]
     BadRequestBody,
+    /// The client sent nothing of its request body for `client_body_timeout` (nginx answers 408 too).
+    #[error("client_body_timeout passed while reading the request body")]
+    BodyTimeout,
+    /// The request target is longer than the listener's `max_uri_size`.
+    #[error("request target longer than max_uri_size")]
+    UriTooLong,
     /// An HTTP/1.1 request without exactly one valid `Host` (RFC 9112 3.2), or a request with no host
     /// at all where one is needed (an HTTP/1.0 request to redirect).
     #[error("the request needs exactly one valid Host header")]
@@ -49,6 +55,8 @@ impl ProxyError {
             ProxyError::BadRequestBody | ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::NoServer | ProxyError::Connect(_) | ProxyError::Upstream(_) => {
                 StatusCode::BAD_GATEWAY
             }

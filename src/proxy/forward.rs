@@ -9,7 +9,7 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tracing::{error, info, warn};
 
-use super::body::{BodySlot, ClientFault, RequestBody};
+use super::body::{BodyLimits, BodySlot, ClientFault, RequestBody};
 use super::error::ProxyError;
 use crate::balance::PickContext;
 use crate::clock::now_ms;
@@ -30,7 +30,7 @@ pub struct Forward<'a> {
     /// Hash of the pool's key, if it hashes.
     pub key_hash: Option<u64>,
     /// Largest body accepted.
-    pub max_body_size: u64,
+    pub body_limits: BodyLimits,
     /// Where the answering server and its time are noted, for the access log.
     pub trace: &'a mut super::Trace,
 }
@@ -51,7 +51,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         body,
         client_ip,
         key_hash,
-        max_body_size,
+        body_limits,
         trace,
     } = request;
     let slot = BodySlot::new(body);
@@ -102,7 +102,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             server,
             &path_and_query,
             &slot,
-            max_body_size,
+            body_limits,
             pool.protocol,
         );
         let sent_at = std::time::Instant::now();
@@ -133,6 +133,10 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                     Some(ClientFault::Malformed) => {
                         warn!(id = trace.id(), pool = %pool.name, server = %server.addr, "the client's request body was malformed or cut short");
                         return Err(ProxyError::BadRequestBody);
+                    }
+                    Some(ClientFault::TimedOut) => {
+                        warn!(id = trace.id(), pool = %pool.name, server = %server.addr, timeout = ?body_limits.timeout, "client_body_timeout passed while reading the request body");
+                        return Err(ProxyError::BodyTimeout);
                     }
                     None => {}
                 }
@@ -203,14 +207,14 @@ fn build_request(
     server: &Server,
     path_and_query: &PathAndQuery,
     slot: &Option<Arc<BodySlot>>,
-    max_body_size: u64,
+    body_limits: BodyLimits,
     protocol: UpstreamProtocol,
 ) -> Request<RequestBody> {
     let mut uri_parts = http::uri::Parts::default();
     uri_parts.scheme = Some(server.scheme.clone());
     uri_parts.authority = Some(server.addr.clone());
     uri_parts.path_and_query = Some(path_and_query.clone());
-    let mut request = Request::new(RequestBody::new(slot.clone(), max_body_size));
+    let mut request = Request::new(RequestBody::new(slot.clone(), body_limits));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = Uri::from_parts(uri_parts).unwrap_or_default();
     *request.version_mut() = match protocol {

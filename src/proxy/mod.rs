@@ -28,7 +28,6 @@ use hyper::body::Incoming;
 use tracing::warn;
 
 use crate::runtime::Runtime;
-use crate::server::FirstRequest;
 use crate::snapshot::Snapshot;
 use body::{ProxyBody, UpstreamBody};
 use error::ProxyError;
@@ -40,7 +39,7 @@ pub struct ProxyService {
     runtime: Arc<Runtime>,
     peer: SocketAddr,
     proto: &'static str,
-    first_request: Option<Arc<FirstRequest>>,
+    client_limits: crate::config::ClientLimits,
     https_redirect: Option<u16>,
 }
 
@@ -51,7 +50,7 @@ impl ProxyService {
             runtime,
             peer,
             proto,
-            first_request: None,
+            client_limits: crate::config::ClientLimits::default(),
             https_redirect: None,
         }
     }
@@ -62,9 +61,9 @@ impl ProxyService {
         self
     }
 
-    /// Reports the connection's first request to `first` (the listener's drain waits for it).
-    pub fn with_first_request(mut self, first: Arc<FirstRequest>) -> Self {
-        self.first_request = Some(first);
+    /// The listener's client limits: request-target length and request body timeout.
+    pub fn with_client_limits(mut self, limits: crate::config::ClientLimits) -> Self {
+        self.client_limits = limits;
         self
     }
 
@@ -81,6 +80,14 @@ impl ProxyService {
             &snapshot.config.global.trusted_proxies,
         );
         trace.client = Some(client_ip);
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or(0, |pq| pq.as_str().len());
+        if target > self.client_limits.max_uri_size {
+            warn!(id = trace.id(), client = %client_ip, length = target, limit = self.client_limits.max_uri_size, "request target longer than max_uri_size");
+            return local_answer(&ProxyError::UriTooLong);
+        }
         if !host_is_sane(&request) {
             warn!(id = trace.id(), client = %client_ip, "request without exactly one valid Host");
             return local_answer(&ProxyError::BadHost);
@@ -147,7 +154,10 @@ impl ProxyService {
             body,
             client_ip,
             key_hash,
-            max_body_size: route.max_body_size,
+            body_limits: body::BodyLimits {
+                max_size: route.max_body_size,
+                timeout: self.client_limits.body_timeout,
+            },
             trace,
         })
         .await;
@@ -207,9 +217,6 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        if let Some(first) = &self.first_request {
-            first.mark();
-        }
         let service = self.clone();
         let id = request_id::request_id(request.headers());
         Box::pin(async move {
@@ -406,6 +413,8 @@ fn public_reason(error: &ProxyError) -> &'static str {
         ProxyError::UnsupportedTransferEncoding => "only Transfer-Encoding: chunked is supported",
         ProxyError::BodyTooLarge => "request body larger than max_body_size",
         ProxyError::BadRequestBody => "malformed or incomplete request body",
+        ProxyError::BodyTimeout => "the request body did not arrive in time",
+        ProxyError::UriTooLong => "request target too long",
         ProxyError::BadHost => "the request needs exactly one valid Host header",
         ProxyError::NoServer => "no upstream server available",
         ProxyError::Connect(_) => "cannot connect to the upstream server",

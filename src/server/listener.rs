@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::{HttpLimits, ListenerConfig, ListenerTls};
+use super::service::ClockedService;
+use super::timeouts::{ConnectionClock, TimedIo, Verdict};
+use crate::config::{ClientLimits, HttpLimits, ListenerConfig, ListenerTls};
 use crate::metrics::TlsFailureMetrics;
 use crate::proxy::ProxyService;
 use crate::runtime::Runtime;
@@ -57,6 +59,8 @@ pub async fn accept_loop(
     let connections = TaskTracker::new();
     let force_close = CancellationToken::new();
     let per_client = Arc::new(PerClient::default());
+    let open = Arc::new(OpenConnections::default());
+    let refused = RefusalLog::default();
     let open_connections = runtime.metrics().connections(&name);
     let tls_failures = runtime.metrics().tls_handshake_failures(&name);
     loop {
@@ -68,6 +72,11 @@ pub async fn accept_loop(
                     let snapshot = runtime.snapshot();
                     let Some(settings) = listener_settings(&snapshot.config.listeners, &name, listen) else {
                         // The listener is being removed by a reload; its stop signal follows.
+                        continue;
+                    };
+                    let Some(counted) = open.enter(settings.client.max_connections) else {
+                        refused.warn(&name, settings.client.max_connections);
+                        drop(stream);
                         continue;
                     };
                     let slot = match settings.max_connections_per_client {
@@ -90,15 +99,17 @@ pub async fn accept_loop(
                             built
                         }
                     };
-                    let served = Arc::new(FirstRequest::default());
+                    let clock = Arc::new(ConnectionClock::new());
                     let proto = if settings.tls.is_some() { "https" } else { "http" };
                     let service = ProxyService::new(Arc::clone(&runtime), peer, proto)
-                        .with_first_request(Arc::clone(&served))
-                        .with_https_redirect(settings.redirect_to_https);
+                        .with_https_redirect(settings.redirect_to_https)
+                        .with_client_limits(settings.client);
+                    let service = ClockedService::new(service, Arc::clone(&clock), settings.client);
                     let connection = Connection {
                         peer,
                         builder,
-                        served,
+                        clock,
+                        limits: settings.client,
                         stop: stop.clone(),
                         force_close: force_close.clone(),
                     };
@@ -108,7 +119,7 @@ pub async fn accept_loop(
                     let gauge = open_connections.clone();
                     gauge.inc();
                     connections.spawn(async move {
-                        let _slot = slot;
+                        let _slot = (slot, counted);
                         match tls {
                             Some(tls) => {
                                 if let Some(stream) = handshake(stream, &tls, &connection, &failures, &listener).await {
@@ -236,38 +247,14 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Set when a connection's first request reaches the service.
-#[derive(Debug, Default)]
-pub struct FirstRequest {
-    seen: std::sync::atomic::AtomicBool,
-    notify: tokio::sync::Notify,
-}
-
-impl FirstRequest {
-    /// Marks the first request (later calls are cheap no-ops).
-    pub fn mark(&self) {
-        if self.seen.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
-        if !self.seen.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            self.notify.notify_waiters();
-        }
-    }
-
-    async fn wait(&self) {
-        let notified = self.notify.notified();
-        if self.seen.load(std::sync::atomic::Ordering::Acquire) {
-            return;
-        }
-        notified.await;
-    }
-}
-
 fn connection_builder(limits: HttpLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
+        // The connection's watchdog times request heads from their first byte (hyper's own timer would
+        // also count the idle time before it, which is keepalive_timeout's).
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(limits.http1_max_header_size);
     builder
@@ -291,27 +278,61 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 struct Connection {
     peer: SocketAddr,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    served: Arc<FirstRequest>,
+    clock: Arc<ConnectionClock>,
+    limits: ClientLimits,
     stop: watch::Receiver<bool>,
     force_close: CancellationToken,
 }
 
+/// How long a connection being finished (idle past keepalive_timeout, or its requests used up) may take
+/// to close.
+const FINISH_GRACE: Duration = Duration::from_secs(5);
+
 impl Connection {
-    /// Serves HTTP/1.1 or HTTP/2 (by preface) on `io` until it closes, the drain asks it to finish, or the
-    /// drain runs out.
-    async fn serve<I>(mut self, io: I, service: ProxyService)
+    /// Serves HTTP/1.1 or HTTP/2 (by preface) on `io` until it closes, a client timeout passes, the
+    /// drain asks it to finish, or the drain runs out.
+    async fn serve<I>(mut self, io: I, service: ClockedService)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
+        let io = TimedIo::new(io, Arc::clone(&self.clock));
         let connection = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => Some(result),
-            _ = self.stop.wait_for(|stopped| *stopped) => None,
-            () = self.force_close.cancelled() => return,
+        let mut wake_at = tokio::time::Instant::now();
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break Some(result),
+                _ = self.stop.wait_for(|stopped| *stopped) => break None,
+                () = self.force_close.cancelled() => return,
+                () = tokio::time::sleep_until(wake_at) => {}
+                () = self.clock.poked() => {}
+            }
+            let now = crate::clock::now_ms();
+            match self.clock.verdict(&self.limits, now) {
+                Verdict::WaitUntil(at) => {
+                    wake_at =
+                        tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now));
+                }
+                Verdict::Finish => {
+                    connection.as_mut().graceful_shutdown();
+                    let finished = tokio::time::timeout(FINISH_GRACE, connection.as_mut()).await;
+                    if let Ok(result) = finished {
+                        log_end(peer, result);
+                    }
+                    return;
+                }
+                Verdict::HeaderTimeout => {
+                    debug!(%peer, timeout = ?self.limits.header_timeout, "client_header_timeout passed; closing");
+                    return;
+                }
+                Verdict::SendTimeout => {
+                    info!(%peer, timeout = ?self.limits.send_timeout, "send_timeout passed: the client stopped reading; closing");
+                    return;
+                }
+            }
         };
         let result = match result {
             Some(result) => result,
@@ -320,7 +341,7 @@ impl Connection {
                 // is in flight and close.
                 tokio::select! {
                     result = connection.as_mut() => return log_end(peer, result),
-                    () = self.served.wait() => {}
+                    () = self.clock.first_request() => {}
                     () = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
                     () = self.force_close.cancelled() => return,
                 }
@@ -338,5 +359,55 @@ impl Connection {
 fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     if let Err(error) = result {
         debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// A listener's open connections, against `max_connections`.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    open: std::sync::atomic::AtomicUsize,
+}
+
+impl OpenConnections {
+    /// Counts a new connection, unless `max` are open already.
+    fn enter(self: &Arc<Self>, max: Option<usize>) -> Option<OpenConnection> {
+        use std::sync::atomic::Ordering;
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        if max.is_some_and(|max| open >= max) {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(OpenConnection(Arc::clone(self)))
+    }
+}
+
+/// One counted connection; uncounted when dropped.
+struct OpenConnection(Arc<OpenConnections>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Logs refused connections at most once a second per listener (a flood must not flood the log too).
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last: std::sync::atomic::AtomicU64,
+    since: std::sync::atomic::AtomicU64,
+}
+
+impl RefusalLog {
+    fn warn(&self, listener: &str, max: Option<usize>) {
+        use std::sync::atomic::Ordering;
+        let now = crate::clock::now_ms();
+        let refused = self.since.fetch_add(1, Ordering::Relaxed) + 1;
+        if now.saturating_sub(self.last.load(Ordering::Relaxed)) >= 1_000 {
+            self.last.store(now, Ordering::Relaxed);
+            self.since.store(0, Ordering::Relaxed);
+            warn!(%listener, max_connections = max.unwrap_or(0), refused, "max_connections reached; closing new connections");
+        }
     }
 }

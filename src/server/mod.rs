@@ -1,8 +1,11 @@
 //! The running proxy: its listeners, the runtime, the background tasks; start, reload and shutdown.
 
 mod listener;
+mod service;
+mod timeouts;
 
-pub use listener::FirstRequest;
+pub use service::{ClockedBody, ClockedService};
+pub use timeouts::{ConnectionClock, TimedIo, Verdict};
 
 use std::io;
 use std::net::SocketAddr;

@@ -6,6 +6,7 @@ mod pki;
 mod admin;
 mod backup_and_failover;
 mod cli;
+mod client_limits;
 mod error_answers;
 mod forwarding;
 mod health;

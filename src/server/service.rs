@@ -1,0 +1,138 @@
+//! The proxy service as a connection sees it: each request and its response reported to the connection's
+//! [`ConnectionClock`], and the last request of a connection (`keepalive_requests`, or keep-alive off)
+//! answered with `Connection: close`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::timeouts::ConnectionClock;
+use crate::config::ClientLimits;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::ProxyService;
+
+/// [`ProxyService`] reporting to a connection's clock.
+#[derive(Debug, Clone)]
+pub struct ClockedService {
+    inner: ProxyService,
+    clock: Arc<ConnectionClock>,
+    limits: ClientLimits,
+}
+
+impl ClockedService {
+    /// Wraps `inner` for a connection timed by `clock` under `limits`.
+    pub fn new(inner: ProxyService, clock: Arc<ConnectionClock>, limits: ClientLimits) -> Self {
+        Self {
+            inner,
+            clock,
+            limits,
+        }
+    }
+}
+
+/// Holds a request active on its connection's clock until dropped.
+#[derive(Debug)]
+struct Active(Arc<ConnectionClock>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+type InnerFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ClockedService {
+    type Response = Response<ClockedBody>;
+    type Error = Infallible;
+    type Future = ClockedFuture;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let http2 = request.version() == http::Version::HTTP_2;
+        let served = self.clock.request_started(http2);
+        let last =
+            served >= self.limits.keepalive_requests || self.limits.keepalive_timeout.is_zero();
+        if last && http2 {
+            // The watchdog sends GOAWAY; the streams in flight finish.
+            self.clock.poke();
+        }
+        ClockedFuture {
+            inner: hyper::service::Service::call(&self.inner, request),
+            active: Some(Active(Arc::clone(&self.clock))),
+            close: last && !http2,
+        }
+    }
+}
+
+/// The response future of [`ClockedService`].
+pub struct ClockedFuture {
+    inner: InnerFuture,
+    active: Option<Active>,
+    close: bool,
+}
+
+impl Future for ClockedFuture {
+    type Output = Result<Response<ClockedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Poll::Ready(Ok(response)) = this.inner.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        let (mut parts, body) = response.into_parts();
+        if this.close {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let body = ClockedBody {
+            inner: body,
+            _active: this.active.take(),
+        };
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request active on the connection's clock until it ends or is
+    /// dropped.
+    #[derive(Debug)]
+    pub struct ClockedBody {
+        #[pin]
+        inner: ProxyBody,
+        _active: Option<Active>,
+    }
+}
+
+impl Body for ClockedBody {
+    type Data = Bytes;
+    type Error = <ProxyBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = &polled {
+            this._active.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
