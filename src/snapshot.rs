@@ -62,6 +62,12 @@ pub struct Pool {
     pub health_check: Option<Arc<HealthCheckConfig>>,
     /// What to do when no server can be picked; `None` answers 502 (nginx).
     pub all_unhealthy: Option<AllUnhealthy>,
+    /// Where requests wait when every server is at its `max_conns`; `None` when no server has one.
+    pub queue: Option<Arc<crate::upstream::PoolQueue>>,
+    /// Requests that may wait in the queue (0: none, a full pool answers 503 at once).
+    pub queue_size: usize,
+    /// Longest wait in the queue.
+    pub queue_timeout: Duration,
     /// Slow-start ramp for recovered and added servers, in ms (0 = off; hash strategies never ramp).
     pub slow_start_ms: u64,
     /// Servers with `drain = true`: no new requests, listed for status.
@@ -227,6 +233,7 @@ fn build_pool(
         };
         let (state, is_new) = registry.state_for(&identity);
         health::prepare_state(&state, upstream.health_check.as_ref(), is_new);
+        state.set_max_conns(config.max_conns);
         if is_new && !first {
             state.begin_slow_start(now, slow_start_ms);
         }
@@ -301,6 +308,13 @@ fn build_pool(
             .map(|_| AllUnhealthy::FailClosed)),
         slow_start_ms,
         drained,
+        queue: upstream
+            .servers
+            .iter()
+            .any(|s| s.max_conns > 0)
+            .then(|| registry.queue_for(&upstream.name)),
+        queue_size: upstream.queue,
+        queue_timeout: upstream.queue_timeout,
         metrics: metrics.pool(&upstream.name),
         all_metrics: Arc::clone(metrics),
     }

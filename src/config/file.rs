@@ -171,6 +171,9 @@ pub struct UpstreamFile {
     pub ca_file: Option<Spanned<std::path::PathBuf>>,
     pub tls_verify: Option<Spanned<bool>>,
     pub tls_server_name: Option<Spanned<String>>,
+    pub max_conns: Option<u32>,
+    pub queue: Option<usize>,
+    pub queue_timeout: Option<Spanned<ConfigDuration>>,
     pub servers: Spanned<Vec<ServerFile>>,
 }
 
@@ -241,6 +244,7 @@ pub struct HealthCheckFile {
 pub struct ServerFile {
     pub addr: Spanned<ServerAddr>,
     pub weight: Option<Spanned<u32>>,
+    pub max_conns: Option<u32>,
     pub max_fails: Option<u32>,
     pub fail_timeout: Option<ConfigDuration>,
     #[serde(default)]

@@ -380,6 +380,10 @@ pub struct UpstreamConfig {
     pub protocol: UpstreamProtocol,
     /// TLS settings for the pool's `https://` servers; `None` when it has none.
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// Requests that may wait for a server below its `max_conns` (nginx `queue`); more get 503 at once.
+    pub queue: usize,
+    /// Longest a request waits in the queue before its 503.
+    pub queue_timeout: Duration,
     /// The servers, primaries and backups, in file order.
     pub servers: Vec<ServerConfig>,
 }
@@ -431,6 +435,8 @@ pub struct ServerConfig {
     pub tls: bool,
     /// Relative weight, 1..=1000.
     pub weight: u32,
+    /// Requests in flight to the server at once, at most (nginx `max_conns`); 0 is no limit.
+    pub max_conns: u32,
     /// Failures within `fail_timeout` that take the server out; 0 disables passive health.
     pub max_fails: u32,
     /// The failure window and the time the server stays out.

@@ -361,6 +361,7 @@ impl Validator<'_> {
                 addr,
                 tls,
                 weight,
+                max_conns: server.max_conns.or(file.max_conns).unwrap_or(0),
                 max_fails: server.max_fails.unwrap_or(max_fails),
                 fail_timeout: server.fail_timeout.map_or(fail_timeout, |d| d.0),
                 backup: server.backup,
@@ -402,6 +403,18 @@ impl Validator<'_> {
             },
             protocol,
             tls,
+            queue: file.queue.unwrap_or(0),
+            queue_timeout: match &file.queue_timeout {
+                Some(timeout) if timeout.get_ref().0.is_zero() => {
+                    return Err(self.err(
+                        Some(timeout.span()),
+                        key("queue_timeout"),
+                        "must be greater than zero",
+                    ))
+                }
+                Some(timeout) => timeout.get_ref().0,
+                None => Duration::from_secs(60),
+            },
             servers,
         })
     }

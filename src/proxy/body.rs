@@ -232,17 +232,19 @@ pin_project_lite::pin_project! {
         inner: Incoming,
         guard: Option<InFlightGuard>,
         log: Option<PendingLog>,
+        origin: Option<super::forward::BodyOrigin>,
     }
 }
 
 impl UpstreamBody {
-    /// Wraps `inner`, releasing `guard` at its end.
-    pub fn new(inner: Incoming, guard: InFlightGuard) -> Self {
-        let guard = (!inner.is_end_stream()).then_some(guard);
+    /// Wraps `inner`, releasing `guard` at its end; a failure before the end counts against `origin`.
+    pub fn new(inner: Incoming, guard: InFlightGuard, origin: super::forward::BodyOrigin) -> Self {
+        let open = !inner.is_end_stream();
         Self {
             inner,
-            guard,
+            guard: open.then_some(guard),
             log: None,
+            origin: open.then_some(origin),
         }
     }
 
@@ -267,7 +269,15 @@ impl Body for UpstreamBody {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         match &polled {
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(None) => {
+                this.guard.take();
+                this.log.take();
+                this.origin.take();
+            }
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(origin) = this.origin.take() {
+                    origin.body_failed(error);
+                }
                 this.guard.take();
                 this.log.take();
             }

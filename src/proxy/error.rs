@@ -36,6 +36,13 @@ pub enum ProxyError {
         /// Seconds the client should wait before trying again.
         retry_after: u64,
     },
+    /// Every server left is at its `max_conns`, and the pool's queue is full (`queued: false`) or the
+    /// request waited in it for `queue_timeout` (`queued: true`).
+    #[error("every upstream server is at max_conns ({})", if *queued { "queue_timeout passed" } else { "the queue is full" })]
+    Overloaded {
+        /// Whether the request waited in the queue first.
+        queued: bool,
+    },
     /// The TCP connection to the server failed.
     #[error("cannot connect to upstream: {0}")]
     Connect(String),
@@ -61,7 +68,9 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyServer { .. } | ProxyError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

@@ -11,10 +11,10 @@ use tracing::{error, info, warn};
 
 use super::body::{BodyLimits, BodySlot, ClientFault, RequestBody};
 use super::error::ProxyError;
-use crate::balance::PickContext;
+use super::pick::{Picked, Picker};
 use crate::clock::now_ms;
 use crate::config::{AllUnhealthy, RetryOn, UpstreamProtocol};
-use crate::snapshot::{Pool, TierKind};
+use crate::snapshot::{Pool, Snapshot, TierKind};
 use crate::upstream::{InFlightGuard, Server, Transition};
 
 /// What one request needs to know to be forwarded.
@@ -36,7 +36,42 @@ pub struct Forward<'a> {
 }
 
 /// An answer from a server and the in-flight guard that must live as long as its body (or tunnel).
-pub type UpstreamResponse = (Response<Incoming>, InFlightGuard);
+pub type UpstreamResponse = (Response<Incoming>, InFlightGuard, ServerAt);
+
+/// Where a server sits in its snapshot: its tier and index.
+pub type ServerAt = (TierKind, usize);
+
+/// The server an upstream response body comes from, so a failure mid-body counts against it.
+#[derive(Debug)]
+pub struct BodyOrigin {
+    /// The snapshot the request was served under.
+    pub snapshot: Arc<Snapshot>,
+    /// The pool's index in it.
+    pub pool: usize,
+    /// The server in the pool.
+    pub server: ServerAt,
+}
+
+impl BodyOrigin {
+    /// The response body failed after its headers were sent (a reset, a short body): one log line, and a
+    /// passive failure against the server (the client's stream is cut; nothing can be retried).
+    pub fn body_failed(&self, error: &hyper::Error) {
+        let Some(pool) = self.snapshot.pools.get(self.pool) else {
+            return;
+        };
+        let Some(server) = pool
+            .tier(self.server.0)
+            .and_then(|t| t.servers.get(self.server.1))
+        else {
+            return;
+        };
+        warn!(pool = %pool.name, server = %server.addr, %error, "upstream response body failed after its headers; the client's response is cut");
+        if pool.retry_on.has(RetryOn::ERROR) {
+            server.metrics.passive_failures.inc();
+            note_transition(pool, server, server.record_failure(now_ms()));
+        }
+    }
+}
 
 enum Outcome {
     Answered(UpstreamResponse),
@@ -62,41 +97,20 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut tried_primary = Vec::new();
-    let mut tried_backup = Vec::new();
+    let mut picker = Picker::new(pool, client_ip, key_hash);
     let mut last: Option<Outcome> = None;
 
     for attempt in 1..=pool.max_attempts {
-        let now = now_ms();
-        let base = PickContext {
-            client_ip,
-            key_hash,
-            tried: &[],
-            now_ms: now,
-        };
-        let picked = match pool.primary.pick(base, &mut tried_primary) {
-            Some(index) => Some((TierKind::Primary, index)),
-            None => pool
-                .backup
-                .as_ref()
-                .and_then(|tier| tier.pick(base, &mut tried_backup))
-                .map(|index| (TierKind::Backup, index)),
-        }
-        .or_else(|| fail_open_pick(pool, last.is_none(), attempt, &tried_primary));
-        let Some((kind, index)) = picked else {
+        let Some(Picked { kind, index, guard }) = picker.next(last.is_none(), attempt).await?
+        else {
             break;
         };
-        match kind {
-            TierKind::Primary => tried_primary.push(index),
-            TierKind::Backup => tried_backup.push(index),
-        }
         let Some(server) = pool.tier(kind).map(|tier| &tier.servers[index]) else {
             break;
         };
         if attempt > 1 {
             pool.metrics.retries.inc();
         }
-        let guard = server.in_flight_guard();
         let upstream_request = build_request(
             &parts,
             server,
@@ -120,10 +134,10 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                     .observe(sent_at.elapsed().as_secs_f64());
                 if !pool.retry_on.status_counts(status) {
                     note_transition(pool, server, server.state.record_success());
-                    return Ok((response, guard));
+                    return Ok((response, guard, (kind, index)));
                 }
                 warn!(id = trace.id(), pool = %pool.name, server = %server.addr, status, attempt, "upstream answered with a failure status");
-                Outcome::Answered((response, guard))
+                Outcome::Answered((response, guard, (kind, index)))
             }
             Ok(Err(error)) => {
                 // The client's own body failed (too large, malformed chunks, cut short): its fault, so a
@@ -183,23 +197,6 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             Err(ProxyError::NoServer)
         }
     }
-}
-
-/// With `all_unhealthy = "fail_open"`, a request that found no healthy server at all goes to any primary
-/// server anyway (Envoy's panic mode); a request that already tried servers does not start over.
-fn fail_open_pick(
-    pool: &Pool,
-    nothing_tried_yet: bool,
-    turn: usize,
-    tried: &[usize],
-) -> Option<(TierKind, usize)> {
-    if pool.all_unhealthy != Some(AllUnhealthy::FailOpen) || !nothing_tried_yet {
-        return None;
-    }
-    let turn = turn + fastrand::usize(..pool.primary.servers.len().max(1));
-    let index = pool.primary.pick_any(turn, tried)?;
-    warn!(pool = %pool.name, server = %pool.primary.servers[index].addr, "no healthy server: failing open");
-    Some((TierKind::Primary, index))
 }
 
 fn build_request(

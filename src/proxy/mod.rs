@@ -8,6 +8,7 @@ mod forward;
 pub mod headers;
 pub mod keys;
 mod limits;
+mod pick;
 mod redirect;
 pub mod request_id;
 pub mod router;
@@ -69,7 +70,7 @@ impl ProxyService {
 
     async fn handle(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         mut request: Request<Incoming>,
         trace: &mut Trace,
     ) -> Response<ProxyBody> {
@@ -161,7 +162,13 @@ impl ProxyService {
             trace,
         })
         .await;
-        let mut response = self.answer(result, client_upgrade, client_ip, pool, trace.id());
+        let mut response = self.answer(
+            result,
+            client_upgrade,
+            client_ip,
+            (snapshot, route.pool),
+            trace.id(),
+        );
         pool.metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
@@ -176,11 +183,14 @@ impl ProxyService {
         result: Result<forward::UpstreamResponse, ProxyError>,
         client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
         client_ip: IpAddr,
-        pool: &crate::snapshot::Pool,
+        (snapshot, pool_index): (&Arc<Snapshot>, usize),
         id: &str,
     ) -> Response<ProxyBody> {
+        let Some(pool) = snapshot.pools.get(pool_index) else {
+            return local_answer(&ProxyError::NoRoute);
+        };
         match result {
-            Ok((mut response, guard)) => {
+            Ok((mut response, guard, server)) => {
                 let tunnel = match client_upgrade {
                     Some((_, client)) if upgrade::is_switching(&response) => {
                         let protocol = response.headers().get(header::UPGRADE).cloned();
@@ -190,9 +200,14 @@ impl ProxyService {
                     _ => {
                         let (mut parts, body) = response.into_parts();
                         headers::strip_hop_by_hop(&mut parts.headers);
+                        let origin = forward::BodyOrigin {
+                            snapshot: Arc::clone(snapshot),
+                            pool: pool_index,
+                            server,
+                        };
                         return Response::from_parts(
                             parts,
-                            Either::Left(UpstreamBody::new(body, guard)),
+                            Either::Left(UpstreamBody::new(body, guard, origin)),
                         );
                     }
                 };
@@ -204,7 +219,20 @@ impl ProxyService {
                 Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
             }
             Err(error) => {
-                warn!(id, client = %client_ip, pool = %pool.name, status = error.status().as_u16(), %error, "answering with an error");
+                // Upstream failures were logged once per attempt where they happened; one line each.
+                let logged = matches!(
+                    error,
+                    ProxyError::Connect(_)
+                        | ProxyError::Upstream(_)
+                        | ProxyError::Timeout
+                        | ProxyError::NoServer
+                        | ProxyError::NoHealthyServer { .. }
+                        | ProxyError::BadRequestBody
+                        | ProxyError::BodyTimeout
+                );
+                if !logged {
+                    warn!(id, client = %client_ip, pool = %pool.name, status = error.status().as_u16(), %error, "answering with an error");
+                }
                 local_answer(&error)
             }
         }
@@ -398,10 +426,15 @@ pub(crate) fn local_answer(error: &ProxyError) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if let ProxyError::NoHealthyServer { retry_after } = error {
+    let retry_after = match error {
+        ProxyError::NoHealthyServer { retry_after } => Some(*retry_after),
+        ProxyError::Overloaded { .. } => Some(1),
+        _ => None,
+    };
+    if let Some(seconds) = retry_after {
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }
@@ -421,5 +454,11 @@ fn public_reason(error: &ProxyError) -> &'static str {
         ProxyError::Upstream(_) => "the upstream server failed to answer",
         ProxyError::Timeout => "the upstream server did not answer in time",
         ProxyError::NoHealthyServer { .. } => "no healthy upstream server",
+        ProxyError::Overloaded { queued: false } => {
+            "every upstream server is busy and the queue is full"
+        }
+        ProxyError::Overloaded { queued: true } => {
+            "every upstream server stayed busy for queue_timeout"
+        }
     }
 }

@@ -1,12 +1,14 @@
 //! Upstream servers: static settings from the config plus live state that outlives config reloads.
 
 mod passive;
+mod queue;
 mod registry;
 mod state;
 
 use std::sync::Arc;
 
 pub use passive::{PassiveHealth, Transition};
+pub use queue::{PoolQueue, Waited};
 pub use registry::Registry;
 pub use state::ServerState;
 
@@ -71,7 +73,20 @@ impl Server {
         self.state.enter();
         InFlightGuard {
             state: Arc::clone(&self.state),
+            queue: None,
         }
+    }
+
+    /// Like [`Self::in_flight_guard`], unless the server is at its `max_conns`; the guard wakes a request
+    /// waiting in `queue` when it drops.
+    pub fn try_in_flight_guard(&self, queue: Option<&Arc<PoolQueue>>) -> Option<InFlightGuard> {
+        if !self.state.try_enter() {
+            return None;
+        }
+        Some(InFlightGuard {
+            state: Arc::clone(&self.state),
+            queue: queue.cloned(),
+        })
     }
 
     /// Stable identity used by hash strategies: the configured `id`, else the address text.
@@ -84,11 +99,15 @@ impl Server {
 #[derive(Debug)]
 pub struct InFlightGuard {
     state: Arc<ServerState>,
+    queue: Option<Arc<PoolQueue>>,
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.state.leave();
+        if let Some(queue) = &self.queue {
+            queue.release();
+        }
     }
 }
 

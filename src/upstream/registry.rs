@@ -12,6 +12,7 @@ use super::ServerState;
 #[derive(Debug, Default)]
 pub struct Registry {
     states: Mutex<HashMap<String, Weak<ServerState>>>,
+    queues: Mutex<HashMap<String, Weak<super::PoolQueue>>>,
 }
 
 impl Registry {
@@ -26,6 +27,18 @@ impl Registry {
         let state = Arc::new(ServerState::default());
         states.insert(key, Arc::downgrade(&state));
         (state, true)
+    }
+
+    /// The queue of the pool named `upstream`, the same while any snapshot holds it.
+    pub fn queue_for(&self, upstream: &str) -> Arc<super::PoolQueue> {
+        let mut queues = self.queues.lock();
+        if let Some(queue) = queues.get(upstream).and_then(Weak::upgrade) {
+            return queue;
+        }
+        queues.retain(|_, weak| weak.strong_count() > 0);
+        let queue = Arc::new(super::PoolQueue::default());
+        queues.insert(upstream.to_string(), Arc::downgrade(&queue));
+        queue
     }
 }
 

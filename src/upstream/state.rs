@@ -13,8 +13,10 @@ const ACTIVE_DOWN: u64 = 1 << 62;
 const DRAINED: u64 = 1 << 61;
 /// Ramping up after recovery: admitted with a rising probability until `slow_start` has passed.
 const SLOW_START: u64 = 1 << 60;
+/// The server has `max_conns`: it is full while its in-flight count is at that limit.
+const LIMITED: u64 = 1 << 59;
 /// Any flag: the word is not just the in-flight count.
-const FLAGS: u64 = PASSIVE_DOWN | ACTIVE_DOWN | DRAINED | SLOW_START;
+const FLAGS: u64 = PASSIVE_DOWN | ACTIVE_DOWN | DRAINED | SLOW_START | LIMITED;
 /// The in-flight count's bits.
 const IN_FLIGHT: u64 = (1 << 32) - 1;
 /// Share of its weight a slow-starting server gets at the start of the ramp.
@@ -34,6 +36,8 @@ pub struct ServerState {
     slow_start_ms: AtomicU64,
     /// The last probe: bit 63 set when good, bit 62 set once probed, low bits its latency in microseconds.
     last_probe: AtomicU64,
+    /// `max_conns` (0: no limit); the `LIMITED` flag says it is set.
+    max_conns: AtomicU64,
 }
 
 impl ServerState {
@@ -59,7 +63,7 @@ impl ServerState {
     #[cold]
     #[inline(never)]
     fn in_flight_if_flagged_selectable(&self, word: u64, now_ms: u64) -> Option<u64> {
-        if word & (ACTIVE_DOWN | DRAINED) != 0 {
+        if word & (ACTIVE_DOWN | DRAINED) != 0 || self.full(word) {
             return None;
         }
         if word & PASSIVE_DOWN != 0 && !self.passive.selectable(now_ms) {
@@ -88,6 +92,33 @@ impl ServerState {
     /// Counts one more request in flight.
     pub(super) fn enter(&self) {
         self.word.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one more request in flight unless the server is at its `max_conns`.
+    pub(super) fn try_enter(&self) -> bool {
+        self.word
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |word| {
+                (!self.full(word)).then_some(word + 1)
+            })
+            .is_ok()
+    }
+
+    /// Whether `word` says the server is at its `max_conns`.
+    #[inline]
+    fn full(&self, word: u64) -> bool {
+        word & LIMITED != 0 && word & IN_FLIGHT >= self.max_conns.load(Ordering::Relaxed)
+    }
+
+    /// Whether the server is at its `max_conns` now.
+    pub fn is_full(&self) -> bool {
+        self.full(self.word.load(Ordering::Relaxed))
+    }
+
+    /// Sets `max_conns` (0: no limit), from the config of the newest snapshot.
+    pub fn set_max_conns(&self, max_conns: u32) {
+        self.max_conns
+            .store(u64::from(max_conns), Ordering::Relaxed);
+        self.set_flag(LIMITED, max_conns > 0);
     }
 
     /// Counts one request less in flight.

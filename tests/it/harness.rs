@@ -427,6 +427,32 @@ impl FulcrumProcess {
         }
     }
 
+    /// Moves the lines logged so far into [`Self::log`] without waiting; returns how many there are.
+    pub fn read_log(&mut self) -> usize {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        self.log.len()
+    }
+
+    /// The process's open file descriptors now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|dir| dir.count())
+            .expect("read /proc/PID/fd")
+    }
+
+    /// The process's resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     /// The address the listener called `name` logged.
     pub fn listener_addr(&mut self, name: &str) -> SocketAddr {
         let line = self.wait_for_line(&format!("listening listener={name} "));
