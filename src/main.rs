@@ -128,6 +128,22 @@ fn init_logging(format: LogFormat) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
+    // A panic in a connection task ends that task only (tokio catches it; the release profile unwinds);
+    // it is logged as one error line in the log's own format, not as raw stderr text.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current().name().unwrap_or("-").to_string();
+        tracing::error!(%thread, %location, %message, "panicked; only the task it happened in is affected");
+    }));
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {

@@ -116,10 +116,10 @@ pub async fn accept_loop(
                     let tls = settings.tls.clone();
                     let failures = tls_failures.clone();
                     let listener = name.clone();
-                    let gauge = open_connections.clone();
-                    gauge.inc();
+                    let gauge = OpenGauge::new(open_connections.clone());
                     connections.spawn(async move {
-                        let _slot = (slot, counted);
+                        // Dropped when the task ends, by return or by a panic unwinding it.
+                        let _held = (slot, counted, gauge);
                         match tls {
                             Some(tls) => {
                                 if let Some(stream) = handshake(stream, &tls, &connection, &failures, &listener).await {
@@ -128,7 +128,6 @@ pub async fn accept_loop(
                             }
                             None => connection.serve(stream, service).await,
                         }
-                        gauge.dec();
                     });
                 }
                 Err(error) => {
@@ -359,6 +358,22 @@ impl Connection {
 fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     if let Err(error) = result {
         debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// The open-connections gauge, counted up for one connection until dropped.
+struct OpenGauge(prometheus::IntGauge);
+
+impl OpenGauge {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

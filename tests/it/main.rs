@@ -13,6 +13,7 @@ mod forwarding;
 mod health;
 mod observability;
 mod overload;
+mod properties;
 mod ratelimit;
 mod reload;
 mod smuggling;
