@@ -95,7 +95,8 @@ impl Future for ClockedFuture {
         }
         let body = ClockedBody {
             inner: body,
-            _active: this.active.take(),
+            active: this.active.take(),
+            holding: false,
         };
         Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
@@ -108,7 +109,20 @@ pin_project_lite::pin_project! {
     pub struct ClockedBody {
         #[pin]
         inner: ProxyBody,
-        _active: Option<Active>,
+        active: Option<Active>,
+        // A chunk was handed out and the connection has not asked for the next one yet.
+        holding: bool,
+    }
+
+    impl PinnedDrop for ClockedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.holding {
+                if let Some(active) = this.active.as_ref() {
+                    active.0.chunk_dropped();
+                }
+            }
+        }
     }
 }
 
@@ -121,9 +135,21 @@ impl Body for ClockedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
+        if let Some(active) = this.active.as_ref() {
+            active.0.chunk_asked(std::mem::take(this.holding));
+        }
         let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = &polled {
-            this._active.take();
+        match &polled {
+            Poll::Ready(None | Some(Err(_))) => {
+                this.active.take();
+            }
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(active) = this.active.as_ref() {
+                    active.0.chunk_given();
+                    *this.holding = true;
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }

@@ -32,6 +32,10 @@ pub struct ConnectionClock {
     head_since: AtomicU64,
     /// When a write to the client started waiting for the socket.
     write_blocked_since: AtomicU64,
+    /// Responses holding a chunk the connection took but has not yet asked past (it is being sent).
+    sending: AtomicU32,
+    /// When a response body was last asked for its next chunk.
+    last_sent: AtomicU64,
     /// The connection speaks HTTP/2 (its streams, not bytes, say when a request starts).
     http2: AtomicBool,
     /// Wakes the drain when the first request arrives.
@@ -72,6 +76,8 @@ impl ConnectionClock {
             idle_since: AtomicU64::new(now_ms()),
             head_since: AtomicU64::new(NEVER),
             write_blocked_since: AtomicU64::new(NEVER),
+            sending: AtomicU32::new(0),
+            last_sent: AtomicU64::new(NEVER),
             http2: AtomicBool::new(false),
             first: tokio::sync::Notify::new(),
             poke: tokio::sync::Notify::new(),
@@ -124,6 +130,24 @@ impl ConnectionClock {
         notified.await;
     }
 
+    /// A response body is asked for its next chunk: the previous one went out.
+    pub fn chunk_asked(&self, had_chunk: bool) {
+        if had_chunk {
+            self.sending.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.last_sent.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// A response body handed out a chunk, which waits for the client (its window, its socket).
+    pub fn chunk_given(&self) {
+        self.sending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A response body that held a chunk ended.
+    pub fn chunk_dropped(&self) {
+        self.sending.fetch_sub(1, Ordering::AcqRel);
+    }
+
     fn bytes_read(&self) {
         if self.active.load(Ordering::Acquire) == 0
             && self.head_since.load(Ordering::Relaxed) == NEVER
@@ -164,6 +188,18 @@ impl ConnectionClock {
         // HTTP/2 finishes with GOAWAY, which lets the streams in flight complete.
         if http2 && self.served() >= limits.keepalive_requests {
             return Verdict::Finish;
+        }
+        if self.sending.load(Ordering::Acquire) > 0 {
+            // A chunk is waiting for the client: an HTTP/2 stream whose window stays shut shows here
+            // (its socket is not blocked, the stream just cannot send).
+            let expires = self
+                .last_sent
+                .load(Ordering::Relaxed)
+                .saturating_add(millis(limits.send_timeout));
+            if now >= expires {
+                return Verdict::SendTimeout;
+            }
+            next = next.min(expires);
         }
         if self.active.load(Ordering::Acquire) > 0 {
             return Verdict::WaitUntil(next);

@@ -10,6 +10,7 @@ mod client_limits;
 mod error_answers;
 mod failing_upstreams;
 mod forwarding;
+mod h2_abuse;
 mod health;
 mod observability;
 mod overload;

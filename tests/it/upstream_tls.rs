@@ -117,8 +117,9 @@ async fn https_upstreams_are_verified_against_ca_file_and_an_untrusted_one_gets_
     let bad = client.get(&proxy.url("/bad")).await;
     assert!(
         bad.status == StatusCode::BAD_GATEWAY || bad.status == StatusCode::SERVICE_UNAVAILABLE,
-        "an untrusted certificate is refused: {}",
-        bad.status
+        "an untrusted certificate is refused: {} {:?}",
+        bad.status,
+        bad.body
     );
     assert_eq!(
         untrusted.requests(),
