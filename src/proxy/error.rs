@@ -8,6 +8,9 @@ pub enum ProxyError {
     /// A `Transfer-Encoding` other than a lone `chunked` (nginx answers 501 too).
     #[error("unsupported transfer-encoding")]
     UnsupportedTransferEncoding,
+    /// A header named like `Content-Length` or `Transfer-Encoding` with `_` or extra `-` (a desync vector).
+    #[error("a header name that reads as Content-Length or Transfer-Encoding")]
+    LookalikeFramingHeader,
     /// No route matches host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -59,7 +62,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadRequestBody | ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequestBody
+            | ProxyError::BadHost
+            | ProxyError::LookalikeFramingHeader => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,

@@ -5,6 +5,7 @@ pub mod client;
 pub mod client_ip;
 pub mod error;
 mod forward;
+mod framing;
 pub mod headers;
 pub mod keys;
 mod limits;
@@ -100,9 +101,13 @@ impl ProxyService {
         }
         // The body is re-framed for the upstream, so a transfer coding other than chunked (gzip, ...) would
         // be silently dropped: refuse it, as nginx does.
-        if !transfer_encoding_is_plain(request.headers()) {
+        if !framing::transfer_encoding_is_plain(request.headers()) {
             warn!(id = trace.id(), client = %client_ip, "unsupported transfer-encoding");
             return local_answer(&ProxyError::UnsupportedTransferEncoding);
+        }
+        if let Some(name) = framing::lookalike_framing_header(request.headers()) {
+            warn!(id = trace.id(), client = %client_ip, header = %name, "header name that reads as a framing header");
+            return local_answer(&ProxyError::LookalikeFramingHeader);
         }
         let host = request_host(&request);
         let path = request.uri().path();
@@ -371,20 +376,6 @@ fn host_is_sane<B>(request: &Request<B>) -> bool {
     }
 }
 
-/// Whether `Transfer-Encoding` is absent or exactly one `chunked`.
-fn transfer_encoding_is_plain(headers: &http::HeaderMap) -> bool {
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim);
-    match (codings.next(), codings.next()) {
-        (None, _) => true,
-        (Some(only), None) => only.eq_ignore_ascii_case("chunked"),
-        (Some(_), Some(_)) => false,
-    }
-}
-
 /// The request's host: the `Host` header, or the URI authority (HTTP/2 `:authority`, absolute-form).
 fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
     if let Some(host) = request.headers().get(header::HOST) {
@@ -449,6 +440,9 @@ fn public_reason(error: &ProxyError) -> &'static str {
         ProxyError::BodyTimeout => "the request body did not arrive in time",
         ProxyError::UriTooLong => "request target too long",
         ProxyError::BadHost => "the request needs exactly one valid Host header",
+        ProxyError::LookalikeFramingHeader => {
+            "a header name reads as Content-Length or Transfer-Encoding"
+        }
         ProxyError::NoServer => "no upstream server available",
         ProxyError::Connect(_) => "cannot connect to the upstream server",
         ProxyError::Upstream(_) => "the upstream server failed to answer",

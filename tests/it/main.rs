@@ -7,6 +7,7 @@ mod admin;
 mod backup_and_failover;
 mod cli;
 mod client_limits;
+mod desync_vectors;
 mod error_answers;
 mod failing_upstreams;
 mod forwarding;

@@ -15,9 +15,9 @@ use crate::harness::*;
 
 /// One request as the raw backend read it.
 #[derive(Debug, Clone)]
-struct Received {
-    head: String,
-    body: Vec<u8>,
+pub(crate) struct Received {
+    pub(crate) head: String,
+    pub(crate) body: Vec<u8>,
 }
 
 /// What the raw backend saw on its connections.
@@ -30,13 +30,13 @@ struct Seen {
 
 /// A raw TCP upstream: parses each request strictly (one `Content-Length` or a lone `chunked`, never both;
 /// CRLF line ends; token header names), records it, and answers `200 ok`.
-struct RawBackend {
-    addr: SocketAddr,
+pub(crate) struct RawBackend {
+    pub(crate) addr: SocketAddr,
     seen: Arc<Mutex<Seen>>,
 }
 
 impl RawBackend {
-    async fn start() -> RawBackend {
+    pub(crate) async fn start() -> RawBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -49,15 +49,15 @@ impl RawBackend {
         RawBackend { addr, seen }
     }
 
-    fn requests(&self) -> Vec<Received> {
+    pub(crate) fn requests(&self) -> Vec<Received> {
         self.seen.lock().requests.clone()
     }
 
-    fn malformed(&self) -> Vec<String> {
+    pub(crate) fn malformed(&self) -> Vec<String> {
         self.seen.lock().malformed.clone()
     }
 
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let mut seen = self.seen.lock();
         seen.requests.clear();
         seen.malformed.clear();
@@ -270,6 +270,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
         ("HTTP/1.0 with Transfer-Encoding", b"POST /p HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(), Refused(&[400])),
         ("obs-fold header line", post("X-A: one\r\n two\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
         ("obs-fold hiding Transfer-Encoding", post("X-A: one\r\n Transfer-Encoding: chunked\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
+        ("Transfer_Encoding with an underscore", post("Transfer_Encoding: chunked\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
         ("whitespace before the colon", post("Content-Length : 3\r\n", "abc"), Refused(&[400])),
         ("whitespace before the colon of TE", post("Transfer-Encoding : chunked\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
         ("a space inside a header name", post("X A: b\r\nContent-Length: 3\r\n", "abc"), Refused(&[400])),
