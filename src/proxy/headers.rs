@@ -22,7 +22,19 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the names, which hashes nothing, finds what is there; only those are removed (most
+    // messages carry none, or only `Connection`).
+    let mut present = 0u8;
+    let mut te = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        } else if name == header::TE {
+            te = true;
+        }
+    }
+    if present & 1 != 0 {
+        // HOP_BY_HOP[0] is `Connection`: the headers it names go first, while it can still be read.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -34,15 +46,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     // TE is hop-by-hop; only "trailers" has a meaning for the next hop.
-    let te_is_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_is_trailers {
+    if te
+        && !headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
         headers.remove(header::TE);
+    }
+}
+
+/// A connection's peer address, with its text made once per connection for the forwarding headers.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The address.
+    pub ip: IpAddr,
+    text: HeaderValue,
+}
+
+impl Peer {
+    /// The peer `ip`, formatted once.
+    pub fn new(ip: IpAddr) -> Self {
+        let text = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { ip, text }
     }
 }
 
@@ -50,21 +82,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
-    peer_ip: IpAddr,
+    peer: &Peer,
     client_ip: IpAddr,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let peer = peer_ip.to_string();
     let forwarded_for = match join_values(headers, &X_FORWARDED_FOR) {
-        Some(prior) => format!("{prior}, {peer}"),
-        None => peer,
+        Some(prior) => HeaderValue::from_str(&format!(
+            "{prior}, {}",
+            peer.text.to_str().unwrap_or("unknown")
+        ))
+        .ok(),
+        None => Some(peer.text.clone()),
     };
-    let ip = client_ip.to_string();
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    match forwarded_for {
+        Some(value) => {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_FOR);
+        }
     }
-    if let Ok(value) = HeaderValue::from_str(&ip) {
+    let real_ip = if client_ip == peer.ip {
+        Some(peer.text.clone())
+    } else {
+        HeaderValue::from_str(&client_ip.to_string()).ok()
+    };
+    if let Some(value) = real_ip {
         headers.insert(X_REAL_IP.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -115,7 +159,7 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
         let local = "127.0.0.1".parse().expect("ip");
-        add_forwarding(&mut h, local, local, "http", None);
+        add_forwarding(&mut h, &Peer::new(local), local, "http", None);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
         assert_eq!(h["x-real-ip"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

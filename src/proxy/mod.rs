@@ -40,6 +40,8 @@ use forward::{forward, Forward};
 pub struct ProxyService {
     runtime: Arc<Runtime>,
     peer: SocketAddr,
+    /// The peer's address, formatted once for the forwarding headers.
+    peer_address: headers::Peer,
     proto: &'static str,
     client_limits: crate::config::ClientLimits,
     https_redirect: Option<u16>,
@@ -51,6 +53,7 @@ impl ProxyService {
         Self {
             runtime,
             peer,
+            peer_address: headers::Peer::new(peer.ip()),
             proto,
             client_limits: crate::config::ClientLimits::default(),
             https_redirect: None,
@@ -142,7 +145,7 @@ impl ProxyService {
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::add_forwarding(
             &mut parts.headers,
-            peer_ip,
+            &self.peer_address,
             client_ip,
             self.proto,
             host.as_ref(),
