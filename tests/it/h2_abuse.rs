@@ -14,7 +14,9 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{backend_with, named, one_pool, servers, wait_until, TestClient, TestProxy};
+use crate::harness::{
+    backend_with, held_backend, named, one_pool, servers, wait_until, TestClient, TestProxy,
+};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -43,6 +45,8 @@ const GET_BLOCK: &[u8] = &[0x82, 0x86, 0x84, 0x01, 0x01, b'x'];
 #[derive(Debug, Default)]
 struct Seen {
     goaway: Option<u32>,
+    /// RST_STREAM frames: stream and error code.
+    resets: Vec<(u32, u32)>,
     closed: bool,
 }
 
@@ -85,6 +89,11 @@ async fn raw_h2(
                 if buf[3] == GOAWAY && length >= 8 {
                     let code = u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]);
                     record.lock().goaway = Some(code);
+                }
+                if buf[3] == RST_STREAM && length == 4 {
+                    let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+                    let code = u32::from_be_bytes([buf[9], buf[10], buf[11], buf[12]]);
+                    record.lock().resets.push((stream, code));
                 }
                 buf.drain(..9 + length);
             }
@@ -144,6 +153,44 @@ async fn rapid_reset_gets_a_goaway_long_before_its_streams_are_served() {
         backend.requests()
     );
     still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn streams_beyond_http2_max_concurrent_streams_are_refused_not_forwarded() {
+    let (backend, gate) = held_backend("held", None).await;
+    let proxy = proxy_for(backend.addr(), "http2_max_concurrent_streams = 3").await;
+    let (mut writer, seen) = raw_h2(proxy.proxy.listeners()[0].addr, &[]).await;
+    // A client that ignores the advertised limit: eight streams at once, all held by the backend.
+    let mut bytes = Vec::new();
+    for i in 0..8u32 {
+        bytes.extend(frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            2 * i + 1,
+            GET_BLOCK,
+        ));
+    }
+    writer.write_all(&bytes).await.expect("headers");
+    wait_until(Duration::from_secs(5), "five streams refused", || {
+        seen.lock().resets.len() >= 5
+    })
+    .await;
+    // REFUSED_STREAM (0x7): the client may safely retry them, they were never processed.
+    let resets = seen.lock().resets.clone();
+    assert!(resets.iter().all(|(_, code)| *code == 0x7), "{resets:?}");
+    wait_until(
+        Duration::from_secs(5),
+        "three requests at the backend",
+        || backend.requests() == 3,
+    )
+    .await;
+    gate.add_permits(3);
+    still_serves(&proxy).await;
+    assert_eq!(
+        backend.requests(),
+        4,
+        "only the three admitted streams (and the check) arrived"
+    );
 }
 
 #[tokio::test]
