@@ -23,8 +23,7 @@ pub fn transfer_encoding_is_plain(headers: &HeaderMap) -> bool {
 pub fn lookalike_framing_header(headers: &HeaderMap) -> Option<&HeaderName> {
     headers.keys().find(|name| {
         let name = name.as_str();
-        (13..=40).contains(&name.len())
-            && name != "content-length"
+        name != "content-length"
             && name != "transfer-encoding"
             && (letters_are(name, "contentlength") || letters_are(name, "transferencoding"))
     })
@@ -54,27 +53,19 @@ mod tests {
 
     #[test]
     fn lookalikes_of_the_framing_headers_are_found() {
-        for name in [
-            "transfer_encoding",
-            "Content_Length",
-            "transfer---encoding",
-            "content-length_",
-        ] {
-            assert!(
-                lookalike_framing_header(&headers(&[name])).is_some(),
-                "{name}"
-            );
-        }
-        for name in [
-            "content-length",
-            "transfer-encoding",
-            "content-type",
-            "x-content-length",
-        ] {
-            assert!(
-                lookalike_framing_header(&headers(&[name])).is_none(),
-                "{name}"
-            );
+        let cases = [
+            ("transfer_encoding", true),
+            ("Content_Length", true),
+            ("transfer---encoding", true),
+            ("content-length_", true),
+            ("content-length", false),
+            ("transfer-encoding", false),
+            ("content-type", false),
+            ("x-content-length", false),
+        ];
+        for (name, lookalike) in cases {
+            let found = lookalike_framing_header(&headers(&[name])).is_some();
+            assert_eq!(found, lookalike, "{name}");
         }
     }
 }

@@ -74,15 +74,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub struct Peer {
     /// The address.
     pub ip: IpAddr,
-    text: HeaderValue,
+    /// The address as a header value.
+    value: HeaderValue,
 }
 
 impl Peer {
     /// The peer `ip`, formatted once.
     pub fn new(ip: IpAddr) -> Self {
-        let text = HeaderValue::from_str(&ip.to_string())
+        let value = HeaderValue::from_str(&ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { ip, text }
+        Peer { ip, value }
+    }
+
+    fn text(&self) -> &str {
+        // Made from an address's `Display`: always ASCII.
+        self.value.to_str().unwrap_or("unknown")
     }
 }
 
@@ -96,23 +102,14 @@ pub fn add_forwarding(
     host: Option<&HeaderValue>,
 ) {
     let forwarded_for = match join_values(headers, &X_FORWARDED_FOR) {
-        Some(prior) => HeaderValue::from_str(&format!(
-            "{prior}, {}",
-            peer.text.to_str().unwrap_or("unknown")
-        ))
-        .ok(),
-        None => Some(peer.text.clone()),
+        // `prior` and the peer are visible ASCII, so the joined value is a valid header value.
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.text()))
+            .unwrap_or_else(|_| peer.value.clone()),
+        None => peer.value.clone(),
     };
-    match forwarded_for {
-        Some(value) => {
-            headers.insert(X_FORWARDED_FOR.clone(), value);
-        }
-        None => {
-            headers.remove(&X_FORWARDED_FOR);
-        }
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     let real_ip = if client_ip == peer.ip {
-        Some(peer.text.clone())
+        Some(peer.value.clone())
     } else {
         HeaderValue::from_str(&client_ip.to_string()).ok()
     };

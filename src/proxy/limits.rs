@@ -44,9 +44,6 @@ pub async fn admit(
     client_ip: IpAddr,
     trace: &mut super::Trace,
 ) -> Result<Option<Quota>, Response<ProxyBody>> {
-    if route.zones.is_empty() {
-        return Ok(None);
-    }
     let mut quota: Option<(u64, Quota)> = None;
     let mut delay_ms = 0;
     let mut _held: Vec<DelayedGuard> = Vec::new();

@@ -119,7 +119,7 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if *this.holding {
                 if let Some(active) = this.active.as_ref() {
-                    active.0.chunk_dropped();
+                    active.0.chunk_done();
                 }
             }
         }
@@ -135,8 +135,10 @@ impl Body for ClockedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
-        if let Some(active) = this.active.as_ref() {
-            active.0.chunk_asked(std::mem::take(this.holding));
+        if std::mem::take(this.holding) {
+            if let Some(active) = this.active.as_ref() {
+                active.0.chunk_done();
+            }
         }
         let polled = this.inner.poll_frame(cx);
         match &polled {
@@ -145,7 +147,7 @@ impl Body for ClockedBody {
             }
             Poll::Ready(Some(Ok(_))) => {
                 if let Some(active) = this.active.as_ref() {
-                    active.0.chunk_given();
+                    active.0.chunk_out();
                     *this.holding = true;
                 }
             }

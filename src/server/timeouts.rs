@@ -32,9 +32,9 @@ pub struct ConnectionClock {
     head_since: AtomicU64,
     /// When a write to the client started waiting for the socket.
     write_blocked_since: AtomicU64,
-    /// Responses holding a chunk the connection took but has not yet asked past (it is being sent).
+    /// Response chunks handed to the connection and not yet sent (the body has not been asked past them).
     sending: AtomicU32,
-    /// When a response body was last asked for its next chunk.
+    /// When the last of those chunks was handed out.
     last_sent: AtomicU64,
     /// The connection speaks HTTP/2 (its streams, not bytes, say when a request starts).
     http2: AtomicBool,
@@ -130,21 +130,14 @@ impl ConnectionClock {
         notified.await;
     }
 
-    /// A response body is asked for its next chunk: the previous one went out.
-    pub fn chunk_asked(&self, had_chunk: bool) {
-        if had_chunk {
-            self.sending.fetch_sub(1, Ordering::AcqRel);
-        }
+    /// A response body handed out a chunk, which now waits for the client (its window, its socket).
+    pub fn chunk_out(&self) {
         self.last_sent.store(now_ms(), Ordering::Relaxed);
-    }
-
-    /// A response body handed out a chunk, which waits for the client (its window, its socket).
-    pub fn chunk_given(&self) {
         self.sending.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// A response body that held a chunk ended.
-    pub fn chunk_dropped(&self) {
+    /// That chunk went out (the body is asked for the next), or its body ended.
+    pub fn chunk_done(&self) {
         self.sending.fetch_sub(1, Ordering::AcqRel);
     }
 

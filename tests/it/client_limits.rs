@@ -2,28 +2,19 @@
 //! `client_body_timeout`, `send_timeout`, `keepalive_requests`, `max_connections` and `max_uri_size`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{backend_with, named, one_pool, servers, text, wait_until, TestProxy};
-
-/// A proxy in front of one backend answering "ok", with `listener_keys` added to its listener.
-async fn proxy_with(listener_keys: &str, backend: SocketAddr) -> TestProxy {
-    let toml = one_pool(&servers(&[(backend, 1)])).replacen(
-        "listen = \"127.0.0.1:0\"\n",
-        &format!("listen = \"127.0.0.1:0\"\n{listener_keys}\n"),
-        1,
-    );
-    TestProxy::start(&toml).await
-}
+use crate::harness::{
+    backend_with, endless_backend, named, one_pool, proxy_with, text, wait_until, TestProxy,
+};
 
 fn addr_of(proxy: &TestProxy) -> SocketAddr {
     proxy.proxy.listeners()[0].addr
@@ -191,28 +182,7 @@ async fn a_body_that_stops_arriving_gets_408_at_client_body_timeout() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_at_send_timeout() {
     // An endless response body; the flag says when the proxy let go of it.
-    let released = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&released);
-    let backend = backend_with(move |_request: Request<Incoming>| {
-        let flag = Arc::clone(&flag);
-        async move {
-            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-            let stream = futures_util::stream::unfold(ReleaseOnDrop(flag), move |guard| {
-                let chunk = chunk.clone();
-                async move {
-                    Some((
-                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                            hyper::body::Frame::data(chunk),
-                        ),
-                        guard,
-                    ))
-                }
-            });
-            let body = http_body_util::StreamBody::new(stream).boxed();
-            Ok(http::Response::new(body))
-        }
-    })
-    .await;
+    let (backend, released) = endless_backend(None).await;
     let proxy = proxy_with("send_timeout = \"1s\"", backend.addr()).await;
     let mut stream = TcpStream::connect(addr_of(&proxy)).await.expect("connect");
     stream.write_all(GET).await.expect("write");
@@ -224,15 +194,6 @@ async fn a_client_that_stops_reading_is_dropped_at_send_timeout() {
     )
     .await;
     drop(stream);
-}
-
-/// Sets its flag when dropped.
-struct ReleaseOnDrop(Arc<AtomicBool>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-    }
 }
 
 #[tokio::test]

@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::harness::*;
-use crate::smuggling::RawBackend;
+use crate::harness::proxy_with;
+use crate::smuggling::{status_code, RawBackend};
 
 /// One vector: the request as the YAML describes it, and the tier the vectors give it.
 struct Vector {
@@ -242,12 +242,7 @@ async fn first_status(addr: SocketAddr, bytes: &[u8]) -> u16 {
         read.is_ok(),
         "the proxy neither answered nor closed within 5s"
     );
-    let text = String::from_utf8_lossy(&answer);
-    text.strip_prefix("HTTP/1.1 ")
-        .or_else(|| text.strip_prefix("HTTP/1.0 "))
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
+    status_code(&answer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,12 +265,7 @@ async fn published_desync_vectors_are_refused_or_normalised() {
 
     let backend = RawBackend::start().await;
     // A body that never completes is answered 408 after a second instead of holding the run.
-    let toml = one_pool(&format!("servers = [{{ addr = \"{}\" }}]", backend.addr)).replacen(
-        "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\nclient_body_timeout = \"1s\"\n",
-        1,
-    );
-    let proxy = TestProxy::start(&toml).await;
+    let proxy = proxy_with("client_body_timeout = \"1s\"", backend.addr).await;
     let addr = proxy.proxy.listeners()[0].addr;
 
     let mut failures = Vec::new();

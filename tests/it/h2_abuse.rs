@@ -3,19 +3,17 @@
 //! memory and time, and the proxy goes on serving everyone else.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::{
-    backend_with, held_backend, named, one_pool, servers, wait_until, TestClient, TestProxy,
+    endless_backend, held_backend, named, proxy_with, wait_until, FulcrumProcess, TestClient,
+    TestProxy,
 };
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -109,19 +107,10 @@ async fn still_serves(proxy: &TestProxy) {
     assert_eq!(reply.status, StatusCode::OK);
 }
 
-async fn proxy_for(backend: SocketAddr, listener_keys: &str) -> TestProxy {
-    let toml = one_pool(&servers(&[(backend, 1)])).replacen(
-        "listen = \"127.0.0.1:0\"\n",
-        &format!("listen = \"127.0.0.1:0\"\n{listener_keys}\n"),
-        1,
-    );
-    TestProxy::start(&toml).await
-}
-
 #[tokio::test]
 async fn rapid_reset_gets_a_goaway_long_before_its_streams_are_served() {
     let backend = named("ok").await;
-    let proxy = proxy_for(backend.addr(), "").await;
+    let proxy = proxy_with("", backend.addr()).await;
     let (mut writer, seen) = raw_h2(proxy.proxy.listeners()[0].addr, &[]).await;
     let mut sent = 0;
     'flood: for batch in 0..100u32 {
@@ -158,7 +147,7 @@ async fn rapid_reset_gets_a_goaway_long_before_its_streams_are_served() {
 #[tokio::test]
 async fn streams_beyond_http2_max_concurrent_streams_are_refused_not_forwarded() {
     let (backend, gate) = held_backend("held", None).await;
-    let proxy = proxy_for(backend.addr(), "http2_max_concurrent_streams = 3").await;
+    let proxy = proxy_with("http2_max_concurrent_streams = 3", backend.addr()).await;
     let (mut writer, seen) = raw_h2(proxy.proxy.listeners()[0].addr, &[]).await;
     // A client that ignores the advertised limit: eight streams at once, all held by the backend.
     let mut bytes = Vec::new();
@@ -196,7 +185,7 @@ async fn streams_beyond_http2_max_concurrent_streams_are_refused_not_forwarded()
 #[tokio::test]
 async fn a_continuation_flood_is_cut_off_and_never_reaches_the_upstream() {
     let backend = named("ok").await;
-    let proxy = proxy_for(backend.addr(), "").await;
+    let proxy = proxy_with("", backend.addr()).await;
     let (mut writer, seen) = raw_h2(proxy.proxy.listeners()[0].addr, &[]).await;
     writer
         .write_all(&frame(HEADERS, END_STREAM, 1, GET_BLOCK))
@@ -238,7 +227,7 @@ async fn a_continuation_flood_is_cut_off_and_never_reaches_the_upstream() {
 #[tokio::test]
 async fn a_settings_flood_from_a_client_that_never_reads_is_closed_at_send_timeout() {
     let backend = named("ok").await;
-    let proxy = proxy_for(backend.addr(), "send_timeout = \"1s\"").await;
+    let proxy = proxy_with("send_timeout = \"1s\"", backend.addr()).await;
     let addr = proxy.proxy.listeners()[0].addr;
     // A raw socket that writes SETTINGS frames and never reads the ACKs.
     let mut stream = TcpStream::connect(addr).await.expect("connect");
@@ -261,37 +250,9 @@ async fn a_settings_flood_from_a_client_that_never_reads_is_closed_at_send_timeo
 
 #[tokio::test]
 async fn a_stream_whose_window_never_opens_is_dropped_at_send_timeout() {
-    let released = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&released);
     // `/index.html` streams for ever; anything else (the check that the proxy still serves) is short.
-    let backend = backend_with(move |request: Request<Incoming>| {
-        let flag = Arc::clone(&flag);
-        async move {
-            if request.uri().path() != "/index.html" {
-                let ok = http_body_util::Full::new(Bytes::from_static(b"ok"));
-                return Ok(http::Response::new(
-                    ok.map_err(|never| match never {}).boxed(),
-                ));
-            }
-            let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
-            let stream = futures_util::stream::unfold(Release(flag), move |guard| {
-                let chunk = chunk.clone();
-                async move {
-                    Some((
-                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                            hyper::body::Frame::data(chunk),
-                        ),
-                        guard,
-                    ))
-                }
-            });
-            Ok(http::Response::new(
-                http_body_util::StreamBody::new(stream).boxed(),
-            ))
-        }
-    })
-    .await;
-    let proxy = proxy_for(backend.addr(), "send_timeout = \"1s\"").await;
+    let (backend, released) = endless_backend(Some("/index.html")).await;
+    let proxy = proxy_with("send_timeout = \"1s\"", backend.addr()).await;
     // SETTINGS_INITIAL_WINDOW_SIZE = 0, and no WINDOW_UPDATE ever.
     let (mut writer, seen) = raw_h2(proxy.proxy.listeners()[0].addr, &[(0x4, 0)]).await;
     // GET http://x/index.html (HPACK static entry 5 for the path).
@@ -313,11 +274,35 @@ async fn a_stream_whose_window_never_opens_is_dropped_at_send_timeout() {
     still_serves(&proxy).await;
 }
 
-/// Sets its flag when dropped.
-struct Release(Arc<AtomicBool>);
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-    }
+#[tokio::test]
+async fn the_binary_drops_a_stream_whose_window_never_opens_at_send_timeout() {
+    let (backend, released) = endless_backend(Some("/index.html")).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fulcrum.toml");
+    let toml = format!(
+        "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\nsend_timeout = \"1s\"\n\n\
+         [[route]]\npath = \"/\"\nupstream = \"app\"\n\n[upstream.app]\nservers = [{{ addr = \"{}\" }}]\n",
+        backend.addr()
+    );
+    std::fs::write(&path, toml).expect("write the config");
+    let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+    let addr = fulcrum.listener_addr("public");
+    fulcrum.wait_for_line("fulcrum is serving");
+    let (mut writer, seen) = raw_h2(addr, &[(0x4, 0)]).await;
+    let stuck = [0x82, 0x86, 0x85, 0x01, 0x01, b'x'];
+    writer
+        .write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &stuck))
+        .await
+        .expect("headers");
+    wait_until(
+        Duration::from_secs(10),
+        "the proxy to give up the stuck stream",
+        || released.load(Ordering::Acquire),
+    )
+    .await;
+    wait_until(Duration::from_secs(5), "the connection to close", || {
+        seen.lock().closed
+    })
+    .await;
+    fulcrum.wait_for_line("send_timeout passed");
 }

@@ -61,6 +61,59 @@ pub async fn held_backend(
     (backend, gate)
 }
 
+/// A backend whose answer to `path` (to every path when `None`) is a body that never ends; other paths get
+/// 200 `ok`. The flag turns true when the proxy lets go of an endless body.
+pub async fn endless_backend(
+    path: Option<&'static str>,
+) -> (Backend, Arc<std::sync::atomic::AtomicBool>) {
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&released);
+    let backend = backend_with(move |request: Request<Incoming>| {
+        let flag = Arc::clone(&flag);
+        async move {
+            if path.is_some_and(|path| request.uri().path() != path) {
+                return text(StatusCode::OK, "ok");
+            }
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures_util::stream::unfold(ReleaseOnDrop(flag), move |guard| {
+                let chunk = chunk.clone();
+                async move {
+                    Some((
+                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                            hyper::body::Frame::data(chunk),
+                        ),
+                        guard,
+                    ))
+                }
+            });
+            Ok(http::Response::new(
+                http_body_util::StreamBody::new(stream).boxed(),
+            ))
+        }
+    })
+    .await;
+    (backend, released)
+}
+
+/// Sets its flag when dropped.
+struct ReleaseOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A proxy in front of `backend` (weight 1), with `listener_keys` added to its listener.
+pub async fn proxy_with(listener_keys: &str, backend: SocketAddr) -> TestProxy {
+    let toml = one_pool(&servers(&[(backend, 1)])).replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        &format!("listen = \"127.0.0.1:0\"\n{listener_keys}\n"),
+        1,
+    );
+    TestProxy::start(&toml).await
+}
+
 /// Sends a GET to `url` in the background and waits until `backend` has received it (its count of
 /// requests reaches `seen`), for tests that hold a request in flight.
 pub async fn send_held(

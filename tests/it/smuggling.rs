@@ -218,10 +218,14 @@ async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> u16 {
         read.is_ok() || !answer.is_empty(),
         "the proxy neither answered nor closed within 5s"
     );
-    let status = String::from_utf8_lossy(&answer);
-    status
-        .strip_prefix("HTTP/1.1 ")
-        .or_else(|| status.strip_prefix("HTTP/1.0 "))
+    status_code(&answer)
+}
+
+/// The status code at the start of a raw answer; 0 when there is none.
+pub(crate) fn status_code(answer: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(answer);
+    text.strip_prefix("HTTP/1.1 ")
+        .or_else(|| text.strip_prefix("HTTP/1.0 "))
         .and_then(|rest| rest.get(..3))
         .and_then(|code| code.parse().ok())
         .unwrap_or(0)
@@ -407,4 +411,28 @@ async fn http1_max_header_size_bounds_the_request_head() {
         backend.requests().is_empty(),
         "a head over the limit never reaches the upstream"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_a_header_named_like_a_framing_header() {
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fulcrum.toml");
+    let toml = format!(
+        "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
+         [upstream.app]\nservers = [{{ addr = \"{}\" }}]\n",
+        backend.addr
+    );
+    std::fs::write(&path, toml).expect("write the config");
+    let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+    let addr = fulcrum.listener_addr("public");
+    fulcrum.wait_for_line("fulcrum is serving");
+    let request = b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc";
+    assert_eq!(send_raw(addr, request).await, 400);
+    fulcrum.wait_for_line("header name that reads as a framing header");
+    assert!(backend.requests().is_empty(), "{:?}", backend.requests());
+    // A plain request still goes through, so the refusal was about the header.
+    let plain = b"GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert_eq!(send_raw(addr, plain).await, 200);
+    assert_eq!(backend.requests().len(), 1);
 }
