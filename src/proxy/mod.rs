@@ -35,41 +35,76 @@ use body::{ProxyBody, UpstreamBody};
 use error::ProxyError;
 use forward::{forward, Forward};
 
-/// Serves the requests of one client connection.
-#[derive(Debug, Clone)]
-pub struct ProxyService {
+/// Headers the proxy may add to a request: X-Request-Id and the four of [`headers::add_forwarding`].
+const ADDED_HEADERS: usize = 5;
+
+/// What every connection of one listener shares: kept once per listener (and config), not per connection.
+#[derive(Debug)]
+pub struct ListenerContext {
     runtime: Arc<Runtime>,
-    peer: SocketAddr,
-    /// The peer's address, formatted once for the forwarding headers.
-    peer_address: headers::Peer,
     proto: &'static str,
     client_limits: crate::config::ClientLimits,
     https_redirect: Option<u16>,
 }
 
-impl ProxyService {
-    /// A service for a connection from `peer`; `proto` is `http` or `https`.
-    pub fn new(runtime: Arc<Runtime>, peer: SocketAddr, proto: &'static str) -> Self {
+impl ListenerContext {
+    /// A listener's context; `proto` is `http` or `https`, `client_limits` its request-target length and
+    /// request body timeout, `https_redirect` the port every request is redirected to
+    /// (`redirect_to_https`), when set.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        proto: &'static str,
+        client_limits: crate::config::ClientLimits,
+        https_redirect: Option<u16>,
+    ) -> Self {
         Self {
             runtime,
-            peer,
-            peer_address: headers::Peer::new(peer.ip()),
             proto,
-            client_limits: crate::config::ClientLimits::default(),
-            https_redirect: None,
+            client_limits,
+            https_redirect,
         }
     }
 
-    /// Answers every request with a 308 to `https://` on `port` (`redirect_to_https`), when set.
-    pub fn with_https_redirect(mut self, port: Option<u16>) -> Self {
-        self.https_redirect = port;
-        self
+    /// The listener's client limits.
+    pub fn client_limits(&self) -> &crate::config::ClientLimits {
+        &self.client_limits
     }
 
-    /// The listener's client limits: request-target length and request body timeout.
-    pub fn with_client_limits(mut self, limits: crate::config::ClientLimits) -> Self {
-        self.client_limits = limits;
-        self
+    /// Whether this context was made from these settings (a reload may have changed them).
+    pub fn is_for(
+        &self,
+        proto: &'static str,
+        client_limits: &crate::config::ClientLimits,
+        https_redirect: Option<u16>,
+    ) -> bool {
+        self.proto == proto
+            && self.client_limits == *client_limits
+            && self.https_redirect == https_redirect
+    }
+}
+
+/// Serves the requests of one client connection.
+#[derive(Debug, Clone)]
+pub struct ProxyService {
+    listener: Arc<ListenerContext>,
+    peer: SocketAddr,
+    /// The peer's address, formatted once for the forwarding headers.
+    peer_address: headers::Peer,
+}
+
+impl ProxyService {
+    /// A service for a connection from `peer` on the listener `listener` describes.
+    pub fn new(listener: Arc<ListenerContext>, peer: SocketAddr) -> Self {
+        Self {
+            listener,
+            peer,
+            peer_address: headers::Peer::new(peer.ip()),
+        }
+    }
+
+    /// The listener's client limits.
+    pub fn client_limits(&self) -> &crate::config::ClientLimits {
+        &self.listener.client_limits
     }
 
     async fn handle(
@@ -89,15 +124,15 @@ impl ProxyService {
             .uri()
             .path_and_query()
             .map_or(0, |pq| pq.as_str().len());
-        if target > self.client_limits.max_uri_size {
-            warn!(id = trace.id(), client = %client_ip, length = target, limit = self.client_limits.max_uri_size, "request target longer than max_uri_size");
+        if target > self.listener.client_limits.max_uri_size {
+            warn!(id = trace.id(), client = %client_ip, length = target, limit = self.listener.client_limits.max_uri_size, "request target longer than max_uri_size");
             return local_answer(&ProxyError::UriTooLong);
         }
         if !host_is_sane(&request) {
             warn!(id = trace.id(), client = %client_ip, "request without exactly one valid Host");
             return local_answer(&ProxyError::BadHost);
         }
-        if let Some(port) = self.https_redirect {
+        if let Some(port) = self.listener.https_redirect {
             if let Some(answer) = redirect::to_https(&request, port) {
                 return answer;
             }
@@ -153,14 +188,17 @@ impl ProxyService {
             &mut parts.headers,
             &self.peer_address,
             client_ip,
-            self.proto,
+            self.listener.proto,
             host.as_ref(),
         );
         if let Some((protocol, _)) = &client_upgrade {
             upgrade::restore_upgrade_headers(&mut parts.headers, protocol.clone());
         }
         if let Some(host) = host {
-            parts.headers.insert(header::HOST, host);
+            // Usually it is there already (HTTP/1.1); an insert would still make a full map grow.
+            if parts.headers.get(header::HOST) != Some(&host) {
+                parts.headers.insert(header::HOST, host);
+            }
         }
         let started = std::time::Instant::now();
         let result = forward(Forward {
@@ -171,7 +209,7 @@ impl ProxyService {
             key_hash,
             body_limits: body::BodyLimits {
                 max_size: route.max_body_size,
-                timeout: self.client_limits.body_timeout,
+                timeout: self.listener.client_limits.body_timeout,
             },
             trace,
         })
@@ -208,7 +246,10 @@ impl ProxyService {
                 let tunnel = match client_upgrade {
                     Some((_, client)) if upgrade::is_switching(&response) => {
                         let protocol = response.headers().get(header::UPGRADE).cloned();
-                        self.runtime.tunnels().splice(client, &mut response, guard);
+                        self.listener
+                            .runtime
+                            .tunnels()
+                            .splice(client, &mut response, guard);
                         protocol
                     }
                     _ => {
@@ -263,10 +304,13 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let id = request_id::request_id(request.headers());
         Box::pin(async move {
             let mut request = request;
+            // Room for what the proxy adds (request id, forwarding headers) in one step: the map hyper
+            // parsed into is sized for the client's headers only.
+            request.headers_mut().reserve(ADDED_HEADERS);
             request
                 .headers_mut()
                 .insert(request_id::X_REQUEST_ID.clone(), id.clone());
-            let snapshot = service.runtime.snapshot();
+            let snapshot = service.listener.runtime.snapshot();
             let pending = snapshot
                 .access_log
                 .as_ref()
@@ -279,6 +323,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             }
             if response.extensions().get::<LocalAnswer>().is_some() {
                 service
+                    .listener
                     .runtime
                     .metrics()
                     .local_answer(response.status().as_u16());

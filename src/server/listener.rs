@@ -3,11 +3,10 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -15,10 +14,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::service::ClockedService;
+use super::serving::{Protocols, ServeError, Serving};
 use super::timeouts::{ConnectionClock, TimedIo, Verdict};
-use crate::config::{ClientLimits, HttpLimits, ListenerConfig, ListenerTls};
+use crate::config::{HttpLimits, ListenerConfig, ListenerTls};
 use crate::metrics::TlsFailureMetrics;
-use crate::proxy::ProxyService;
+use crate::proxy::{ListenerContext, ProxyService};
 use crate::runtime::Runtime;
 
 /// Pending connections the kernel queues per listener (nginx's default backlog on Linux is 511).
@@ -55,7 +55,7 @@ pub async fn accept_loop(
     runtime: Arc<Runtime>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut builder: Option<(HttpLimits, Arc<auto::Builder<TokioExecutor>>)> = None;
+    let mut shared: Option<(HttpLimits, Arc<Shared>)> = None;
     let connections = TaskTracker::new();
     let force_close = CancellationToken::new();
     let per_client = Arc::new(PerClient::default());
@@ -91,25 +91,35 @@ pub async fn accept_loop(
                         None => None,
                     };
                     let _ = stream.set_nodelay(true);
-                    let builder = match &builder {
-                        Some((limits, built)) if *limits == settings.http => Arc::clone(built),
+                    let proto = if settings.tls.is_some() { "https" } else { "http" };
+                    let shared = match &shared {
+                        Some((http, built))
+                            if *http == settings.http
+                                && built.proxy.is_for(proto, &settings.client, settings.redirect_to_https) =>
+                        {
+                            Arc::clone(built)
+                        }
                         _ => {
-                            let built = Arc::new(connection_builder(settings.http));
-                            builder = Some((settings.http, Arc::clone(&built)));
+                            let built = Arc::new(Shared {
+                                protocols: Protocols::new(settings.http),
+                                proxy: Arc::new(ListenerContext::new(
+                                    Arc::clone(&runtime),
+                                    proto,
+                                    settings.client,
+                                    settings.redirect_to_https,
+                                )),
+                            });
+                            shared = Some((settings.http, Arc::clone(&built)));
                             built
                         }
                     };
                     let clock = Arc::new(ConnectionClock::new());
-                    let proto = if settings.tls.is_some() { "https" } else { "http" };
-                    let service = ProxyService::new(Arc::clone(&runtime), peer, proto)
-                        .with_https_redirect(settings.redirect_to_https)
-                        .with_client_limits(settings.client);
-                    let service = ClockedService::new(service, Arc::clone(&clock), settings.client);
+                    let service = ProxyService::new(Arc::clone(&shared.proxy), peer);
+                    let service = ClockedService::new(service, Arc::clone(&clock));
                     let connection = Connection {
                         peer,
-                        builder,
+                        shared,
                         clock,
-                        limits: settings.client,
                         stop: stop.clone(),
                         force_close: force_close.clone(),
                     };
@@ -125,14 +135,17 @@ pub async fn accept_loop(
                             connections.spawn(async move {
                                 let _held = held;
                                 if let Some(stream) = handshake(stream, &tls, &connection, &failures, &listener).await {
-                                    connection.serve(stream, service).await;
+                                    let serving = connection.serving(stream, service);
+                                    connection.serve(serving).await;
                                 }
                             });
                         }
                         None => {
+                            // Built before the task: arguments an async block moves are kept twice in it.
+                            let serving = connection.serving(stream, service);
                             connections.spawn(async move {
                                 let _held = held;
-                                connection.serve(stream, service).await;
+                                connection.serve(serving).await;
                             });
                         }
                     }
@@ -253,39 +266,19 @@ impl Drop for ClientSlot {
     }
 }
 
-fn connection_builder(limits: HttpLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The connection's watchdog times request heads from their first byte (hyper's own timer would
-        // also count the idle time before it, which is keepalive_timeout's).
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_buf_size(limits.http1_max_header_size);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .max_header_list_size(limits.http2_max_header_size)
-        // Rapid reset (CVE-2023-44487): a client that resets streams faster than they are served gets a
-        // GOAWAY once this many resets are pending.
-        .max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
-        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
-    builder
+/// What a listener's connections share, made again only when a reload changes it.
+pub struct Shared {
+    /// HTTP/1 and HTTP/2 settings.
+    pub protocols: Protocols,
+    /// What the proxy service needs of the listener.
+    pub proxy: Arc<ListenerContext>,
 }
-
-/// Streams a client may reset before they are accepted, at once (hyper's default).
-const MAX_PENDING_RESETS: usize = 20;
-/// Streams the proxy may have to reset for a client's protocol errors before it sends GOAWAY.
-const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// One client connection's serving context.
 struct Connection {
     peer: SocketAddr,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
     clock: Arc<ConnectionClock>,
-    limits: ClientLimits,
     stop: watch::Receiver<bool>,
     force_close: CancellationToken,
 }
@@ -295,18 +288,23 @@ struct Connection {
 const FINISH_GRACE: Duration = Duration::from_secs(5);
 
 impl Connection {
-    /// Serves HTTP/1.1 or HTTP/2 (by preface) on `io` until it closes, a client timeout passes, the
-    /// drain asks it to finish, or the drain runs out.
-    async fn serve<I>(mut self, io: I, service: ClockedService)
+    /// HTTP/1.1 or HTTP/2 (by preface) on `io`, boxed: the task then holds a pointer, not the
+    /// connection's state and the arguments it was built from.
+    fn serving<I>(&self, io: I, service: ClockedService) -> Pin<Box<Serving<I>>>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TimedIo::new(io, Arc::clone(&self.clock));
+        Box::pin(Serving::new(io, service, Arc::clone(&self.shared)))
+    }
+
+    /// Drives `connection` until it closes, a client timeout passes, the drain asks it to finish, or the
+    /// drain runs out.
+    async fn serve<I>(mut self, mut connection: Pin<Box<Serving<I>>>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
-        let io = TimedIo::new(io, Arc::clone(&self.clock));
-        let connection = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(connection);
         let mut wake_at = tokio::time::Instant::now();
         let result = loop {
             tokio::select! {
@@ -317,7 +315,8 @@ impl Connection {
                 () = self.clock.poked() => {}
             }
             let now = crate::clock::now_ms();
-            match self.clock.verdict(&self.limits, now) {
+            let limits = self.shared.proxy.client_limits();
+            match self.clock.verdict(limits, now) {
                 Verdict::WaitUntil(at) => {
                     wake_at =
                         tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now));
@@ -331,11 +330,11 @@ impl Connection {
                     return;
                 }
                 Verdict::HeaderTimeout => {
-                    debug!(%peer, timeout = ?self.limits.header_timeout, "client_header_timeout passed; closing");
+                    debug!(%peer, timeout = ?limits.header_timeout, "client_header_timeout passed; closing");
                     return;
                 }
                 Verdict::SendTimeout => {
-                    info!(%peer, timeout = ?self.limits.send_timeout, "send_timeout passed: the client stopped reading; closing");
+                    info!(%peer, timeout = ?limits.send_timeout, "send_timeout passed: the client stopped reading; closing");
                     return;
                 }
             }
@@ -362,7 +361,7 @@ impl Connection {
     }
 }
 
-fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+fn log_end(peer: SocketAddr, result: Result<(), ServeError>) {
     if let Err(error) = result {
         debug!(%peer, %error, "connection ended with an error");
     }

@@ -2,6 +2,7 @@
 
 mod listener;
 mod service;
+mod serving;
 mod timeouts;
 
 pub use service::{ClockedBody, ClockedService};

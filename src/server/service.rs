@@ -15,7 +15,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::timeouts::ConnectionClock;
-use crate::config::ClientLimits;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::ProxyService;
 
@@ -24,17 +23,12 @@ use crate::proxy::ProxyService;
 pub struct ClockedService {
     inner: ProxyService,
     clock: Arc<ConnectionClock>,
-    limits: ClientLimits,
 }
 
 impl ClockedService {
-    /// Wraps `inner` for a connection timed by `clock` under `limits`.
-    pub fn new(inner: ProxyService, clock: Arc<ConnectionClock>, limits: ClientLimits) -> Self {
-        Self {
-            inner,
-            clock,
-            limits,
-        }
+    /// Wraps `inner` for a connection timed by `clock` (under the listener's client limits).
+    pub fn new(inner: ProxyService, clock: Arc<ConnectionClock>) -> Self {
+        Self { inner, clock }
     }
 }
 
@@ -58,8 +52,8 @@ impl hyper::service::Service<Request<Incoming>> for ClockedService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let http2 = request.version() == http::Version::HTTP_2;
         let served = self.clock.request_started(http2);
-        let last =
-            served >= self.limits.keepalive_requests || self.limits.keepalive_timeout.is_zero();
+        let limits = self.inner.client_limits();
+        let last = served >= limits.keepalive_requests || limits.keepalive_timeout.is_zero();
         if last && http2 {
             // The watchdog sends GOAWAY; the streams in flight finish.
             self.clock.poke();

@@ -8,7 +8,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -227,21 +227,59 @@ impl ConnectionClock {
     }
 }
 
+/// The length of the HTTP/2 connection preface, the most a connection reads before choosing its protocol.
+pub const PREFACE_LEN: usize = 24;
+
 pin_project_lite::pin_project! {
     /// A client connection's I/O that tells its [`ConnectionClock`] when request bytes arrive and when
-    /// writes block.
+    /// writes block. It also keeps the first bytes read to tell HTTP/2 from HTTP/1
+    /// ([`TimedIo::read_preface`]) and replays them to whichever protocol serves the connection.
     #[derive(Debug)]
     pub struct TimedIo<I> {
         #[pin]
         inner: I,
         clock: std::sync::Arc<ConnectionClock>,
+        preface: [u8; PREFACE_LEN],
+        preface_len: u8,
+        replayed: u8,
     }
 }
 
 impl<I> TimedIo<I> {
     /// Wraps `inner`, reporting to `clock`.
     pub fn new(inner: I, clock: std::sync::Arc<ConnectionClock>) -> Self {
-        Self { inner, clock }
+        Self {
+            inner,
+            clock,
+            preface: [0; PREFACE_LEN],
+            preface_len: 0,
+            replayed: 0,
+        }
+    }
+
+    /// The bytes [`TimedIo::read_preface`] has read so far.
+    pub fn preface(&self) -> &[u8] {
+        &self.preface[..usize::from(self.preface_len)]
+    }
+}
+
+impl<I: AsyncRead + Unpin> TimedIo<I> {
+    /// Reads more of the connection's first [`PREFACE_LEN`] bytes into [`TimedIo::preface`], to be
+    /// replayed by `poll_read` before anything else; `Ok(0)` at end of stream or when all are read.
+    pub fn read_preface(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let start = usize::from(self.preface_len);
+        let mut buf = ReadBuf::new(&mut self.preface[start..]);
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        if n > 0 {
+            self.clock.bytes_read();
+            // At most PREFACE_LEN (24) in all, so it fits.
+            self.preface_len += n as u8;
+        }
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -253,6 +291,20 @@ impl<I: AsyncRead> AsyncRead for TimedIo<I> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
+        if this.replayed < this.preface_len {
+            let unread = &this.preface[usize::from(*this.replayed)..usize::from(*this.preface_len)];
+            let n = unread.len().min(buf.remaining());
+            buf.put_slice(&unread[..n]);
+            // n <= unread.len() <= PREFACE_LEN.
+            *this.replayed += n as u8;
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // The rest of what has arrived in the same read, so the first request head is parsed in one
+            // go; an error or nothing more waits for the next read.
+            let _ = this.inner.poll_read(cx, buf);
+            return Poll::Ready(Ok(()));
+        }
         let polled = this.inner.poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.clock.bytes_read();

@@ -1,0 +1,236 @@
+//! Serves one client connection with hyper: HTTP/2 when it opens with the HTTP/2 connection preface,
+//! HTTP/1.1 (with upgrades) otherwise.
+//!
+//! This is what hyper-util's `auto` builder does, kept small: its connection future holds the HTTP/2
+//! state inline, so every HTTP/1 connection carried an HTTP/2 connection's size (and `auto` borrows its
+//! builder, which kept the serving task's arguments alive twice). Here HTTP/1 is served inline and
+//! HTTP/2 from a box, so an idle HTTP/1 connection's task holds only what HTTP/1 needs.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::listener::Shared;
+use super::service::ClockedService;
+use super::timeouts::{TimedIo, PREFACE_LEN};
+use crate::config::HttpLimits;
+
+/// The HTTP/2 client connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8; PREFACE_LEN] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The error a connection ends with.
+pub type ServeError = Box<dyn StdError + Send + Sync>;
+
+/// HTTP/1 and HTTP/2 settings for a listener's connections.
+#[derive(Clone, Debug)]
+pub struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+/// Streams a client may reset before they are accepted, at once (hyper's default).
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams the proxy may have to reset for a client's protocol errors before it sends GOAWAY.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+impl Protocols {
+    /// The settings for `limits`.
+    pub fn new(limits: HttpLimits) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            // The connection's watchdog times request heads from their first byte (hyper's own timer
+            // would also count the idle time before it, which is keepalive_timeout's).
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_buf_size(limits.http1_max_header_size);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_header_list_size(limits.http2_max_header_size)
+            // Rapid reset (CVE-2023-44487): a client that resets streams faster than they are served
+            // gets a GOAWAY once this many resets are pending.
+            .max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
+        Self { http1, http2 }
+    }
+}
+
+type Io<I> = TokioIo<TimedIo<I>>;
+
+pin_project_lite::pin_project! {
+    /// One connection being served: first reading far enough to tell HTTP/2 from HTTP/1, then either.
+    #[project = StateProj]
+    enum State<I> {
+        Detecting {
+            io: Option<TimedIo<I>>,
+            service: Option<ClockedService>,
+            shared: Arc<Shared>,
+        },
+        Http1 {
+            #[pin]
+            connection: http1::UpgradeableConnection<Io<I>, ClockedService>,
+        },
+        Http2 {
+            connection: Pin<Box<http2::Connection<Io<I>, ClockedService, TokioExecutor>>>,
+        },
+        Closed,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future serving one client connection until it closes; see the module documentation.
+    pub struct Serving<I> {
+        #[pin]
+        state: State<I>,
+    }
+}
+
+impl<I> Serving<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Serves `io` with `service` under the listener's protocol settings.
+    pub fn new(io: TimedIo<I>, service: ClockedService, shared: Arc<Shared>) -> Self {
+        Self {
+            state: State::Detecting {
+                io: Some(io),
+                service: Some(service),
+                shared,
+            },
+        }
+    }
+
+    /// Finishes the requests in flight and closes (hyper's graceful shutdown); a connection that has not
+    /// sent enough to tell its protocol closes at once.
+    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+        let mut state = self.project().state;
+        match state.as_mut().project() {
+            StateProj::Detecting { .. } => state.set(State::Closed),
+            StateProj::Http1 { connection } => connection.graceful_shutdown(),
+            StateProj::Http2 { connection } => connection.as_mut().graceful_shutdown(),
+            StateProj::Closed => {}
+        }
+    }
+}
+
+impl<I> Future for Serving<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = Result<(), ServeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Detecting {
+                    io,
+                    service,
+                    shared,
+                } => {
+                    let Some(timed) = io.as_mut() else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    let http2 = ready!(read_preface(timed, cx))?;
+                    let (Some(io), Some(service)) = (io.take(), service.take()) else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    let io = TokioIo::new(io);
+                    if http2 {
+                        let connection = shared.protocols.http2.serve_connection(io, service);
+                        state.set(State::Http2 {
+                            connection: Box::pin(connection),
+                        });
+                    } else {
+                        let connection = shared.protocols.http1.serve_connection(io, service);
+                        state.set(State::Http1 {
+                            connection: connection.with_upgrades(),
+                        });
+                    }
+                }
+                StateProj::Http1 { connection } => {
+                    return connection.poll(cx).map_err(Into::into);
+                }
+                StateProj::Http2 { connection } => {
+                    return connection.as_mut().poll(cx).map_err(Into::into);
+                }
+                StateProj::Closed => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+/// Reads until the bytes so far either are the whole HTTP/2 preface (true) or stop matching it (false);
+/// what was read is replayed to the protocol chosen.
+fn read_preface<I: AsyncRead + Unpin>(
+    io: &mut TimedIo<I>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<bool>> {
+    loop {
+        let seen = io.preface();
+        if seen != &H2_PREFACE[..seen.len()] {
+            return Poll::Ready(Ok(false));
+        }
+        if seen.len() == PREFACE_LEN {
+            return Poll::Ready(Ok(true));
+        }
+        if ready!(io.read_preface(cx))? == 0 {
+            // The client closed before saying anything that could be HTTP/2: let HTTP/1 see the end.
+            return Poll::Ready(Ok(false));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::timeouts::ConnectionClock;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Sends `sent` over a real loopback connection (then closes it); returns what the other end decided
+    /// and everything it then read.
+    async fn detect(sent: &[u8]) -> (bool, Vec<u8>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        client.write_all(sent).await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        let mut io = TimedIo::new(server, Arc::new(ConnectionClock::new()));
+        let http2 = std::future::poll_fn(|cx| read_preface(&mut io, cx))
+            .await
+            .expect("read");
+        let mut read = Vec::new();
+        io.read_to_end(&mut read).await.expect("read again");
+        (http2, read)
+    }
+
+    #[tokio::test]
+    async fn the_preface_picks_http2_and_anything_else_http1_with_every_byte_read_again() {
+        let mut h2 = H2_PREFACE.to_vec();
+        h2.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let cases: [(&[u8], bool); 5] = [
+            (&h2, true),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false),
+            // Starts like the preface, then is not it.
+            (b"PRI * HTTP/1.1\r\nHost: x\r\n\r\n", false),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r", false),
+            (b"", false),
+        ];
+        for (sent, want) in cases {
+            let (http2, read) = detect(sent).await;
+            assert_eq!(http2, want, "{:?}", String::from_utf8_lossy(sent));
+            assert_eq!(read, sent, "{:?}", String::from_utf8_lossy(sent));
+        }
+    }
+}
