@@ -15,6 +15,7 @@ mod h2_abuse;
 mod health;
 mod observability;
 mod overload;
+mod pipelining;
 mod properties;
 mod ratelimit;
 mod reload;
