@@ -1,8 +1,10 @@
-//! Several requests on one HTTP/1.1 connection: pipelined in one write, split across writes, and heads
-//! larger than one read. hyper is patched to release a connection's buffers while it is idle
-//! (vendor/README.md); these pin down that no byte of a following request is lost on the way.
+//! Keep-alive HTTP/1.1 connections under the patched hyper (vendor/README.md), which releases a
+//! connection's buffers while it is idle: several requests on one connection (pipelined in one write,
+//! split across writes, heads larger than one read) lose no byte, and an idle connection costs a few
+//! kilobytes, not hyper's 16 KiB of buffers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -152,4 +154,59 @@ async fn a_head_larger_than_one_read_buffer_is_forwarded_whole() {
         let (status, body) = read_response(&mut stream, &mut pending).await;
         assert_eq!((status, body), (200, format!("GET {path}  20000")));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_costs_a_few_kilobytes_of_the_binary() {
+    let backend = crate::harness::named("a").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fulcrum.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n[upstream.app]\nservers = [{{ addr = \"{}\" }}]\n",
+            backend.addr()
+        ),
+    )
+    .expect("write the config");
+    let mut fulcrum = crate::harness::FulcrumProcess::spawn(&path, &[]);
+    let addr = fulcrum.listener_addr("public");
+    // Each connection makes one request, reads the answer and stays open, idle. Fifty at a time, so the
+    // upstream pool the warm-up filled is enough and what grows is the client connections' cost.
+    let open = |count: usize| async move {
+        let wave = Arc::new(tokio::sync::Semaphore::new(50));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..count {
+            let wave = Arc::clone(&wave);
+            tasks.spawn(async move {
+                let _turn = wave.acquire().await.expect("semaphore");
+                let mut stream = TcpStream::connect(addr).await.expect("connect");
+                stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .expect("write");
+                let (status, _) = read_response(&mut stream, &mut Vec::new()).await;
+                assert_eq!(status, 200);
+                stream
+            });
+        }
+        let mut streams = Vec::new();
+        while let Some(stream) = tasks.join_next().await {
+            streams.push(stream.expect("client task"));
+        }
+        streams
+    };
+    // Warm-up, so the allocator and the upstream pool are in their steady state.
+    drop(open(200).await);
+    let before = fulcrum.rss_kib();
+    // 800: the test and the proxy each stay under a 1,024-descriptor limit.
+    let held = open(800).await;
+    let after = fulcrum.rss_kib();
+    // Measured here: about 2 MB for the 800 with the patch, 8.4 MB without it (hyper's buffers, of which
+    // the pages written count); the bound sits between, with room both ways.
+    assert!(
+        after <= before + 800 * 5,
+        "800 idle connections grew RSS from {before} KiB to {after} KiB"
+    );
+    drop(held);
 }
