@@ -304,8 +304,9 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let id = request_id::request_id(request.headers());
         Box::pin(async move {
             let mut request = request;
-            // Room for what the proxy adds (request id, forwarding headers) in one step: the map hyper
-            // parsed into is sized for the client's headers only.
+            // Room for what the proxy adds (request id, forwarding headers) in one step. The patched
+            // hyper makes an HTTP/1 request's new map that size already; an HTTP/2 request's map, or a
+            // reused one, may be sized for the client's headers only.
             request.headers_mut().reserve(ADDED_HEADERS);
             request
                 .headers_mut()
