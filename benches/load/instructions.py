@@ -12,6 +12,7 @@ and the counters are dumped. Prints instructions per request and the functions t
 
 import argparse
 import collections
+import os
 import re
 import subprocess
 import sys
@@ -50,11 +51,15 @@ def main():
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--path", default="/", help="what wrk asks for: / (a short answer), /10k.bin or /1m.bin")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "valgrind", "callgrind_control"):
         which(tool)
     work = Path(tempfile.mkdtemp(prefix="fulcrum-instructions-"))
+    work.chmod(0o755)  # nginx's workers (another user) read the files below
     (work / "www").mkdir()
+    (work / "www/10k.bin").write_bytes(os.urandom(10 * 1024))
+    (work / "www/1m.bin").write_bytes(os.urandom(1024 * 1024))
     make_certificate(work)
     ports = [free_port() for _ in range(3)]
     values = {"dir": str(work), "port1": ports[0], "port2": ports[1], "port3": ports[2],
@@ -71,13 +76,15 @@ def main():
         for port in ports:
             wait_port(port)
         wait_port(values["plain"], timeout=60)
-        url = f"http://127.0.0.1:{values['plain']}/"
+        url = f"http://127.0.0.1:{values['plain']}{args.path}"
         wrk = [which("wrk"), "-t1", f"-c{args.connections}"]
         subprocess.run([*wrk, "-d3s", url], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True, capture_output=True)
         run = subprocess.run([*wrk, f"-d{args.seconds}s", url], check=True, capture_output=True, text=True)
         subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True, capture_output=True)
         requests = int(re.search(r"(\d+) requests in", run.stdout).group(1))
+        if "Non-2xx" in run.stdout:
+            sys.exit(f"wrk saw answers other than 2xx/3xx:\n{run.stdout}")
     finally:
         proxy.terminate()
         proxy.wait()
