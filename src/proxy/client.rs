@@ -14,8 +14,33 @@ use super::body::RequestBody;
 use crate::config::UpstreamProtocol;
 use crate::tls::UpstreamTls;
 
-/// A pooled client; cheap to clone (clones share the pool). `https://` URIs go over TLS, others in clear.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+/// hyper-util's pooled client; `https://` URIs go over TLS, others in clear.
+pub type LegacyClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// A pooled client; cheap to clone (clones share the pool).
+#[derive(Debug, Clone)]
+pub enum UpstreamClient {
+    /// hyper-util's client: TLS and HTTP/2 upstreams.
+    Legacy(Box<LegacyClient>),
+    /// Our own pool: cleartext HTTP/1.1 upstreams.
+    Http1(Arc<super::h1pool::Http1Pool>),
+}
+
+impl UpstreamClient {
+    /// Sends `request` and waits for the response head.
+    pub async fn request(
+        &self,
+        request: http::Request<RequestBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, super::error::ProxyError> {
+        match self {
+            UpstreamClient::Legacy(client) => client
+                .request(request)
+                .await
+                .map_err(|error| super::error::ProxyError::from_client(&error)),
+            UpstreamClient::Http1(pool) => pool.request(request).await,
+        }
+    }
+}
 
 /// Settings that need a client (and pool) of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,9 +57,16 @@ pub struct ClientSettings {
     pub tls: Option<u64>,
 }
 
-/// Builds a client with its own connection pool; `tls` must be the settings whose fingerprint is in
-/// `settings.tls`.
+/// Builds a client with its own connection pool: ours for cleartext HTTP/1.1 servers, hyper-util's for TLS
+/// and HTTP/2; `tls` must be the settings whose fingerprint is in `settings.tls`.
 pub fn build_client(settings: ClientSettings, tls: Option<&UpstreamTls>) -> UpstreamClient {
+    if tls.is_none() && !settings.protocol.is_http2() {
+        return UpstreamClient::Http1(Arc::new(super::h1pool::Http1Pool::new(
+            settings.connect_timeout,
+            settings.keepalive_timeout,
+            settings.keepalive,
+        )));
+    }
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(settings.connect_timeout));
     http.set_nodelay(true);
@@ -64,7 +96,7 @@ pub fn build_client(settings: ClientSettings, tls: Option<&UpstreamTls>) -> Upst
     if http2 {
         builder.http2_only(true);
     }
-    builder.build(connector)
+    UpstreamClient::Legacy(Box::new(builder.build(connector)))
 }
 
 /// The TLS config of a pool without `https://` servers: never used for a handshake, and it trusts nothing.

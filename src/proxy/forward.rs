@@ -154,7 +154,6 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                     }
                     None => {}
                 }
-                let error = ProxyError::from_client(&error);
                 warn!(id = trace.id(), pool = %pool.name, server = %server.addr, %error, attempt, "upstream attempt failed");
                 Outcome::Failed(error)
             }

@@ -6,6 +6,7 @@ pub mod client_ip;
 pub mod error;
 mod forward;
 mod framing;
+mod h1pool;
 pub mod headers;
 pub mod keys;
 mod limits;

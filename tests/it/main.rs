@@ -25,4 +25,5 @@ mod strategies;
 mod tls;
 mod tunnels;
 mod upgrade;
+mod upstream_pool;
 mod upstream_tls;
