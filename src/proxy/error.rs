@@ -79,22 +79,22 @@ impl ProxyError {
         }
     }
 
-    /// Describes a client error from the pooled client, walking its sources for the root cause.
+    /// Describes a client error from hyper-util's pooled client by its root cause.
     pub fn from_client(error: &hyper_util::client::legacy::Error) -> ProxyError {
-        let mut cause = String::new();
-        let mut source: Option<&(dyn std::error::Error + 'static)> =
-            std::error::Error::source(error);
-        while let Some(err) = source {
-            cause = err.to_string();
-            source = err.source();
-        }
-        if cause.is_empty() {
-            cause = error.to_string();
-        }
+        let cause = root_cause(error);
         if error.is_connect() {
             ProxyError::Connect(cause)
         } else {
             ProxyError::Upstream(cause)
         }
     }
+}
+
+/// The innermost cause of `error` (an OS error rather than hyper's wrappers around it), as text.
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = error;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    innermost.to_string()
 }

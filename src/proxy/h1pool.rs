@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -18,19 +18,19 @@ use parking_lot::Mutex;
 use tracing::debug;
 
 use super::body::RequestBody;
-use super::error::ProxyError;
+use super::error::{root_cause, ProxyError};
 
 /// Sends that may go to a fresh connection after a pooled one turned out closed before the request was
 /// written (the server closed it while it sat idle).
 const STALE_RETRIES: usize = 2;
 
-/// Idle connections per server address (`host:port`).
+/// Idle connections per server address (`host:port`, the request URI's authority).
 #[derive(Debug)]
 pub struct Http1Pool {
     connect_timeout: Duration,
     keepalive_timeout: Duration,
     keepalive: usize,
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
     sweeping: AtomicBool,
 }
 
@@ -61,11 +61,11 @@ impl Http1Pool {
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let key = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
+        let Some(key) = request.uri().authority().cloned() else {
+            return Err(ProxyError::Connect(
+                "no server address in the request".into(),
+            ));
+        };
         // Origin form on the wire.
         let path = request
             .uri()
@@ -106,7 +106,7 @@ impl Http1Pool {
     }
 
     /// A pooled connection to `key` that can take a request now, if there is one.
-    fn checkout(&self, key: &str) -> Option<SendRequest<RequestBody>> {
+    fn checkout(&self, key: &Authority) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(key)?;
         while let Some(Idle { sender, since }) = list.pop() {
@@ -119,7 +119,7 @@ impl Http1Pool {
 
     /// Pools `sender` once its connection has finished the response (its body read to the end); at once
     /// when it already has.
-    fn give_back(self: &Arc<Self>, key: String, mut sender: SendRequest<RequestBody>) {
+    fn give_back(self: &Arc<Self>, key: Authority, mut sender: SendRequest<RequestBody>) {
         if sender.is_ready() {
             self.put(key, sender);
             return;
@@ -136,7 +136,7 @@ impl Http1Pool {
 
     /// Keeps `sender` idle unless `keepalive` are kept for its server already (then it is dropped, which
     /// closes its connection).
-    fn put(self: &Arc<Self>, key: String, sender: SendRequest<RequestBody>) {
+    fn put(self: &Arc<Self>, key: Authority, sender: SendRequest<RequestBody>) {
         {
             let mut idle = self.idle.lock();
             let list = idle.entry(key).or_default();
@@ -152,20 +152,22 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(&self, key: &str) -> Result<SendRequest<RequestBody>, ProxyError> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(key))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return Err(ProxyError::Connect(error.to_string())),
-                Err(_) => {
-                    return Err(ProxyError::Connect(format!(
-                        "connect timed out after {:?}",
-                        self.connect_timeout
-                    )))
-                }
-            };
+    async fn connect(&self, key: &Authority) -> Result<SendRequest<RequestBody>, ProxyError> {
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(key.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(ProxyError::Connect(error.to_string())),
+            Err(_) => {
+                return Err(ProxyError::Connect(format!(
+                    "connect timed out after {:?}",
+                    self.connect_timeout
+                )))
+            }
+        };
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -202,15 +204,4 @@ async fn sweep(pool: Weak<Http1Pool>) {
             !list.is_empty()
         });
     }
-}
-
-/// The innermost cause of `error` (an OS error rather than hyper's wrapper), as text.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text = inner.to_string();
-        source = inner.source();
-    }
-    text
 }

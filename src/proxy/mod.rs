@@ -88,9 +88,8 @@ impl ListenerContext {
 #[derive(Debug, Clone)]
 pub struct ProxyService {
     listener: Arc<ListenerContext>,
-    peer: SocketAddr,
-    /// The peer's address, formatted once for the forwarding headers.
-    peer_address: headers::Peer,
+    /// The connection's peer, its address formatted once for the forwarding headers.
+    peer: headers::Peer,
 }
 
 impl ProxyService {
@@ -98,8 +97,7 @@ impl ProxyService {
     pub fn new(listener: Arc<ListenerContext>, peer: SocketAddr) -> Self {
         Self {
             listener,
-            peer,
-            peer_address: headers::Peer::new(peer.ip()),
+            peer: headers::Peer::new(peer.ip()),
         }
     }
 
@@ -114,7 +112,7 @@ impl ProxyService {
         mut request: Request<Incoming>,
         trace: &mut Trace,
     ) -> Response<ProxyBody> {
-        let peer_ip = self.peer.ip();
+        let peer_ip = self.peer.ip;
         let client_ip = client_ip::real_client_ip(
             peer_ip,
             request.headers(),
@@ -187,7 +185,7 @@ impl ProxyService {
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::add_forwarding(
             &mut parts.headers,
-            &self.peer_address,
+            &self.peer,
             client_ip,
             self.listener.proto,
             host.as_ref(),

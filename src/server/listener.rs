@@ -55,7 +55,7 @@ pub async fn accept_loop(
     runtime: Arc<Runtime>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut shared: Option<(HttpLimits, Arc<Shared>)> = None;
+    let mut shared: Option<Arc<Shared>> = None;
     let connections = TaskTracker::new();
     let force_close = CancellationToken::new();
     let per_client = Arc::new(PerClient::default());
@@ -91,27 +91,9 @@ pub async fn accept_loop(
                         None => None,
                     };
                     let _ = stream.set_nodelay(true);
-                    let proto = if settings.tls.is_some() { "https" } else { "http" };
                     let shared = match &shared {
-                        Some((http, built))
-                            if *http == settings.http
-                                && built.proxy.is_for(proto, &settings.client, settings.redirect_to_https) =>
-                        {
-                            Arc::clone(built)
-                        }
-                        _ => {
-                            let built = Arc::new(Shared {
-                                protocols: Protocols::new(settings.http),
-                                proxy: Arc::new(ListenerContext::new(
-                                    Arc::clone(&runtime),
-                                    proto,
-                                    settings.client,
-                                    settings.redirect_to_https,
-                                )),
-                            });
-                            shared = Some((settings.http, Arc::clone(&built)));
-                            built
-                        }
+                        Some(built) if built.is_for(settings) => Arc::clone(built),
+                        _ => Arc::clone(shared.insert(Arc::new(Shared::new(&runtime, settings)))),
                     };
                     let clock = Arc::new(ConnectionClock::new());
                     let service = ProxyService::new(Arc::clone(&shared.proxy), peer);
@@ -268,10 +250,46 @@ impl Drop for ClientSlot {
 
 /// What a listener's connections share, made again only when a reload changes it.
 pub struct Shared {
+    /// The HTTP limits `protocols` was made from.
+    http: HttpLimits,
     /// HTTP/1 and HTTP/2 settings.
     pub protocols: Protocols,
     /// What the proxy service needs of the listener.
     pub proxy: Arc<ListenerContext>,
+}
+
+impl Shared {
+    fn new(runtime: &Arc<Runtime>, settings: &ListenerConfig) -> Self {
+        Self {
+            http: settings.http,
+            protocols: Protocols::new(settings.http),
+            proxy: Arc::new(ListenerContext::new(
+                Arc::clone(runtime),
+                proto(settings),
+                settings.client,
+                settings.redirect_to_https,
+            )),
+        }
+    }
+
+    /// Whether this was made from `settings` (as they are after any reload).
+    fn is_for(&self, settings: &ListenerConfig) -> bool {
+        self.http == settings.http
+            && self.proxy.is_for(
+                proto(settings),
+                &settings.client,
+                settings.redirect_to_https,
+            )
+    }
+}
+
+/// The scheme a listener's clients speak, for `X-Forwarded-Proto`.
+fn proto(settings: &ListenerConfig) -> &'static str {
+    if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
 }
 
 /// One client connection's serving context.

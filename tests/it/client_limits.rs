@@ -1,7 +1,6 @@
 //! Slow, idle and greedy clients on raw sockets: `client_header_timeout` (slowloris), `keepalive_timeout`,
 //! `client_body_timeout`, `send_timeout`, `keepalive_requests`, `max_connections` and `max_uri_size`.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,48 +12,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::{
-    backend_with, endless_backend, named, one_pool, proxy_with, text, wait_until, TestProxy,
+    backend_with, endless_backend, named, one_pool, proxy_with, read_raw_response, text, wait_until,
 };
 
-fn addr_of(proxy: &TestProxy) -> SocketAddr {
-    proxy.proxy.listeners()[0].addr
-}
-
-/// Reads one response (head and a `Content-Length` body) from `stream`; `None` when the proxy closed
-/// first.
+/// Reads one response from `stream`: its status and head; `None` when the proxy closed first.
 async fn read_response(stream: &mut TcpStream) -> Option<(u16, String)> {
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head)) = response.parse(&bytes) {
-            let length: usize = response
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
-                .unwrap_or(0);
-            let status = response.code.unwrap_or(0);
-            let head_text = String::from_utf8_lossy(&bytes[..head]).to_string();
-            while bytes.len() < head + length {
-                let n = stream.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                bytes.extend_from_slice(&chunk[..n]);
-            }
-            return Some((status, head_text));
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("no answer within 10s")
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        bytes.extend_from_slice(&chunk[..n]);
-    }
+    read_raw_response(stream, &mut Vec::new())
+        .await
+        .map(|answer| (answer.status, answer.head))
 }
 
 /// Waits (up to `limit`) for the proxy to close `stream`; returns how long it took.
@@ -84,7 +49,7 @@ const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 async fn a_client_trickling_its_header_is_cut_off_at_client_header_timeout() {
     let backend = named("ok").await;
     let proxy = proxy_with("client_header_timeout = \"1s\"", backend.addr()).await;
-    let stream = TcpStream::connect(addr_of(&proxy)).await.expect("connect");
+    let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
     let (mut reader, mut writer) = stream.into_split();
     writer
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
@@ -109,11 +74,11 @@ async fn a_client_trickling_its_header_is_cut_off_at_client_header_timeout() {
     assert_eq!(backend.requests(), 0, "a partial head reached the upstream");
 
     // A connection that sends nothing at all is closed too.
-    let mut silent = TcpStream::connect(addr_of(&proxy)).await.expect("connect");
+    let mut silent = TcpStream::connect(proxy.addr()).await.expect("connect");
     closed_within(&mut silent, Duration::from_secs(5)).await;
 
     // A prompt client on the same listener is served.
-    let mut prompt = TcpStream::connect(addr_of(&proxy)).await.expect("connect");
+    let mut prompt = TcpStream::connect(proxy.addr()).await.expect("connect");
     prompt.write_all(GET).await.expect("write");
     assert_eq!(read_response(&mut prompt).await.map(|r| r.0), Some(200));
 }
@@ -124,7 +89,7 @@ async fn an_idle_keep_alive_connection_is_closed_at_keepalive_timeout_and_a_busy
     let proxy = proxy_with("keepalive_timeout = \"1s\"", backend.addr()).await;
 
     // Busy: a request every 300 ms for 2.4 s on one connection, all answered on it.
-    let mut busy = TcpStream::connect(addr_of(&proxy)).await.expect("connect");
+    let mut busy = TcpStream::connect(proxy.addr()).await.expect("connect");
     for _ in 0..8 {
         busy.write_all(GET).await.expect("write");
         assert_eq!(read_response(&mut busy).await.map(|r| r.0), Some(200));
@@ -139,7 +104,7 @@ async fn an_idle_keep_alive_connection_is_closed_at_keepalive_timeout_and_a_busy
 
     // keepalive_timeout = 0 turns keep-alive off: every answer says close and the connection ends.
     let off = proxy_with("keepalive_timeout = 0", backend.addr()).await;
-    let mut stream = TcpStream::connect(addr_of(&off)).await.expect("connect");
+    let mut stream = TcpStream::connect(off.addr()).await.expect("connect");
     stream.write_all(GET).await.expect("write");
     let (status, head) = read_response(&mut stream).await.expect("an answer");
     assert_eq!(status, 200);
@@ -161,7 +126,7 @@ async fn a_body_that_stops_arriving_gets_408_at_client_body_timeout() {
     })
     .await;
     let proxy = proxy_with("client_body_timeout = \"1s\"", backend.addr()).await;
-    let mut stream = TcpStream::connect(addr_of(&proxy)).await.expect("connect");
+    let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
     stream
         .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
         .await
@@ -172,7 +137,7 @@ async fn a_body_that_stops_arriving_gets_408_at_client_body_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(800));
 
     // The stalled client was not the server's fault: it still serves, and was not marked down.
-    let mut next = TcpStream::connect(addr_of(&proxy)).await.expect("connect");
+    let mut next = TcpStream::connect(proxy.addr()).await.expect("connect");
     next.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
         .await
         .expect("write");
@@ -184,7 +149,7 @@ async fn a_client_that_stops_reading_is_dropped_at_send_timeout() {
     // An endless response body; the flag says when the proxy let go of it.
     let (backend, released) = endless_backend(None).await;
     let proxy = proxy_with("send_timeout = \"1s\"", backend.addr()).await;
-    let mut stream = TcpStream::connect(addr_of(&proxy)).await.expect("connect");
+    let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
     stream.write_all(GET).await.expect("write");
     // Never read: the socket buffers fill, the proxy's writes block, and after send_timeout it gives up.
     wait_until(
@@ -200,7 +165,7 @@ async fn a_client_that_stops_reading_is_dropped_at_send_timeout() {
 async fn keepalive_requests_closes_a_connection_after_that_many_requests() {
     let backend = named("ok").await;
     let proxy = proxy_with("keepalive_requests = 3", backend.addr()).await;
-    let mut stream = TcpStream::connect(addr_of(&proxy)).await.expect("connect");
+    let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
     for i in 1..=3 {
         stream.write_all(GET).await.expect("write");
         let (status, head) = read_response(&mut stream).await.expect("an answer");
@@ -215,7 +180,7 @@ async fn keepalive_requests_closes_a_connection_after_that_many_requests() {
 async fn max_connections_refuses_the_excess_and_frees_slots_as_connections_close() {
     let backend = named("ok").await;
     let proxy = proxy_with("max_connections = 2", backend.addr()).await;
-    let addr = addr_of(&proxy);
+    let addr = proxy.addr();
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
@@ -265,9 +230,7 @@ async fn a_request_target_over_max_uri_size_gets_414_and_never_reaches_the_upstr
         )
         .into_bytes()
     };
-    let mut stream = TcpStream::connect(addr_of(&default))
-        .await
-        .expect("connect");
+    let mut stream = TcpStream::connect(default.addr()).await.expect("connect");
     stream.write_all(&request(8 * 1024)).await.expect("write");
     assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
     stream
@@ -278,7 +241,7 @@ async fn a_request_target_over_max_uri_size_gets_414_and_never_reaches_the_upstr
     assert_eq!(backend.requests(), 1);
 
     let small = proxy_with("max_uri_size = \"1k\"", backend.addr()).await;
-    let mut stream = TcpStream::connect(addr_of(&small)).await.expect("connect");
+    let mut stream = TcpStream::connect(small.addr()).await.expect("connect");
     stream.write_all(&request(1025)).await.expect("write");
     assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(414));
     assert_eq!(backend.requests(), 1);

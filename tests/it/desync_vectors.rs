@@ -266,7 +266,7 @@ async fn published_desync_vectors_are_refused_or_normalised() {
     let backend = RawBackend::start().await;
     // A body that never completes is answered 408 after a second instead of holding the run.
     let proxy = proxy_with("client_body_timeout = \"1s\"", backend.addr).await;
-    let addr = proxy.proxy.listeners()[0].addr;
+    let addr = proxy.addr();
 
     let mut failures = Vec::new();
     let (mut refused, mut normalised, mut forwarded) = (0, 0, 0);

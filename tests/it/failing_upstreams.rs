@@ -137,7 +137,7 @@ async fn each_failing_upstream_gives_a_clean_502_or_a_cut_stream_and_counts_as_a
             bad2 = crate::harness::refusing_addr(),
         )))
         .await;
-        let addr = proxy.proxy.listeners()[0].addr;
+        let addr = proxy.addr();
         for _ in 0..3 {
             let (status, complete) = get(addr).await;
             if failure.after_headers() {

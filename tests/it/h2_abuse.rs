@@ -3,7 +3,7 @@
 //! memory and time, and the proxy goes on serving everyone else.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::{
-    endless_backend, held_backend, named, proxy_with, wait_until, FulcrumProcess, TestClient,
+    binary_in_front, endless_backend, held_backend, named, proxy_with, wait_until, TestClient,
     TestProxy,
 };
 
@@ -111,7 +111,7 @@ async fn still_serves(proxy: &TestProxy) {
 async fn rapid_reset_gets_a_goaway_long_before_its_streams_are_served() {
     let backend = named("ok").await;
     let proxy = proxy_with("", backend.addr()).await;
-    let (mut writer, seen) = raw_h2(proxy.proxy.listeners()[0].addr, &[]).await;
+    let (mut writer, seen) = raw_h2(proxy.addr(), &[]).await;
     let mut sent = 0;
     'flood: for batch in 0..100u32 {
         let mut bytes = Vec::new();
@@ -148,7 +148,7 @@ async fn rapid_reset_gets_a_goaway_long_before_its_streams_are_served() {
 async fn streams_beyond_http2_max_concurrent_streams_are_refused_not_forwarded() {
     let (backend, gate) = held_backend("held", None).await;
     let proxy = proxy_with("http2_max_concurrent_streams = 3", backend.addr()).await;
-    let (mut writer, seen) = raw_h2(proxy.proxy.listeners()[0].addr, &[]).await;
+    let (mut writer, seen) = raw_h2(proxy.addr(), &[]).await;
     // A client that ignores the advertised limit: eight streams at once, all held by the backend.
     let mut bytes = Vec::new();
     for i in 0..8u32 {
@@ -186,7 +186,7 @@ async fn streams_beyond_http2_max_concurrent_streams_are_refused_not_forwarded()
 async fn a_continuation_flood_is_cut_off_and_never_reaches_the_upstream() {
     let backend = named("ok").await;
     let proxy = proxy_with("", backend.addr()).await;
-    let (mut writer, seen) = raw_h2(proxy.proxy.listeners()[0].addr, &[]).await;
+    let (mut writer, seen) = raw_h2(proxy.addr(), &[]).await;
     writer
         .write_all(&frame(HEADERS, END_STREAM, 1, GET_BLOCK))
         .await
@@ -228,7 +228,7 @@ async fn a_continuation_flood_is_cut_off_and_never_reaches_the_upstream() {
 async fn a_settings_flood_from_a_client_that_never_reads_is_closed_at_send_timeout() {
     let backend = named("ok").await;
     let proxy = proxy_with("send_timeout = \"1s\"", backend.addr()).await;
-    let addr = proxy.proxy.listeners()[0].addr;
+    let addr = proxy.addr();
     // A raw socket that writes SETTINGS frames and never reads the ACKs.
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(PREFACE).await.expect("preface");
@@ -248,13 +248,11 @@ async fn a_settings_flood_from_a_client_that_never_reads_is_closed_at_send_timeo
     still_serves(&proxy).await;
 }
 
-#[tokio::test]
-async fn a_stream_whose_window_never_opens_is_dropped_at_send_timeout() {
-    // `/index.html` streams for ever; anything else (the check that the proxy still serves) is short.
-    let (backend, released) = endless_backend(Some("/index.html")).await;
-    let proxy = proxy_with("send_timeout = \"1s\"", backend.addr()).await;
-    // SETTINGS_INITIAL_WINDOW_SIZE = 0, and no WINDOW_UPDATE ever.
-    let (mut writer, seen) = raw_h2(proxy.proxy.listeners()[0].addr, &[(0x4, 0)]).await;
+/// Opens an HTTP/2 connection to `addr` that never lets the proxy send (SETTINGS_INITIAL_WINDOW_SIZE = 0,
+/// no WINDOW_UPDATE ever), asks for `/index.html` (an endless body), and waits until the proxy gives the
+/// stream up (`released`, the backend's body dropped) and closes the connection.
+async fn stall_one_stream_until_dropped(addr: SocketAddr, released: &AtomicBool) {
+    let (mut writer, seen) = raw_h2(addr, &[(0x4, 0)]).await;
     // GET http://x/index.html (HPACK static entry 5 for the path).
     let stuck = [0x82, 0x86, 0x85, 0x01, 0x01, b'x'];
     writer
@@ -271,38 +269,22 @@ async fn a_stream_whose_window_never_opens_is_dropped_at_send_timeout() {
         seen.lock().closed
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_stream_whose_window_never_opens_is_dropped_at_send_timeout() {
+    // `/index.html` streams for ever; anything else (the check that the proxy still serves) is short.
+    let (backend, released) = endless_backend(Some("/index.html")).await;
+    let proxy = proxy_with("send_timeout = \"1s\"", backend.addr()).await;
+    stall_one_stream_until_dropped(proxy.addr(), &released).await;
     still_serves(&proxy).await;
 }
 
 #[tokio::test]
 async fn the_binary_drops_a_stream_whose_window_never_opens_at_send_timeout() {
     let (backend, released) = endless_backend(Some("/index.html")).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("fulcrum.toml");
-    let toml = format!(
-        "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\nsend_timeout = \"1s\"\n\n\
-         [[route]]\npath = \"/\"\nupstream = \"app\"\n\n[upstream.app]\nservers = [{{ addr = \"{}\" }}]\n",
-        backend.addr()
-    );
-    std::fs::write(&path, toml).expect("write the config");
-    let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
-    let addr = fulcrum.listener_addr("public");
+    let (mut fulcrum, addr, _config) = binary_in_front(backend.addr(), "send_timeout = \"1s\"", "");
     fulcrum.wait_for_line("fulcrum is serving");
-    let (mut writer, seen) = raw_h2(addr, &[(0x4, 0)]).await;
-    let stuck = [0x82, 0x86, 0x85, 0x01, 0x01, b'x'];
-    writer
-        .write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &stuck))
-        .await
-        .expect("headers");
-    wait_until(
-        Duration::from_secs(10),
-        "the proxy to give up the stuck stream",
-        || released.load(Ordering::Acquire),
-    )
-    .await;
-    wait_until(Duration::from_secs(5), "the connection to close", || {
-        seen.lock().closed
-    })
-    .await;
+    stall_one_stream_until_dropped(addr, &released).await;
     fulcrum.wait_for_line("send_timeout passed");
 }

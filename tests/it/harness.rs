@@ -198,6 +198,11 @@ impl TestProxy {
         TestProxy { proxy, addr }
     }
 
+    /// The proxy's first listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// A URL on the proxy's first listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
@@ -545,5 +550,77 @@ impl Drop for FulcrumProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `fulcrum run` (the real binary) on a config file with one listener `public` on an ephemeral port
+/// (plus `listener_keys`) and one catch-all route to upstream `app` (`upstream_keys` and the one server
+/// `backend`). Returns the process, the listener's address and the directory holding the file, which must
+/// outlive the process.
+pub fn binary_in_front(
+    backend: SocketAddr,
+    listener_keys: &str,
+    upstream_keys: &str,
+) -> (FulcrumProcess, SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fulcrum.toml");
+    let toml = format!(
+        "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n{listener_keys}\n\n\
+         [[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
+         [upstream.app]\n{upstream_keys}\nservers = [{{ addr = \"{backend}\" }}]\n"
+    );
+    std::fs::write(&path, toml).expect("write the config");
+    let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+    let addr = fulcrum.listener_addr("public");
+    (fulcrum, addr, dir)
+}
+
+/// One HTTP/1.1 response read from a raw connection.
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// The head, as text.
+    pub head: String,
+    /// The `Content-Length` body, as text.
+    pub body: String,
+}
+
+/// Reads one response (head and `Content-Length` body) from `stream`, starting with the bytes already in
+/// `pending`; what follows it stays in `pending` for the next one. `None` when the peer closed first;
+/// panics when nothing arrives for 10 s.
+pub async fn read_raw_response(
+    stream: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+) -> Option<RawResponse> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = response.parse(pending) {
+            let length: usize = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .unwrap_or(0);
+            if pending.len() >= head + length {
+                let answer = RawResponse {
+                    status: response.code.unwrap_or(0),
+                    head: String::from_utf8_lossy(&pending[..head]).into_owned(),
+                    body: String::from_utf8_lossy(&pending[head..head + length]).into_owned(),
+                };
+                pending.drain(..head + length);
+                return Some(answer);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("no answer within 10s")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&chunk[..n]);
     }
 }

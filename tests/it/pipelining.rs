@@ -3,16 +3,17 @@
 //! split across writes, heads larger than one read) lose no byte, and an idle connection costs a few
 //! kilobytes, not hyper's 16 KiB of buffers.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::harness::{backend_with, one_pool, servers, text, TestProxy};
+use crate::harness::{
+    backend_with, binary_in_front, one_pool, read_raw_response, servers, text, TestProxy,
+};
 
 /// A proxy in front of a backend answering `METHOD PATH BODY [x-big length]`.
 async fn echo_proxy() -> (TestProxy, fulcrum::demo::Backend) {
@@ -37,62 +38,26 @@ async fn echo_proxy() -> (TestProxy, fulcrum::demo::Backend) {
     (proxy, backend)
 }
 
-/// Reads one response with a Content-Length body from `stream`, keeping what follows in `pending`.
-async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (u16, String) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
-            let status = head
-                .split(' ')
-                .nth(1)
-                .and_then(|code| code.parse().ok())
-                .expect("a status line");
-            let length: usize = head
-                .lines()
-                .find_map(|line| {
-                    let (name, value) = line.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().ok())
-                        .flatten()
-                })
-                .expect("a content-length");
-            if pending.len() >= end + 4 + length {
-                let body =
-                    String::from_utf8_lossy(&pending[end + 4..end + 4 + length]).into_owned();
-                pending.drain(..end + 4 + length);
-                return (status, body);
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("a response within 5 s")
-            .expect("read");
-        assert!(
-            n > 0,
-            "the connection closed; had {:?}",
-            String::from_utf8_lossy(pending)
-        );
-        pending.extend_from_slice(&chunk[..n]);
-    }
+/// The next response on `stream`: status and body.
+async fn next_answer(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (u16, String) {
+    let answer = read_raw_response(stream, pending)
+        .await
+        .expect("an answer before the connection closed");
+    (answer.status, answer.body)
 }
 
-async fn connect(proxy: &TestProxy) -> TcpStream {
-    let addr: SocketAddr = proxy
-        .url("")
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the proxy's address");
-    TcpStream::connect(addr)
-        .await
-        .expect("connect to the proxy")
+/// Writes `bytes`, then reads the next response: status and body.
+async fn exchange(stream: &mut TcpStream, pending: &mut Vec<u8>, bytes: &[u8]) -> (u16, String) {
+    stream.write_all(bytes).await.expect("write");
+    next_answer(stream, pending).await
 }
 
 #[tokio::test]
 async fn three_requests_in_one_write_get_three_answers_in_order() {
     let (proxy, _backend) = echo_proxy().await;
-    let mut stream = connect(&proxy).await;
+    let mut stream = TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect to the proxy");
     stream
         .write_all(
             b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -103,7 +68,7 @@ async fn three_requests_in_one_write_get_three_answers_in_order() {
         .expect("write");
     let mut pending = Vec::new();
     for want in ["GET /a  0", "POST /b hello 0", "GET /c  0"] {
-        let (status, body) = read_response(&mut stream, &mut pending).await;
+        let (status, body) = next_answer(&mut stream, &mut pending).await;
         assert_eq!((status, body.as_str()), (200, want));
     }
 }
@@ -111,21 +76,17 @@ async fn three_requests_in_one_write_get_three_answers_in_order() {
 #[tokio::test]
 async fn a_request_split_across_writes_and_idle_gaps_is_read_whole() {
     let (proxy, _backend) = echo_proxy().await;
-    let mut stream = connect(&proxy).await;
+    let mut stream = TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect to the proxy");
     let mut pending = Vec::new();
     // The first request and half of the second's head arrive together; the rest only after the first
     // answer, while the connection waits with a partial head buffered.
-    stream
-        .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nPOST /two HTTP/1.1\r\nHo")
-        .await
-        .expect("write");
-    let (status, body) = read_response(&mut stream, &mut pending).await;
+    let first = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nPOST /two HTTP/1.1\r\nHo";
+    let (status, body) = exchange(&mut stream, &mut pending, first).await;
     assert_eq!((status, body.as_str()), (200, "GET /one  0"));
-    stream
-        .write_all(b"st: x\r\nContent-Length: 3\r\n\r\nabc")
-        .await
-        .expect("write");
-    let (status, body) = read_response(&mut stream, &mut pending).await;
+    let rest = b"st: x\r\nContent-Length: 3\r\n\r\nabc";
+    let (status, body) = exchange(&mut stream, &mut pending, rest).await;
     assert_eq!((status, body.as_str()), (200, "POST /two abc 0"));
     // Idle with nothing buffered (its buffers released), then a head sent a few bytes at a time.
     for piece in [
@@ -137,21 +98,22 @@ async fn a_request_split_across_writes_and_idle_gaps_is_read_whole() {
         stream.write_all(piece).await.expect("write");
         stream.flush().await.expect("flush");
     }
-    let (status, body) = read_response(&mut stream, &mut pending).await;
+    let (status, body) = next_answer(&mut stream, &mut pending).await;
     assert_eq!((status, body.as_str()), (200, "GET /three  0"));
 }
 
 #[tokio::test]
 async fn a_head_larger_than_one_read_buffer_is_forwarded_whole() {
     let (proxy, _backend) = echo_proxy().await;
-    let mut stream = connect(&proxy).await;
+    let mut stream = TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect to the proxy");
     let mut pending = Vec::new();
     // 20,000 bytes of one header: more than the 8 KiB a first read takes, under the 32 KiB head limit.
     let big = "b".repeat(20_000);
     for path in ["/big1", "/big2"] {
         let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let (status, body) = read_response(&mut stream, &mut pending).await;
+        let (status, body) = exchange(&mut stream, &mut pending, request.as_bytes()).await;
         assert_eq!((status, body), (200, format!("GET {path}  20000")));
     }
 }
@@ -159,18 +121,7 @@ async fn a_head_larger_than_one_read_buffer_is_forwarded_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_costs_a_few_kilobytes_of_the_binary() {
     let backend = crate::harness::named("a").await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("fulcrum.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n[upstream.app]\nservers = [{{ addr = \"{}\" }}]\n",
-            backend.addr()
-        ),
-    )
-    .expect("write the config");
-    let mut fulcrum = crate::harness::FulcrumProcess::spawn(&path, &[]);
-    let addr = fulcrum.listener_addr("public");
+    let (fulcrum, addr, _config) = binary_in_front(backend.addr(), "", "");
     // Each connection makes one request, reads the answer and stays open, idle. Fifty at a time, so the
     // upstream pool the warm-up filled is enough and what grows is the client connections' cost.
     let open = |count: usize| async move {
@@ -181,11 +132,8 @@ async fn an_idle_keep_alive_connection_costs_a_few_kilobytes_of_the_binary() {
             tasks.spawn(async move {
                 let _turn = wave.acquire().await.expect("semaphore");
                 let mut stream = TcpStream::connect(addr).await.expect("connect");
-                stream
-                    .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                    .await
-                    .expect("write");
-                let (status, _) = read_response(&mut stream, &mut Vec::new()).await;
+                let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+                let (status, _) = exchange(&mut stream, &mut Vec::new(), request).await;
                 assert_eq!(status, 200);
                 stream
             });

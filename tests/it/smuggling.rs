@@ -304,7 +304,7 @@ async fn ambiguous_and_malformed_requests_are_refused_or_normalised_never_smuggl
         backend.addr
     )))
     .await;
-    let addr = proxy.proxy.listeners()[0].addr;
+    let addr = proxy.addr();
     let mut failures = Vec::new();
     for (name, bytes, expect) in cases() {
         backend.clear();
@@ -362,7 +362,7 @@ async fn a_malformed_request_body_is_the_clients_fault_not_the_servers() {
         a.addr, b.addr
     )))
     .await;
-    let addr = proxy.proxy.listeners()[0].addr;
+    let addr = proxy.addr();
     let bad = b"POST /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
     for _ in 0..2 {
         assert_eq!(send_raw(addr, bad).await, 400);
@@ -396,7 +396,7 @@ async fn http1_max_header_size_bounds_the_request_head() {
         "below hyper's 8k minimum is a config error naming the key: {refused:?}"
     );
     let proxy = TestProxy::start(&with_limit("8k")).await;
-    let addr = proxy.proxy.listeners()[0].addr;
+    let addr = proxy.addr();
     let head = |value_len: usize| {
         format!(
             "GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-A: {}\r\n\r\n",
@@ -416,16 +416,7 @@ async fn http1_max_header_size_bounds_the_request_head() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_refuses_a_header_named_like_a_framing_header() {
     let backend = RawBackend::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("fulcrum.toml");
-    let toml = format!(
-        "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
-         [upstream.app]\nservers = [{{ addr = \"{}\" }}]\n",
-        backend.addr
-    );
-    std::fs::write(&path, toml).expect("write the config");
-    let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
-    let addr = fulcrum.listener_addr("public");
+    let (mut fulcrum, addr, _config) = binary_in_front(backend.addr, "", "");
     fulcrum.wait_for_line("fulcrum is serving");
     let request = b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc";
     assert_eq!(send_raw(addr, request).await, 400);

@@ -11,7 +11,7 @@ use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::{one_pool, wait_until, TestClient, TestProxy};
+use crate::harness::{binary_in_front, one_pool, wait_until, TestClient, TestProxy};
 
 /// A raw HTTP/1.1 backend answering `200 ok` to bodiless requests, counting connections.
 struct CountingBackend {
@@ -109,14 +109,18 @@ async fn sequential_requests_reuse_one_upstream_connection() {
     assert_eq!(backend.accepted.load(Ordering::Acquire), 1);
 }
 
-#[tokio::test]
-async fn an_idle_upstream_connection_is_closed_after_keepalive_timeout() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_closes_an_idle_upstream_connection_after_keepalive_timeout() {
     let backend = CountingBackend::start(AfterAnswer::KeepOpen, 0).await;
-    let proxy = TestProxy::start(&pool_config(backend.addr, "keepalive_timeout = \"1s\"")).await;
-    assert_eq!(
-        TestClient::new().get(&proxy.url("/")).await.status,
-        StatusCode::OK
-    );
+    let (_fulcrum, addr, _config) = binary_in_front(backend.addr, "", "keepalive_timeout = \"1s\"");
+    let client = TestClient::new();
+    for _ in 0..3 {
+        assert_eq!(
+            client.get(&format!("http://{addr}/")).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(backend.accepted.load(Ordering::Acquire), 1);
     wait_until(
         Duration::from_secs(5),
         "the proxy closes its idle upstream connection",
