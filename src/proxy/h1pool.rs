@@ -30,7 +30,7 @@ pub struct Http1Pool {
     connect_timeout: Duration,
     keepalive_timeout: Duration,
     keepalive: usize,
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
     sweeping: AtomicBool,
 }
 
@@ -108,7 +108,7 @@ impl Http1Pool {
     /// A pooled connection to `key` that can take a request now, if there is one.
     fn checkout(&self, key: &Authority) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.lock();
-        let list = idle.get_mut(key)?;
+        let list = idle.get_mut(key.as_str())?;
         while let Some(Idle { sender, since }) = list.pop() {
             if sender.is_ready() && since.elapsed() < self.keepalive_timeout {
                 return Some(sender);
@@ -138,13 +138,19 @@ impl Http1Pool {
     /// closes its connection).
     fn put(self: &Arc<Self>, key: Authority, sender: SendRequest<RequestBody>) {
         {
+            let conn = Idle {
+                sender,
+                since: Instant::now(),
+            };
             let mut idle = self.idle.lock();
-            let list = idle.entry(key).or_default();
-            if list.len() < self.keepalive {
-                list.push(Idle {
-                    sender,
-                    since: Instant::now(),
-                });
+            // Looked up by `&str` (one hash of the text; `Authority`'s own hash feeds it byte by byte),
+            // so a key is only allocated for a server's first idle connection.
+            if let Some(list) = idle.get_mut(key.as_str()) {
+                if list.len() < self.keepalive {
+                    list.push(conn);
+                }
+            } else if self.keepalive > 0 {
+                idle.insert(key.as_str().to_owned(), vec![conn]);
             }
         }
         if !self.sweeping.swap(true, Ordering::AcqRel) {
