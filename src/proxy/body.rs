@@ -231,7 +231,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         guard: Option<InFlightGuard>,
-        log: Option<PendingLog>,
+        // Boxed: most proxies run without an access log, and this body is moved and kept per connection.
+        log: Option<Box<PendingLog>>,
         origin: Option<super::forward::BodyOrigin>,
     }
 }
@@ -249,7 +250,7 @@ impl UpstreamBody {
     }
 
     /// Writes `log` when the body ends (or the client goes away).
-    pub fn attach_log(&mut self, log: PendingLog) {
+    pub fn attach_log(&mut self, log: Box<PendingLog>) {
         if self.inner.is_end_stream() {
             drop(log);
         } else {

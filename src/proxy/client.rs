@@ -1,5 +1,6 @@
 //! The pooled keep-alive client to upstream servers: HTTP/1.1 or HTTP/2, cleartext or TLS.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -10,7 +11,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use tokio_util::either::Either;
+
 use super::body::RequestBody;
+use super::error::ProxyError;
 use crate::config::UpstreamProtocol;
 use crate::tls::UpstreamTls;
 
@@ -28,16 +32,22 @@ pub enum UpstreamClient {
 
 impl UpstreamClient {
     /// Sends `request` and waits for the response head.
-    pub async fn request(
+    ///
+    /// Not an `async fn`: one would keep `request` twice in its future (an argument and its moved-in
+    /// local), and the future is copied into every request's boxed future.
+    pub fn request(
         &self,
         request: http::Request<RequestBody>,
-    ) -> Result<http::Response<hyper::body::Incoming>, super::error::ProxyError> {
+    ) -> impl Future<Output = Result<http::Response<hyper::body::Incoming>, ProxyError>> + Send + '_
+    {
         match self {
-            UpstreamClient::Legacy(client) => client
-                .request(request)
-                .await
-                .map_err(|error| super::error::ProxyError::from_client(&error)),
-            UpstreamClient::Http1(pool) => pool.request(request).await,
+            UpstreamClient::Legacy(client) => {
+                let sent = client.request(request);
+                Either::Left(
+                    async move { sent.await.map_err(|error| ProxyError::from_client(&error)) },
+                )
+            }
+            UpstreamClient::Http1(pool) => Either::Right(pool.request(request)),
         }
     }
 }

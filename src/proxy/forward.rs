@@ -22,9 +22,9 @@ pub struct Forward<'a> {
     /// The pool to send to.
     pub pool: &'a Pool,
     /// Method, URI, headers (already rewritten).
-    pub parts: Parts,
-    /// The client's body.
-    pub body: Incoming,
+    pub parts: &'a Parts,
+    /// The client's body ([`BodySlot::new`]).
+    pub slot: &'a Option<Arc<BodySlot>>,
     /// Client address for balancing.
     pub client_ip: IpAddr,
     /// Hash of the pool's key, if it hashes.
@@ -83,13 +83,12 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
     let Forward {
         pool,
         parts,
-        body,
+        slot,
         client_ip,
         key_hash,
         body_limits,
         trace,
     } = request;
-    let slot = BodySlot::new(body);
     let replayable_method =
         is_idempotent(&parts.method) || pool.retry_on.has(RetryOn::NON_IDEMPOTENT);
     let path_and_query = parts
@@ -112,10 +111,10 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             pool.metrics.retries.inc();
         }
         let upstream_request = build_request(
-            &parts,
+            parts,
             server,
             &path_and_query,
-            &slot,
+            slot,
             body_limits,
             pool.protocol,
         );

@@ -5,6 +5,7 @@
 //! (docs/benchmarks.md).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -57,15 +58,14 @@ impl Http1Pool {
     /// Sends `request` (absolute URI) on an idle or new connection to its authority and waits for the
     /// response head. A connection found closed before the request was written is replaced, up to
     /// [`STALE_RETRIES`] times; any other failure is the caller's to classify and retry.
-    pub async fn request(
+    ///
+    /// Not an `async fn`: one would keep `request` twice in its future (an argument and its moved-in
+    /// local), and the future is copied into every request's boxed future.
+    pub fn request(
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let Some(key) = request.uri().authority().cloned() else {
-            return Err(ProxyError::Connect(
-                "no server address in the request".into(),
-            ));
-        };
+    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + '_ {
+        let key = request.uri().authority().cloned();
         // Origin form on the wire.
         let path = request
             .uri()
@@ -73,34 +73,41 @@ impl Http1Pool {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *request.uri_mut() = Uri::from(path);
-        let mut stale = 0;
-        loop {
-            let (mut sender, pooled) = match self.checkout(&key) {
-                Some(sender) => (sender, true),
-                None => (self.connect(&key).await?, false),
-            };
-            if sender.ready().await.is_err() {
-                if pooled && stale < STALE_RETRIES {
-                    stale += 1;
-                    continue;
-                }
+        async move {
+            let Some(key) = key else {
                 return Err(ProxyError::Connect(
-                    "the connection closed before the request was sent".into(),
+                    "no server address in the request".into(),
                 ));
-            }
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    self.give_back(key, sender);
-                    return Ok(response);
-                }
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if pooled && stale < STALE_RETRIES => {
-                        debug!(server = %key, "pooled connection closed before the request was written; using another");
+            };
+            let mut stale = 0;
+            loop {
+                let (mut sender, pooled) = match self.checkout(&key) {
+                    Some(sender) => (sender, true),
+                    None => (self.connect(&key).await?, false),
+                };
+                if sender.ready().await.is_err() {
+                    if pooled && stale < STALE_RETRIES {
                         stale += 1;
-                        request = unsent;
+                        continue;
                     }
-                    _ => return Err(ProxyError::Upstream(root_cause(&error.into_error()))),
-                },
+                    return Err(ProxyError::Connect(
+                        "the connection closed before the request was sent".into(),
+                    ));
+                }
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        self.give_back(key, sender);
+                        return Ok(response);
+                    }
+                    Err(mut error) => match error.take_message() {
+                        Some(unsent) if pooled && stale < STALE_RETRIES => {
+                            debug!(server = %key, "pooled connection closed before the request was written; using another");
+                            stale += 1;
+                            request = unsent;
+                        }
+                        _ => return Err(ProxyError::Upstream(root_cause(&error.into_error()))),
+                    },
+                }
             }
         }
     }

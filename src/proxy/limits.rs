@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response};
+use http::Response;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tracing::{info, warn};
 
 use super::body::ProxyBody;
@@ -40,7 +39,7 @@ impl Quota {
 pub async fn admit(
     snapshot: &Snapshot,
     route: &Route,
-    request: &Request<Incoming>,
+    request: &http::request::Parts,
     client_ip: IpAddr,
     trace: &mut super::Trace,
 ) -> Result<Option<Quota>, Response<ProxyBody>> {
@@ -48,7 +47,7 @@ pub async fn admit(
     let mut delay_ms = 0;
     let mut _held: Vec<DelayedGuard> = Vec::new();
     for zone in route.zones.iter().filter_map(|&z| snapshot.zones.get(z)) {
-        let Some(key) = key_hash(&zone.key, request.uri(), request.headers(), client_ip) else {
+        let Some(key) = key_hash(&zone.key, &request.uri, &request.headers, client_ip) else {
             continue;
         };
         let Some(decision) = zone.check(key).await else {
@@ -64,7 +63,7 @@ pub async fn admit(
                 }
                 zone.metrics.rejected.inc();
                 trace.rate_limit = "rejected";
-                warn!(id = trace.id(), zone = %zone.name, client = %client_ip, path = request.uri().path(), "rate limit exceeded");
+                warn!(id = trace.id(), zone = %zone.name, client = %client_ip, path = request.uri.path(), "rate limit exceeded");
                 return Err(refusal(zone, retry_after_ms));
             }
             Decision::Allow {

@@ -106,15 +106,20 @@ impl ProxyService {
         &self.listener.client_limits
     }
 
-    async fn handle(
+    /// The checks that need no upstream (target length, `Host`, redirect, framing) and the route; the
+    /// request comes back taken apart, or the answer to send instead.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the answer is sent as it is; boxing it would add an allocation to every local answer"
+    )]
+    fn route(
         &self,
-        snapshot: &Arc<Snapshot>,
+        snapshot: &Snapshot,
         mut request: Request<Incoming>,
         trace: &mut Trace,
-    ) -> Response<ProxyBody> {
-        let peer_ip = self.peer.ip;
+    ) -> Result<Routed, Response<ProxyBody>> {
         let client_ip = client_ip::real_client_ip(
-            peer_ip,
+            self.peer.ip,
             request.headers(),
             &snapshot.config.global.trusted_proxies,
         );
@@ -125,26 +130,26 @@ impl ProxyService {
             .map_or(0, |pq| pq.as_str().len());
         if target > self.listener.client_limits.max_uri_size {
             warn!(id = trace.id(), client = %client_ip, length = target, limit = self.listener.client_limits.max_uri_size, "request target longer than max_uri_size");
-            return local_answer(&ProxyError::UriTooLong);
+            return Err(local_answer(&ProxyError::UriTooLong));
         }
         if !host_is_sane(&request) {
             warn!(id = trace.id(), client = %client_ip, "request without exactly one valid Host");
-            return local_answer(&ProxyError::BadHost);
+            return Err(local_answer(&ProxyError::BadHost));
         }
         if let Some(port) = self.listener.https_redirect {
             if let Some(answer) = redirect::to_https(&request, port) {
-                return answer;
+                return Err(answer);
             }
         }
         // The body is re-framed for the upstream, so a transfer coding other than chunked (gzip, ...) would
         // be silently dropped: refuse it, as nginx does.
         if !framing::transfer_encoding_is_plain(request.headers()) {
             warn!(id = trace.id(), client = %client_ip, "unsupported transfer-encoding");
-            return local_answer(&ProxyError::UnsupportedTransferEncoding);
+            return Err(local_answer(&ProxyError::UnsupportedTransferEncoding));
         }
         if let Some(name) = framing::lookalike_framing_header(request.headers()) {
             warn!(id = trace.id(), client = %client_ip, header = %name, "header name that reads as a framing header");
-            return local_answer(&ProxyError::LookalikeFramingHeader);
+            return Err(local_answer(&ProxyError::LookalikeFramingHeader));
         }
         let host = request_host(&request);
         let path = request.uri().path();
@@ -153,61 +158,135 @@ impl ProxyService {
             .find(host.as_ref().and_then(|h| h.to_str().ok()), path)
         else {
             warn!(id = trace.id(), client = %client_ip, host = ?host, path, "no route");
-            return local_answer(&ProxyError::NoRoute);
+            return Err(local_answer(&ProxyError::NoRoute));
         };
         trace.route = Some(route.index);
-        let Some(pool) = snapshot.pools.get(route.pool) else {
-            return local_answer(&ProxyError::NoRoute);
-        };
-        // The limit check's future is large (a Redis round trip fits in it): boxed, and only built for
-        // routes with zones, it stays out of every request's future (each byte of which is copied).
-        let quota = if route.zones.is_empty() {
-            None
-        } else {
-            match Box::pin(limits::admit(snapshot, route, &request, client_ip, trace)).await {
-                Ok(quota) => quota,
-                Err(refusal) => return refusal,
-            }
-        };
-        if content_length(&request).is_some_and(|len| len > route.max_body_size) {
-            warn!(id = trace.id(), client = %client_ip, path, limit = route.max_body_size, "request body larger than max_body_size");
-            return local_answer(&ProxyError::BodyTooLarge);
+        if snapshot.pools.get(route.pool).is_none() {
+            return Err(local_answer(&ProxyError::NoRoute));
         }
+        let route = RouteAt {
+            pool: route.pool,
+            max_body_size: route.max_body_size,
+            limited: !route.zones.is_empty(),
+        };
         let client_upgrade = upgrade::is_upgrade_request(&request)
             .then(|| request.headers().get(header::UPGRADE).cloned())
             .flatten()
             .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
+        Ok(Routed {
+            parts,
+            body: Some(body),
+            client_ip,
+            host,
+            route,
+            client_upgrade,
+        })
+    }
+
+    /// The route's rate-limit zones (only for routes with zones; their check's future is large, a Redis
+    /// round trip fits in it, so it is boxed and stays out of every other request's future).
+    async fn admit(
+        snapshot: &Snapshot,
+        routed: &Routed,
+        trace: &mut Trace,
+    ) -> Result<Option<limits::Quota>, Response<ProxyBody>> {
+        // Found again rather than kept: a `&Route` would borrow the snapshot the request's future owns.
+        let host = routed.host.as_ref().and_then(|h| h.to_str().ok());
+        let Some(route) = snapshot.router.find(host, routed.parts.uri.path()) else {
+            return Ok(None);
+        };
+        Box::pin(limits::admit(
+            snapshot,
+            route,
+            &routed.parts,
+            routed.client_ip,
+            trace,
+        ))
+        .await
+    }
+
+    /// After the rate limits: the body-size check, the pool's hash key, and the headers rewritten for the
+    /// upstream (hop-by-hop out, forwarding headers in).
+    #[expect(
+        clippy::result_large_err,
+        reason = "the answer is sent as it is; boxing it would add an allocation to every local answer"
+    )]
+    fn prepare(
+        &self,
+        snapshot: &Snapshot,
+        routed: &mut Routed,
+        trace: &Trace,
+    ) -> Result<Option<u64>, Response<ProxyBody>> {
+        let Some(pool) = snapshot.pools.get(routed.route.pool) else {
+            return Err(local_answer(&ProxyError::NoRoute));
+        };
+        if content_length(&routed.parts.headers).is_some_and(|len| len > routed.route.max_body_size)
+        {
+            warn!(id = trace.id(), client = %routed.client_ip, path = routed.parts.uri.path(), limit = routed.route.max_body_size, "request body larger than max_body_size");
+            return Err(local_answer(&ProxyError::BodyTooLarge));
+        }
+        let parts = &mut routed.parts;
         let key_hash = pool
             .hash_key
             .as_ref()
-            .and_then(|key| keys::key_hash(key, &parts.uri, &parts.headers, client_ip));
+            .and_then(|key| keys::key_hash(key, &parts.uri, &parts.headers, routed.client_ip));
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::add_forwarding(
             &mut parts.headers,
             &self.peer,
-            client_ip,
+            routed.client_ip,
             self.listener.proto,
-            host.as_ref(),
+            routed.host.as_ref(),
         );
-        if let Some((protocol, _)) = &client_upgrade {
+        if let Some((protocol, _)) = &routed.client_upgrade {
             upgrade::restore_upgrade_headers(&mut parts.headers, protocol.clone());
         }
-        if let Some(host) = host {
+        if let Some(host) = routed.host.take() {
             // Usually it is there already (HTTP/1.1); an insert would still make a full map grow.
             if parts.headers.get(header::HOST) != Some(&host) {
                 parts.headers.insert(header::HOST, host);
             }
         }
+        Ok(key_hash)
+    }
+
+    /// Rate limits and the rewrite (when the route has zones; `prepared` is [`Self::prepare`]'s hash key
+    /// when it ran already), then the upstream's answer.
+    async fn proxy(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        routed: &mut Routed,
+        prepared: Option<Option<u64>>,
+        trace: &mut Trace,
+    ) -> Response<ProxyBody> {
+        let (quota, key_hash) = match prepared {
+            Some(key_hash) => (None, key_hash),
+            None => {
+                let quota = match Self::admit(snapshot, routed, trace).await {
+                    Ok(quota) => quota,
+                    Err(refusal) => return refusal,
+                };
+                match self.prepare(snapshot, routed, trace) {
+                    Ok(key_hash) => (quota, key_hash),
+                    Err(answer) => return answer,
+                }
+            }
+        };
+        let pool_index = routed.route.pool;
+        let Some(pool) = snapshot.pools.get(pool_index) else {
+            return local_answer(&ProxyError::NoRoute);
+        };
+        let slot = routed.body.take().and_then(body::BodySlot::new);
         let started = std::time::Instant::now();
         let result = forward(Forward {
             pool,
-            parts,
-            body,
-            client_ip,
+            parts: &routed.parts,
+            slot: &slot,
+            client_ip: routed.client_ip,
             key_hash,
             body_limits: body::BodyLimits {
-                max_size: route.max_body_size,
+                max_size: routed.route.max_body_size,
                 timeout: self.listener.client_limits.body_timeout,
             },
             trace,
@@ -215,9 +294,9 @@ impl ProxyService {
         .await;
         let mut response = self.answer(
             result,
-            client_upgrade,
-            client_ip,
-            (snapshot, route.pool),
+            routed.client_upgrade.take(),
+            routed.client_ip,
+            (snapshot, pool_index),
             trace.id(),
         );
         pool.metrics
@@ -226,6 +305,44 @@ impl ProxyService {
         if let Some(quota) = quota {
             quota.add_to(response.headers_mut());
         }
+        response
+    }
+
+    /// What every answer gets on its way out: the route's status counters, the request ID, and the access
+    /// log line (written when the body ends).
+    fn finish(
+        &self,
+        snapshot: &Snapshot,
+        trace: Trace,
+        pending: Option<Box<body::PendingLog>>,
+        mut response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        if let Some(counters) = trace.route.and_then(|r| snapshot.route_metrics.get(r)) {
+            let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
+            counters[class].inc();
+        }
+        if response.extensions().get::<LocalAnswer>().is_some() {
+            self.listener
+                .runtime
+                .metrics()
+                .local_answer(response.status().as_u16());
+        }
+        if let Some(mut pending) = pending {
+            pending.entry.status = response.status().as_u16();
+            pending.entry.client = trace.client;
+            pending.entry.upstream = trace.upstream.map(|a| a.to_string());
+            pending.entry.upstream_time = trace.upstream_time;
+            pending.entry.rate_limit = trace.rate_limit;
+            match response.body_mut() {
+                Either::Left(body) => body.attach_log(pending),
+                Either::Right(full) => {
+                    pending.entry.bytes = full.size_hint().exact().unwrap_or(0);
+                }
+            }
+        }
+        response
+            .headers_mut()
+            .insert(request_id::X_REQUEST_ID.clone(), trace.id);
         response
     }
 
@@ -298,55 +415,71 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let service = self.clone();
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let id = request_id::request_id(request.headers());
-        Box::pin(async move {
-            let mut request = request;
-            // Room for what the proxy adds (request id, forwarding headers) in one step. The patched
-            // hyper makes an HTTP/1 request's new map that size already; an HTTP/2 request's map, or a
-            // reused one, may be sized for the client's headers only.
-            request.headers_mut().reserve(ADDED_HEADERS);
-            request
-                .headers_mut()
-                .insert(request_id::X_REQUEST_ID.clone(), id.clone());
-            let snapshot = service.listener.runtime.snapshot();
-            let pending = snapshot
-                .access_log
-                .as_ref()
-                .map(|log| access_entry(&request, &id, Arc::clone(log)));
-            let mut trace = Trace::new(id.clone());
-            let mut response = service.handle(&snapshot, request, &mut trace).await;
-            if let Some(counters) = trace.route.and_then(|r| snapshot.route_metrics.get(r)) {
-                let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
-                counters[class].inc();
+        // Room for what the proxy adds (request id, forwarding headers) in one step. The patched hyper
+        // makes an HTTP/1 request's new map that size already; an HTTP/2 request's map, or a reused one,
+        // may be sized for the client's headers only.
+        request.headers_mut().reserve(ADDED_HEADERS);
+        request
+            .headers_mut()
+            .insert(request_id::X_REQUEST_ID.clone(), id.clone());
+        let snapshot = self.listener.runtime.snapshot();
+        let pending = snapshot
+            .access_log
+            .as_ref()
+            .map(|log| Box::new(access_entry(&request, &id, Arc::clone(log))));
+        let mut trace = Trace::new(id);
+        // Everything that needs no waiting is done here, so the boxed future holds only what lives across
+        // the wait for the upstream (every byte of it is copied into the box).
+        let mut routed = match self.route(&snapshot, request, &mut trace) {
+            Ok(routed) => routed,
+            Err(answer) => {
+                let answer = self.finish(&snapshot, trace, pending, answer);
+                return Box::pin(std::future::ready(Ok(answer)));
             }
-            if response.extensions().get::<LocalAnswer>().is_some() {
-                service
-                    .listener
-                    .runtime
-                    .metrics()
-                    .local_answer(response.status().as_u16());
-            }
-            response
-                .headers_mut()
-                .insert(request_id::X_REQUEST_ID.clone(), id);
-            if let Some(mut pending) = pending {
-                pending.entry.status = response.status().as_u16();
-                pending.entry.client = trace.client;
-                pending.entry.upstream = trace.upstream.map(|a| a.to_string());
-                pending.entry.upstream_time = trace.upstream_time;
-                pending.entry.rate_limit = trace.rate_limit;
-                match response.body_mut() {
-                    Either::Left(body) => body.attach_log(pending),
-                    Either::Right(full) => {
-                        pending.entry.bytes = full.size_hint().exact().unwrap_or(0);
-                    }
+        };
+        let prepared = if routed.route.limited {
+            None
+        } else {
+            match self.prepare(&snapshot, &mut routed, &trace) {
+                Ok(key_hash) => Some(key_hash),
+                Err(answer) => {
+                    let answer = self.finish(&snapshot, trace, pending, answer);
+                    return Box::pin(std::future::ready(Ok(answer)));
                 }
             }
-            Ok(response)
+        };
+        let service = self.clone();
+        Box::pin(async move {
+            let response = service
+                .proxy(&snapshot, &mut routed, prepared, &mut trace)
+                .await;
+            Ok(service.finish(&snapshot, trace, pending, response))
         })
     }
+}
+
+/// A request that passed the checks and found its route, taken apart to be forwarded.
+struct Routed {
+    parts: http::request::Parts,
+    /// Taken when the request is forwarded.
+    body: Option<Incoming>,
+    client_ip: IpAddr,
+    /// The request's host (`Host` or `:authority`); taken when the headers are rewritten.
+    host: Option<HeaderValue>,
+    route: RouteAt,
+    /// The `Upgrade` protocol asked for and the client's side of the upgrade.
+    client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+}
+
+/// What the request path needs of its route, copied out of the snapshot.
+#[derive(Debug, Clone, Copy)]
+struct RouteAt {
+    pool: usize,
+    max_body_size: u64,
+    /// The route has rate-limit zones.
+    limited: bool,
 }
 
 /// What one request's handling learned, for its access log line.
@@ -441,9 +574,8 @@ fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
-fn content_length(request: &Request<Incoming>) -> Option<u64> {
-    request
-        .headers()
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
