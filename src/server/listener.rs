@@ -1,10 +1,12 @@
 //! One listener: bind its socket, accept connections, serve them with hyper (HTTP/1.1 and h2c) and drain
 //! them when told to stop.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -13,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::control::ControlWake;
 use super::service::ClockedService;
 use super::serving::{Protocols, ServeError, Serving};
 use super::timeouts::{ConnectionClock, TimedIo, Verdict};
@@ -324,13 +327,43 @@ impl Connection {
     {
         let peer = self.peer;
         let mut wake_at = tokio::time::Instant::now();
+        let control = ControlWake::new();
+        let control_waker = Waker::from(Arc::clone(&control));
         let result = loop {
-            tokio::select! {
-                result = connection.as_mut() => break Some(result),
-                _ = self.stop.wait_for(|stopped| *stopped) => break None,
-                () = self.force_close.cancelled() => return,
-                () = tokio::time::sleep_until(wake_at) => {}
-                () = self.clock.poked() => {}
+            let stop = self.stop.wait_for(|stopped| *stopped);
+            let force_close = self.force_close.cancelled();
+            let timer = tokio::time::sleep_until(wake_at);
+            let poked = self.clock.poked();
+            tokio::pin!(stop, force_close, timer, poked);
+            control.arm();
+            // The connection on every wake; the rest only when one of them woke the task.
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Closed(result));
+                }
+                if !control.take(cx.waker()) {
+                    return Poll::Pending;
+                }
+                let mut cx = Context::from_waker(&control_waker);
+                if stop.as_mut().poll(&mut cx).is_ready() {
+                    return Poll::Ready(Event::Drain);
+                }
+                if force_close.as_mut().poll(&mut cx).is_ready() {
+                    return Poll::Ready(Event::ForceClose);
+                }
+                if timer.as_mut().poll(&mut cx).is_ready()
+                    || poked.as_mut().poll(&mut cx).is_ready()
+                {
+                    return Poll::Ready(Event::Look);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Closed(result) => break Some(result),
+                Event::Drain => break None,
+                Event::ForceClose => return,
+                Event::Look => {}
             }
             let now = crate::clock::now_ms();
             let limits = self.shared.proxy.client_limits();
@@ -377,6 +410,18 @@ impl Connection {
         };
         log_end(peer, result);
     }
+}
+
+/// What woke a connection's [`Connection::serve`] loop.
+enum Event {
+    /// The connection closed.
+    Closed(Result<(), ServeError>),
+    /// The listener is draining.
+    Drain,
+    /// The drain ran out.
+    ForceClose,
+    /// The watchdog's timer or poke: judge the connection again.
+    Look,
 }
 
 fn log_end(peer: SocketAddr, result: Result<(), ServeError>) {

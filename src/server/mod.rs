@@ -1,5 +1,6 @@
 //! The running proxy: its listeners, the runtime, the background tasks; start, reload and shutdown.
 
+mod control;
 mod listener;
 mod service;
 mod serving;
