@@ -124,13 +124,11 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         let outcome = match sent {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
+                let took = sent_at.elapsed();
                 trace.upstream = Some(server.addr.clone());
-                trace.upstream_time = Some(sent_at.elapsed());
+                trace.upstream_time = Some(took);
                 server.metrics.count_status(status);
-                server
-                    .metrics
-                    .upstream_response
-                    .observe(sent_at.elapsed().as_secs_f64());
+                server.metrics.upstream_response.observe(took.as_secs_f64());
                 if !pool.retry_on.status_counts(status) {
                     note_transition(pool, server, server.state.record_success());
                     return Ok((response, guard, (kind, index)));

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -101,13 +101,21 @@ pub fn add_forwarding(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let forwarded_for = match join_values(headers, &X_FORWARDED_FOR) {
-        // `prior` and the peer are visible ASCII, so the joined value is a valid header value.
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.text()))
-            .unwrap_or_else(|_| peer.value.clone()),
-        None => peer.value.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    // One lookup for the read and the write.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut prior) => {
+            let forwarded_for = match join_values(prior.iter()) {
+                // `prior` and the peer are visible ASCII, so the joined value is a valid header value.
+                Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.text()))
+                    .unwrap_or_else(|_| peer.value.clone()),
+                None => peer.value.clone(),
+            };
+            prior.insert(forwarded_for);
+        }
+        Entry::Vacant(entry) => {
+            entry.insert(peer.value.clone());
+        }
+    }
     let real_ip = if client_ip == peer.ip {
         Some(peer.value.clone())
     } else {
@@ -127,9 +135,9 @@ pub fn add_forwarding(
     }
 }
 
-/// All values of a header joined with ", ", or `None` when absent.
-fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+/// Values joined with ", " (those that are not text left out), or `None` when there are none.
+fn join_values<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
+    let mut values = values.filter_map(|v| v.to_str().ok());
     let first = values.next()?;
     Some(values.fold(first.to_string(), |mut acc, v| {
         acc.push_str(", ");

@@ -132,12 +132,15 @@ impl ProxyService {
             warn!(id = trace.id(), client = %client_ip, length = target, limit = self.listener.client_limits.max_uri_size, "request target longer than max_uri_size");
             return Err(local_answer(&ProxyError::UriTooLong));
         }
-        if !host_is_sane(&request) {
-            warn!(id = trace.id(), client = %client_ip, "request without exactly one valid Host");
-            return Err(local_answer(&ProxyError::BadHost));
-        }
+        let host = match host_header(&request) {
+            Ok(header) => request_host(&request, header),
+            Err(()) => {
+                warn!(id = trace.id(), client = %client_ip, "request without exactly one valid Host");
+                return Err(local_answer(&ProxyError::BadHost));
+            }
+        };
         if let Some(port) = self.listener.https_redirect {
-            if let Some(answer) = redirect::to_https(&request, port) {
+            if let Some(answer) = redirect::to_https(&request, host.as_ref(), port) {
                 return Err(answer);
             }
         }
@@ -151,7 +154,6 @@ impl ProxyService {
             warn!(id = trace.id(), client = %client_ip, header = %name, "header name that reads as a framing header");
             return Err(local_answer(&ProxyError::LookalikeFramingHeader));
         }
-        let host = request_host(&request);
         let path = request.uri().path();
         let Some(route) = snapshot
             .router
@@ -416,14 +418,11 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        let id = request_id::request_id(request.headers());
         // Room for what the proxy adds (request id, forwarding headers) in one step. The patched hyper
         // makes an HTTP/1 request's new map that size already; an HTTP/2 request's map, or a reused one,
         // may be sized for the client's headers only.
         request.headers_mut().reserve(ADDED_HEADERS);
-        request
-            .headers_mut()
-            .insert(request_id::X_REQUEST_ID.clone(), id.clone());
+        let id = request_id::assign(request.headers_mut());
         let snapshot = self.listener.runtime.snapshot();
         let pending = snapshot
             .access_log
@@ -547,25 +546,30 @@ fn access_entry(
     }
 }
 
-/// RFC 9112 3.2: an HTTP/1.1 request has exactly one `Host`, an HTTP/1.0 one at most one, and its value is
-/// a valid authority (HTTP/2 carries `:authority` instead and is checked by hyper).
-fn host_is_sane<B>(request: &Request<B>) -> bool {
-    if request.version() > http::Version::HTTP_11 {
-        return true;
-    }
+/// The request's `Host` header, `Err` when it breaks RFC 9112 3.2: an HTTP/1.1 request has exactly one
+/// `Host`, an HTTP/1.0 one at most one, and its value is a valid authority (HTTP/2 carries `:authority`
+/// instead and is checked by hyper).
+fn host_header<B>(request: &Request<B>) -> Result<Option<&HeaderValue>, ()> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(value), None) => {
-            value.as_bytes().is_empty() || http::uri::Authority::try_from(value.as_bytes()).is_ok()
+    let first = hosts.next();
+    if request.version() > http::Version::HTTP_11 {
+        return Ok(first);
+    }
+    match (first, hosts.next()) {
+        (Some(value), None)
+            if value.as_bytes().is_empty()
+                || http::uri::Authority::try_from(value.as_bytes()).is_ok() =>
+        {
+            Ok(Some(value))
         }
-        (None, None) => request.version() < http::Version::HTTP_11,
-        _ => false,
+        (None, None) if request.version() < http::Version::HTTP_11 => Ok(None),
+        _ => Err(()),
     }
 }
 
-/// The request's host: the `Host` header, or the URI authority (HTTP/2 `:authority`, absolute-form).
-fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
-    if let Some(host) = request.headers().get(header::HOST) {
+/// The request's host: its `Host` header, else the URI authority (HTTP/2 `:authority`, absolute-form).
+fn request_host<B>(request: &Request<B>, host_header: Option<&HeaderValue>) -> Option<HeaderValue> {
+    if let Some(host) = host_header {
         return Some(host.clone());
     }
     request

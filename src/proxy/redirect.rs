@@ -10,17 +10,22 @@ use hyper::body::Incoming;
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
-use super::{local_answer, request_host, LocalAnswer};
+use super::{local_answer, LocalAnswer};
 
 /// Path prefix of ACME http-01 challenges (RFC 8555 8.3).
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
-/// The redirect answer for `request`, or `None` for an ACME challenge (which is proxied as usual).
-pub fn to_https(request: &Request<Incoming>, port: u16) -> Option<Response<ProxyBody>> {
+/// The redirect answer for `request` (whose host is `host`), or `None` for an ACME challenge (which is
+/// proxied as usual).
+pub fn to_https(
+    request: &Request<Incoming>,
+    host: Option<&HeaderValue>,
+    port: u16,
+) -> Option<Response<ProxyBody>> {
     if request.uri().path().starts_with(ACME_CHALLENGE) {
         return None;
     }
-    let host = request_host(request)
+    let host = host
         .and_then(|value| value.to_str().ok().map(str::to_owned))
         .and_then(|text| text.parse::<http::uri::Authority>().ok());
     let Some(host) = host else {
