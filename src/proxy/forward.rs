@@ -21,8 +21,8 @@ use crate::upstream::{InFlightGuard, Server, Transition};
 pub struct Forward<'a> {
     /// The pool to send to.
     pub pool: &'a Pool,
-    /// Method, URI, headers (already rewritten).
-    pub parts: &'a Parts,
+    /// Method, URI, headers (already rewritten); the headers are taken by the last attempt there can be.
+    pub parts: &'a mut Parts,
     /// The client's body ([`BodySlot::new`]).
     pub slot: &'a Option<Arc<BodySlot>>,
     /// Client address for balancing.
@@ -110,8 +110,16 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         if attempt > 1 {
             pool.metrics.retries.inc();
         }
+        // The last attempt there can be takes the headers; the others send a copy, which costs about
+        // 1,700 instructions (cloning and dropping a header map), so a retry can send them again.
+        let headers = if attempt == pool.max_attempts {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         let upstream_request = build_request(
             parts,
+            headers,
             server,
             &path_and_query,
             slot,
@@ -197,6 +205,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
 
 fn build_request(
     parts: &Parts,
+    headers: http::HeaderMap,
     server: &Server,
     path_and_query: &PathAndQuery,
     slot: &Option<Arc<BodySlot>>,
@@ -214,7 +223,7 @@ fn build_request(
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::H2 | UpstreamProtocol::H2c => Version::HTTP_2,
     };
-    *request.headers_mut() = parts.headers.clone();
+    *request.headers_mut() = headers;
     request
 }
 

@@ -283,7 +283,7 @@ impl ProxyService {
         let started = std::time::Instant::now();
         let result = forward(Forward {
             pool,
-            parts: &routed.parts,
+            parts: &mut routed.parts,
             slot: &slot,
             client_ip: routed.client_ip,
             key_hash,

@@ -214,3 +214,36 @@ async fn http2_cleartext_clients_are_served() {
         [proxy.url("").trim_start_matches("http://")]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_carries_the_same_headers_as_the_first_attempt() {
+    // Every other request goes first to a server that refuses connections, then is retried on the echo
+    // backend: the retry must send the rewritten headers again (only the last attempt may take them).
+    let backend = echo_backend().await;
+    let dead = refusing_addr();
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "strategy = \"round_robin\"\nmax_fails = 0\nservers = [{{ addr = \"{dead}\" }}, {{ addr = \"{}\" }}]",
+        backend.addr()
+    )))
+    .await;
+    let client = TestClient::new();
+    for _ in 0..6 {
+        let request = Request::get(proxy.url("/retried"))
+            .header("host", "shop.example.com")
+            .header("x-custom", "kept")
+            .body(empty())
+            .expect("request");
+        let reply = client.send(request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        let seen = reply.body;
+        assert_eq!(header_lines(&seen, "host"), ["shop.example.com"], "{seen}");
+        assert_eq!(header_lines(&seen, "x-custom"), ["kept"], "{seen}");
+        assert_eq!(
+            header_lines(&seen, "x-forwarded-for"),
+            ["127.0.0.1"],
+            "{seen}"
+        );
+        assert_eq!(header_lines(&seen, "x-request-id").len(), 1, "{seen}");
+    }
+    assert_eq!(backend.requests(), 6);
+}
