@@ -33,7 +33,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             te = true;
         }
     }
-    if present & 1 != 0 {
+    if present & 1 != 0 && !names_no_header(headers) {
         // HOP_BY_HOP[0] is `Connection`: the headers it names go first, while it can still be read.
         // `close` names no header and `keep-alive` or `upgrade` go below anyway: the usual values cost no
         // allocation.
@@ -43,11 +43,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|token| {
-                !["close", "keep-alive", "upgrade", ""]
-                    .iter()
-                    .any(|usual| token.eq_ignore_ascii_case(usual))
-            })
+            .filter(|token| !is_usual_connection_token(token.as_bytes()))
             .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
         for name in named {
@@ -66,6 +62,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(header::TE);
+    }
+}
+
+/// `close`, `keep-alive`, `upgrade` or nothing: a `Connection` token that names no other header to remove.
+fn is_usual_connection_token(token: &[u8]) -> bool {
+    [b"close".as_slice(), b"keep-alive", b"upgrade", b""]
+        .iter()
+        .any(|usual| token.eq_ignore_ascii_case(usual))
+}
+
+/// Whether the message's one `Connection` header is one usual token (`keep-alive` from most upstreams),
+/// checked without splitting it into a list.
+fn names_no_header(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => {
+            let bytes = value.as_bytes();
+            !bytes.contains(&b',') && is_usual_connection_token(bytes.trim_ascii())
+        }
+        _ => false,
     }
 }
 
@@ -160,6 +176,28 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn a_usual_connection_token_alone_or_beside_others_is_handled_alike() {
+        // One usual token: Connection goes, nothing else does.
+        for usual in ["keep-alive", " Keep-Alive ", "close", "UPGRADE"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(usual));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{usual:?}");
+            assert!(h.contains_key("x-kept"));
+        }
+        // Two Connection lines, the second naming a header: that header goes too.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);

@@ -32,6 +32,12 @@ pub(super) fn connection_any_close(headers: &http::HeaderMap) -> bool {
 
 #[cfg(feature = "http1")]
 fn connection_has(value: &HeaderValue, needle: &str) -> bool {
+    // fulcrum patch: a value that is one token (the usual `keep-alive` or `close`) is compared without
+    // splitting it into a list. Same answer: a non-ASCII value equals no (ASCII) needle.
+    let bytes = value.as_bytes();
+    if !bytes.contains(&b',') {
+        return bytes.trim_ascii().eq_ignore_ascii_case(needle.as_bytes());
+    }
     if let Ok(s) = value.to_str() {
         for val in s.split(',') {
             if val.trim().eq_ignore_ascii_case(needle) {
@@ -80,6 +86,18 @@ pub(super) fn content_length_parse_all_values(values: ValueIter<'_, HeaderValue>
 
     let mut content_length: Option<u64> = None;
     for h in values {
+        // fulcrum patch: a value that is one number (the usual case) is parsed without splitting it into
+        // a list. Same answer: `from_digits` refuses anything that is not ASCII digits.
+        let bytes = h.as_bytes();
+        if !bytes.contains(&b',') {
+            let n = from_digits(bytes.trim_ascii())?;
+            if content_length.is_none() {
+                content_length = Some(n);
+            } else if content_length != Some(n) {
+                return None;
+            }
+            continue;
+        }
         if let Ok(line) = h.to_str() {
             for v in line.split(',') {
                 let n = from_digits(v.trim().as_bytes())?;
