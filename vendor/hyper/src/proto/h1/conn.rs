@@ -855,8 +855,10 @@ where
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(Pin::new(&mut self.io).poll_flush(cx))?;
         self.try_keep_alive(cx);
-        // fulcrum patch: an idle connection keeps no write buffer and no header map.
-        if self.state.is_idle() {
+        // fulcrum patch: an idle server connection keeps no write buffer and no header map. A client's
+        // (a proxy's pooled upstream connection) keeps them, as hyper does: a pool holds few such
+        // connections, and releasing them cost allocations on every request.
+        if T::is_server() && self.state.is_idle() {
             self.io.release_write_buf();
             self.state.cached_headers = None;
         }
