@@ -132,7 +132,8 @@ impl ProxyService {
             warn!(id = trace.id(), client = %client_ip, length = target, limit = self.listener.client_limits.max_uri_size, "request target longer than max_uri_size");
             return Err(local_answer(&ProxyError::UriTooLong));
         }
-        let host = match host_header(&request) {
+        let scan = framing::scan(request.headers());
+        let host = match host_header(&request, scan.host) {
             Ok(header) => request_host(&request, header),
             Err(()) => {
                 warn!(id = trace.id(), client = %client_ip, "request without exactly one valid Host");
@@ -146,14 +147,15 @@ impl ProxyService {
         }
         // The body is re-framed for the upstream, so a transfer coding other than chunked (gzip, ...) would
         // be silently dropped: refuse it, as nginx does.
-        if !framing::transfer_encoding_is_plain(request.headers()) {
+        if !scan.transfer_encoding_is_plain {
             warn!(id = trace.id(), client = %client_ip, "unsupported transfer-encoding");
             return Err(local_answer(&ProxyError::UnsupportedTransferEncoding));
         }
-        if let Some(name) = framing::lookalike_framing_header(request.headers()) {
+        if let Some(name) = scan.lookalike {
             warn!(id = trace.id(), client = %client_ip, header = %name, "header name that reads as a framing header");
             return Err(local_answer(&ProxyError::LookalikeFramingHeader));
         }
+        let (content_length, asks_upgrade) = (scan.content_length, scan.asks_upgrade);
         let path = request.uri().path();
         let Some(route) = snapshot
             .router
@@ -171,7 +173,7 @@ impl ProxyService {
             max_body_size: route.max_body_size,
             limited: !route.zones.is_empty(),
         };
-        let client_upgrade = upgrade::is_upgrade_request(&request)
+        let client_upgrade = (asks_upgrade && request.version() == http::Version::HTTP_11)
             .then(|| request.headers().get(header::UPGRADE).cloned())
             .flatten()
             .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
@@ -180,6 +182,7 @@ impl ProxyService {
             parts,
             body: Some(body),
             client_ip,
+            content_length,
             host,
             route,
             client_upgrade,
@@ -223,7 +226,9 @@ impl ProxyService {
         let Some(pool) = snapshot.pools.get(routed.route.pool) else {
             return Err(local_answer(&ProxyError::NoRoute));
         };
-        if content_length(&routed.parts.headers).is_some_and(|len| len > routed.route.max_body_size)
+        if routed
+            .content_length
+            .is_some_and(|len| len > routed.route.max_body_size)
         {
             warn!(id = trace.id(), client = %routed.client_ip, path = routed.parts.uri.path(), limit = routed.route.max_body_size, "request body larger than max_body_size");
             return Err(local_answer(&ProxyError::BodyTooLarge));
@@ -465,6 +470,8 @@ struct Routed {
     /// Taken when the request is forwarded.
     body: Option<Incoming>,
     client_ip: IpAddr,
+    /// The first `Content-Length`, as a number.
+    content_length: Option<u64>,
     /// The request's host (`Host` or `:authority`); taken when the headers are rewritten.
     host: Option<HeaderValue>,
     route: RouteAt,
@@ -546,23 +553,24 @@ fn access_entry(
     }
 }
 
-/// The request's `Host` header, `Err` when it breaks RFC 9112 3.2: an HTTP/1.1 request has exactly one
-/// `Host`, an HTTP/1.0 one at most one, and its value is a valid authority (HTTP/2 carries `:authority`
-/// instead and is checked by hyper).
-fn host_header<B>(request: &Request<B>) -> Result<Option<&HeaderValue>, ()> {
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    let first = hosts.next();
+/// The request's `Host` header (its first value and how many there are, from [`framing::scan`]), `Err`
+/// when it breaks RFC 9112 3.2: an HTTP/1.1 request has exactly one `Host`, an HTTP/1.0 one at most one,
+/// and its value is a valid authority (HTTP/2 carries `:authority` instead and is checked by hyper).
+fn host_header<'a, B>(
+    request: &Request<B>,
+    (first, count): (Option<&'a HeaderValue>, usize),
+) -> Result<Option<&'a HeaderValue>, ()> {
     if request.version() > http::Version::HTTP_11 {
         return Ok(first);
     }
-    match (first, hosts.next()) {
-        (Some(value), None)
+    match (first, count) {
+        (Some(value), 1)
             if value.as_bytes().is_empty()
                 || http::uri::Authority::try_from(value.as_bytes()).is_ok() =>
         {
             Ok(Some(value))
         }
-        (None, None) if request.version() < http::Version::HTTP_11 => Ok(None),
+        (None, 0) if request.version() < http::Version::HTTP_11 => Ok(None),
         _ => Err(()),
     }
 }
@@ -576,15 +584,6 @@ fn request_host<B>(request: &Request<B>, host_header: Option<&HeaderValue>) -> O
         .uri()
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-}
-
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// Marks a response the proxy made itself, for the metrics.

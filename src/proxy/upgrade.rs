@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -14,20 +14,13 @@ use tracing::debug;
 
 use crate::upstream::InFlightGuard;
 
-/// Whether an HTTP/1.1 request asks to switch protocols (`Connection: upgrade` and an `Upgrade` header).
-pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
-    request.version() == http::Version::HTTP_11
-        && request.headers().contains_key(header::UPGRADE)
-        && connection_has_upgrade(request.headers())
-}
-
-fn connection_has_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+/// Whether a `Connection` value names `upgrade` (a request asks to switch protocols when it also has an
+/// `Upgrade` header, over HTTP/1.1: see `framing::scan`).
+pub fn names_upgrade(connection: &HeaderValue) -> bool {
+    connection.to_str().is_ok_and(|v| {
+        v.split(',')
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+    })
 }
 
 /// Puts back the two headers that hop-by-hop stripping removed but an upgrade must carry to the next hop.
