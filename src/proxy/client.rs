@@ -35,10 +35,13 @@ impl UpstreamClient {
     ///
     /// Not an `async fn`: one would keep `request` twice in its future (an argument and its moved-in
     /// local), and the future is copied into every request's boxed future.
-    pub fn request(
-        &self,
+    /// `request`'s URI is absolute for hyper-util's client and in origin form for ours
+    /// ([`Self::wants_absolute_uri`]); `server` is where it goes.
+    pub fn request<'a>(
+        &'a self,
         request: http::Request<RequestBody>,
-    ) -> impl Future<Output = Result<http::Response<hyper::body::Incoming>, ProxyError>> + Send + '_
+        server: &'a http::uri::Authority,
+    ) -> impl Future<Output = Result<http::Response<hyper::body::Incoming>, ProxyError>> + Send + 'a
     {
         match self {
             UpstreamClient::Legacy(client) => {
@@ -47,8 +50,14 @@ impl UpstreamClient {
                     async move { sent.await.map_err(|error| ProxyError::from_client(&error)) },
                 )
             }
-            UpstreamClient::Http1(pool) => Either::Right(pool.request(request)),
+            UpstreamClient::Http1(pool) => Either::Right(pool.request(request, server)),
         }
+    }
+
+    /// Whether requests need an absolute URI (hyper-util's client finds the server in it); ours takes
+    /// origin form, as it goes on the wire.
+    pub fn wants_absolute_uri(&self) -> bool {
+        matches!(self, UpstreamClient::Legacy(_))
     }
 }
 

@@ -120,15 +120,18 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         let upstream_request = build_request(
             parts,
             headers,
-            server,
+            pool.client.wants_absolute_uri().then_some(server),
             &path_and_query,
             slot,
             body_limits,
             pool.protocol,
         );
         let sent_at = std::time::Instant::now();
-        let sent =
-            tokio::time::timeout(pool.read_timeout, pool.client.request(upstream_request)).await;
+        let sent = tokio::time::timeout(
+            pool.read_timeout,
+            pool.client.request(upstream_request, &server.addr),
+        )
+        .await;
         let outcome = match sent {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
@@ -203,22 +206,29 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
     }
 }
 
+/// The request for one attempt: its URI absolute, naming `absolute_for`, when the client needs that (see
+/// `UpstreamClient::wants_absolute_uri`), else in origin form.
 fn build_request(
     parts: &Parts,
     headers: http::HeaderMap,
-    server: &Server,
+    absolute_for: Option<&Server>,
     path_and_query: &PathAndQuery,
     slot: &Option<Arc<BodySlot>>,
     body_limits: BodyLimits,
     protocol: UpstreamProtocol,
 ) -> Request<RequestBody> {
-    let mut uri_parts = http::uri::Parts::default();
-    uri_parts.scheme = Some(server.scheme.clone());
-    uri_parts.authority = Some(server.addr.clone());
-    uri_parts.path_and_query = Some(path_and_query.clone());
+    let uri = if let Some(server) = absolute_for {
+        let mut uri_parts = http::uri::Parts::default();
+        uri_parts.scheme = Some(server.scheme.clone());
+        uri_parts.authority = Some(server.addr.clone());
+        uri_parts.path_and_query = Some(path_and_query.clone());
+        Uri::from_parts(uri_parts).unwrap_or_default()
+    } else {
+        Uri::from(path_and_query.clone())
+    };
     let mut request = Request::new(RequestBody::new(slot.clone(), body_limits));
     *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = Uri::from_parts(uri_parts).unwrap_or_default();
+    *request.uri_mut() = uri;
     *request.version_mut() = match protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::H2 | UpstreamProtocol::H2c => Version::HTTP_2,

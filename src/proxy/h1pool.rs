@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, PathAndQuery};
-use http::{Request, Response, Uri};
+use http::uri::Authority;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -71,35 +71,27 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `request` (absolute URI) on an idle or new connection to its authority and waits for the
-    /// response head. A connection found closed before the request was written is replaced, up to
+    /// Sends `request` (origin-form URI) on an idle or new connection to `key` and waits for the response
+    /// head. A connection found closed before the request was written is replaced, up to
     /// [`STALE_RETRIES`] times; any other failure is the caller's to classify and retry.
     ///
     /// Not an `async fn`: one would keep `request` twice in its future (an argument and its moved-in
     /// local), and the future is copied into every request's boxed future.
-    pub fn request(
-        self: &Arc<Self>,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep `request` twice in its future"
+    )]
+    pub fn request<'a>(
+        self: &'a Arc<Self>,
         mut request: Request<RequestBody>,
-    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + '_ {
-        let key = request.uri().authority().cloned();
-        // Origin form on the wire.
-        let path = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *request.uri_mut() = Uri::from(path);
+        key: &'a Authority,
+    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + 'a {
         async move {
-            let Some(key) = key else {
-                return Err(ProxyError::Connect(
-                    "no server address in the request".into(),
-                ));
-            };
             let mut stale = 0;
             loop {
-                let (mut sender, pooled) = match self.checkout(&key) {
+                let (mut sender, pooled) = match self.checkout(key) {
                     Some(sender) => (sender, true),
-                    None => (self.connect(&key).await?, false),
+                    None => (self.connect(key).await?, false),
                 };
                 if sender.ready().await.is_err() {
                     if pooled && stale < STALE_RETRIES {
@@ -142,16 +134,17 @@ impl Http1Pool {
 
     /// Pools `sender` once its connection has finished the response (its body read to the end); at once
     /// when it already has.
-    fn give_back(self: &Arc<Self>, key: Authority, mut sender: SendRequest<RequestBody>) {
+    fn give_back(self: &Arc<Self>, key: &Authority, mut sender: SendRequest<RequestBody>) {
         if sender.is_ready() {
             self.put(key, sender);
             return;
         }
         let pool = Arc::downgrade(self);
+        let key = key.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
                 if let Some(pool) = pool.upgrade() {
-                    pool.put(key, sender);
+                    pool.put(&key, sender);
                 }
             }
         });
@@ -159,7 +152,7 @@ impl Http1Pool {
 
     /// Keeps `sender` idle unless `keepalive` are kept for its server already (then it is dropped, which
     /// closes its connection).
-    fn put(self: &Arc<Self>, key: Authority, sender: SendRequest<RequestBody>) {
+    fn put(self: &Arc<Self>, key: &Authority, sender: SendRequest<RequestBody>) {
         {
             let conn = Idle {
                 sender,
