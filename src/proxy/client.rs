@@ -31,12 +31,11 @@ pub enum UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// Sends `request` and waits for the response head.
+    /// Sends `request` to `server` and waits for the response head. `request`'s URI is absolute for
+    /// hyper-util's client and in origin form for ours ([`Self::wants_absolute_uri`]).
     ///
     /// Not an `async fn`: one would keep `request` twice in its future (an argument and its moved-in
     /// local), and the future is copied into every request's boxed future.
-    /// `request`'s URI is absolute for hyper-util's client and in origin form for ours
-    /// ([`Self::wants_absolute_uri`]); `server` is where it goes.
     pub fn request<'a>(
         &'a self,
         request: http::Request<RequestBody>,

@@ -26,7 +26,7 @@ use super::error::{root_cause, ProxyError};
 /// written (the server closed it while it sat idle).
 const STALE_RETRIES: usize = 2;
 
-/// Idle connections per server address (`host:port`, the request URI's authority).
+/// Idle connections per server address (its `host:port`).
 #[derive(Debug)]
 pub struct Http1Pool {
     connect_timeout: Duration,
@@ -169,7 +169,8 @@ impl Http1Pool {
                 idle.insert(key.as_str().to_owned(), vec![conn]);
             }
         }
-        if !self.sweeping.swap(true, Ordering::AcqRel) {
+        // A load first: the swap (a locked read-modify-write) is only needed the once.
+        if !self.sweeping.load(Ordering::Acquire) && !self.sweeping.swap(true, Ordering::AcqRel) {
             tokio::spawn(sweep(Arc::downgrade(self)));
         }
     }

@@ -13,7 +13,6 @@ use tracing::{info, warn};
 
 use super::body::ProxyBody;
 use super::keys::key_hash;
-use super::router::Route;
 use crate::ratelimit::{Decision, DelayedGuard, Zone};
 use crate::snapshot::Snapshot;
 
@@ -35,10 +34,10 @@ impl Quota {
     }
 }
 
-/// Checks the route's zones; `Err` is the refusal to send, `Ok` the quota to report (if any zone applied).
+/// Checks a route's `zones`; `Err` is the refusal to send, `Ok` the quota to report (if any zone applied).
 pub async fn admit(
     snapshot: &Snapshot,
-    route: &Route,
+    zones: &[usize],
     request: &http::request::Parts,
     client_ip: IpAddr,
     trace: &mut super::Trace,
@@ -46,7 +45,7 @@ pub async fn admit(
     let mut quota: Option<(u64, Quota)> = None;
     let mut delay_ms = 0;
     let mut _held: Vec<DelayedGuard> = Vec::new();
-    for zone in route.zones.iter().filter_map(|&z| snapshot.zones.get(z)) {
+    for zone in zones.iter().filter_map(|&z| snapshot.zones.get(z)) {
         let Some(key) = key_hash(&zone.key, &request.uri, &request.headers, client_ip) else {
             continue;
         };

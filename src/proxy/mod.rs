@@ -107,7 +107,8 @@ impl ProxyService {
     }
 
     /// The checks that need no upstream (target length, `Host`, redirect, framing) and the route; the
-    /// request comes back taken apart, or the answer to send instead.
+    /// request comes back taken apart, or the answer to send instead. A route without rate-limit zones is
+    /// also [`Self::prepare`]d here; one with zones is after they let it through.
     #[expect(
         clippy::result_large_err,
         reason = "the answer is sent as it is; boxing it would add an allocation to every local answer"
@@ -165,20 +166,17 @@ impl ProxyService {
             return Err(local_answer(&ProxyError::NoRoute));
         };
         trace.route = Some(route.index);
-        if snapshot.pools.get(route.pool).is_none() {
-            return Err(local_answer(&ProxyError::NoRoute));
-        }
         let route = RouteAt {
             pool: route.pool,
             max_body_size: route.max_body_size,
-            limited: !route.zones.is_empty(),
+            zones: (!route.zones.is_empty()).then(|| Arc::clone(&route.zones)),
         };
         let client_upgrade = (asks_upgrade && request.version() == http::Version::HTTP_11)
             .then(|| request.headers().get(header::UPGRADE).cloned())
             .flatten()
             .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
         let (parts, body) = request.into_parts();
-        Ok(Routed {
+        let mut routed = Routed {
             parts,
             body: Some(body),
             client_ip,
@@ -186,33 +184,16 @@ impl ProxyService {
             host,
             route,
             client_upgrade,
-        })
-    }
-
-    /// The route's rate-limit zones (only for routes with zones; their check's future is large, a Redis
-    /// round trip fits in it, so it is boxed and stays out of every other request's future).
-    async fn admit(
-        snapshot: &Snapshot,
-        routed: &Routed,
-        trace: &mut Trace,
-    ) -> Result<Option<limits::Quota>, Response<ProxyBody>> {
-        // Found again rather than kept: a `&Route` would borrow the snapshot the request's future owns.
-        let host = routed.host.as_ref().and_then(|h| h.to_str().ok());
-        let Some(route) = snapshot.router.find(host, routed.parts.uri.path()) else {
-            return Ok(None);
+            key_hash: None,
         };
-        Box::pin(limits::admit(
-            snapshot,
-            route,
-            &routed.parts,
-            routed.client_ip,
-            trace,
-        ))
-        .await
+        if routed.route.zones.is_none() {
+            self.prepare(snapshot, &mut routed, trace)?;
+        }
+        Ok(routed)
     }
 
-    /// After the rate limits: the body-size check, the pool's hash key, and the headers rewritten for the
-    /// upstream (hop-by-hop out, forwarding headers in).
+    /// After the rate limits: the body-size check, the pool's hash key ([`Routed::key_hash`]), and the
+    /// headers rewritten for the upstream (hop-by-hop out, forwarding headers in).
     #[expect(
         clippy::result_large_err,
         reason = "the answer is sent as it is; boxing it would add an allocation to every local answer"
@@ -222,7 +203,7 @@ impl ProxyService {
         snapshot: &Snapshot,
         routed: &mut Routed,
         trace: &Trace,
-    ) -> Result<Option<u64>, Response<ProxyBody>> {
+    ) -> Result<(), Response<ProxyBody>> {
         let Some(pool) = snapshot.pools.get(routed.route.pool) else {
             return Err(local_answer(&ProxyError::NoRoute));
         };
@@ -234,7 +215,7 @@ impl ProxyService {
             return Err(local_answer(&ProxyError::BodyTooLarge));
         }
         let parts = &mut routed.parts;
-        let key_hash = pool
+        routed.key_hash = pool
             .hash_key
             .as_ref()
             .and_then(|key| keys::key_hash(key, &parts.uri, &parts.headers, routed.client_ip));
@@ -255,31 +236,37 @@ impl ProxyService {
                 parts.headers.insert(header::HOST, host);
             }
         }
-        Ok(key_hash)
+        Ok(())
     }
 
-    /// Rate limits and the rewrite (when the route has zones; `prepared` is [`Self::prepare`]'s hash key
-    /// when it ran already), then the upstream's answer.
+    /// The rate limits and the rewrite when the route has zones (else [`Self::prepare`] ran before the
+    /// request's future was made), then the upstream's answer.
     async fn proxy(
         &self,
         snapshot: &Arc<Snapshot>,
         routed: &mut Routed,
-        prepared: Option<Option<u64>>,
         trace: &mut Trace,
     ) -> Response<ProxyBody> {
-        let (quota, key_hash) = match prepared {
-            Some(key_hash) => (None, key_hash),
-            None => {
-                let quota = match Self::admit(snapshot, routed, trace).await {
-                    Ok(quota) => quota,
-                    Err(refusal) => return refusal,
-                };
-                match self.prepare(snapshot, routed, trace) {
-                    Ok(key_hash) => (quota, key_hash),
-                    Err(answer) => return answer,
-                }
+        let mut quota = None;
+        if let Some(zones) = routed.route.zones.clone() {
+            // Boxed: the check's future is large (a Redis round trip fits in it) and only these requests
+            // need it.
+            let admitted = Box::pin(limits::admit(
+                snapshot,
+                &zones,
+                &routed.parts,
+                routed.client_ip,
+                trace,
+            ))
+            .await;
+            match admitted {
+                Ok(admitted) => quota = admitted,
+                Err(refusal) => return refusal,
             }
-        };
+            if let Err(answer) = self.prepare(snapshot, routed, trace) {
+                return answer;
+            }
+        }
         let pool_index = routed.route.pool;
         let Some(pool) = snapshot.pools.get(pool_index) else {
             return local_answer(&ProxyError::NoRoute);
@@ -291,7 +278,7 @@ impl ProxyService {
             parts: &mut routed.parts,
             slot: &slot,
             client_ip: routed.client_ip,
-            key_hash,
+            key_hash: routed.key_hash,
             body_limits: body::BodyLimits {
                 max_size: routed.route.max_body_size,
                 timeout: self.listener.client_limits.body_timeout,
@@ -443,22 +430,9 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                 return Box::pin(std::future::ready(Ok(answer)));
             }
         };
-        let prepared = if routed.route.limited {
-            None
-        } else {
-            match self.prepare(&snapshot, &mut routed, &trace) {
-                Ok(key_hash) => Some(key_hash),
-                Err(answer) => {
-                    let answer = self.finish(&snapshot, trace, pending, answer);
-                    return Box::pin(std::future::ready(Ok(answer)));
-                }
-            }
-        };
         let service = self.clone();
         Box::pin(async move {
-            let response = service
-                .proxy(&snapshot, &mut routed, prepared, &mut trace)
-                .await;
+            let response = service.proxy(&snapshot, &mut routed, &mut trace).await;
             Ok(service.finish(&snapshot, trace, pending, response))
         })
     }
@@ -477,15 +451,17 @@ struct Routed {
     route: RouteAt,
     /// The `Upgrade` protocol asked for and the client's side of the upgrade.
     client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    /// The pool's hash of the request's key, when the pool hashes (set by [`ProxyService::prepare`]).
+    key_hash: Option<u64>,
 }
 
-/// What the request path needs of its route, copied out of the snapshot.
-#[derive(Debug, Clone, Copy)]
+/// What the request path needs of its route, taken out of the snapshot.
+#[derive(Debug)]
 struct RouteAt {
     pool: usize,
     max_body_size: u64,
-    /// The route has rate-limit zones.
-    limited: bool,
+    /// The route's rate-limit zones, when it has any.
+    zones: Option<Arc<[usize]>>,
 }
 
 /// What one request's handling learned, for its access log line.

@@ -14,8 +14,9 @@ pub struct Route {
     pub pool: usize,
     /// Largest request body accepted.
     pub max_body_size: u64,
-    /// Indices of the rate-limit zones in the snapshot, checked in order.
-    pub zones: Vec<usize>,
+    /// Indices of the rate-limit zones in the snapshot, checked in order (shared: a request that has to
+    /// wait for its zones keeps them without a copy).
+    pub zones: std::sync::Arc<[usize]>,
     /// Position of the route in the config (indexes the snapshot's per-route metrics).
     pub index: usize,
 }

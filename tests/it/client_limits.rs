@@ -49,7 +49,7 @@ const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 async fn a_client_trickling_its_header_is_cut_off_at_client_header_timeout() {
     let backend = named("ok").await;
     let proxy = proxy_with("client_header_timeout = \"1s\"", backend.addr()).await;
-    let stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let stream = proxy.connect().await;
     let (mut reader, mut writer) = stream.into_split();
     writer
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
@@ -74,11 +74,11 @@ async fn a_client_trickling_its_header_is_cut_off_at_client_header_timeout() {
     assert_eq!(backend.requests(), 0, "a partial head reached the upstream");
 
     // A connection that sends nothing at all is closed too.
-    let mut silent = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let mut silent = proxy.connect().await;
     closed_within(&mut silent, Duration::from_secs(5)).await;
 
     // A prompt client on the same listener is served.
-    let mut prompt = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let mut prompt = proxy.connect().await;
     prompt.write_all(GET).await.expect("write");
     assert_eq!(read_response(&mut prompt).await.map(|r| r.0), Some(200));
 }
@@ -89,7 +89,7 @@ async fn an_idle_keep_alive_connection_is_closed_at_keepalive_timeout_and_a_busy
     let proxy = proxy_with("keepalive_timeout = \"1s\"", backend.addr()).await;
 
     // Busy: a request every 300 ms for 2.4 s on one connection, all answered on it.
-    let mut busy = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let mut busy = proxy.connect().await;
     for _ in 0..8 {
         busy.write_all(GET).await.expect("write");
         assert_eq!(read_response(&mut busy).await.map(|r| r.0), Some(200));
@@ -104,7 +104,7 @@ async fn an_idle_keep_alive_connection_is_closed_at_keepalive_timeout_and_a_busy
 
     // keepalive_timeout = 0 turns keep-alive off: every answer says close and the connection ends.
     let off = proxy_with("keepalive_timeout = 0", backend.addr()).await;
-    let mut stream = TcpStream::connect(off.addr()).await.expect("connect");
+    let mut stream = off.connect().await;
     stream.write_all(GET).await.expect("write");
     let (status, head) = read_response(&mut stream).await.expect("an answer");
     assert_eq!(status, 200);
@@ -126,7 +126,7 @@ async fn a_body_that_stops_arriving_gets_408_at_client_body_timeout() {
     })
     .await;
     let proxy = proxy_with("client_body_timeout = \"1s\"", backend.addr()).await;
-    let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let mut stream = proxy.connect().await;
     stream
         .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
         .await
@@ -137,7 +137,7 @@ async fn a_body_that_stops_arriving_gets_408_at_client_body_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(800));
 
     // The stalled client was not the server's fault: it still serves, and was not marked down.
-    let mut next = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let mut next = proxy.connect().await;
     next.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
         .await
         .expect("write");
@@ -149,7 +149,7 @@ async fn a_client_that_stops_reading_is_dropped_at_send_timeout() {
     // An endless response body; the flag says when the proxy let go of it.
     let (backend, released) = endless_backend(None).await;
     let proxy = proxy_with("send_timeout = \"1s\"", backend.addr()).await;
-    let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let mut stream = proxy.connect().await;
     stream.write_all(GET).await.expect("write");
     // Never read: the socket buffers fill, the proxy's writes block, and after send_timeout it gives up.
     wait_until(
@@ -165,7 +165,7 @@ async fn a_client_that_stops_reading_is_dropped_at_send_timeout() {
 async fn keepalive_requests_closes_a_connection_after_that_many_requests() {
     let backend = named("ok").await;
     let proxy = proxy_with("keepalive_requests = 3", backend.addr()).await;
-    let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let mut stream = proxy.connect().await;
     for i in 1..=3 {
         stream.write_all(GET).await.expect("write");
         let (status, head) = read_response(&mut stream).await.expect("an answer");
@@ -230,7 +230,7 @@ async fn a_request_target_over_max_uri_size_gets_414_and_never_reaches_the_upstr
         )
         .into_bytes()
     };
-    let mut stream = TcpStream::connect(default.addr()).await.expect("connect");
+    let mut stream = default.connect().await;
     stream.write_all(&request(8 * 1024)).await.expect("write");
     assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
     stream
@@ -241,7 +241,7 @@ async fn a_request_target_over_max_uri_size_gets_414_and_never_reaches_the_upstr
     assert_eq!(backend.requests(), 1);
 
     let small = proxy_with("max_uri_size = \"1k\"", backend.addr()).await;
-    let mut stream = TcpStream::connect(small.addr()).await.expect("connect");
+    let mut stream = small.connect().await;
     stream.write_all(&request(1025)).await.expect("write");
     assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(414));
     assert_eq!(backend.requests(), 1);

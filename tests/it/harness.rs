@@ -203,6 +203,13 @@ impl TestProxy {
         self.addr
     }
 
+    /// A raw TCP connection to the proxy's first listener, for requests written byte by byte.
+    pub async fn connect(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect to the proxy")
+    }
+
     /// A URL on the proxy's first listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

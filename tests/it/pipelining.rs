@@ -55,9 +55,7 @@ async fn exchange(stream: &mut TcpStream, pending: &mut Vec<u8>, bytes: &[u8]) -
 #[tokio::test]
 async fn three_requests_in_one_write_get_three_answers_in_order() {
     let (proxy, _backend) = echo_proxy().await;
-    let mut stream = TcpStream::connect(proxy.addr())
-        .await
-        .expect("connect to the proxy");
+    let mut stream = proxy.connect().await;
     stream
         .write_all(
             b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -76,9 +74,7 @@ async fn three_requests_in_one_write_get_three_answers_in_order() {
 #[tokio::test]
 async fn a_request_split_across_writes_and_idle_gaps_is_read_whole() {
     let (proxy, _backend) = echo_proxy().await;
-    let mut stream = TcpStream::connect(proxy.addr())
-        .await
-        .expect("connect to the proxy");
+    let mut stream = proxy.connect().await;
     let mut pending = Vec::new();
     // The first request and half of the second's head arrive together; the rest only after the first
     // answer, while the connection waits with a partial head buffered.
@@ -105,9 +101,7 @@ async fn a_request_split_across_writes_and_idle_gaps_is_read_whole() {
 #[tokio::test]
 async fn a_head_larger_than_one_read_buffer_is_forwarded_whole() {
     let (proxy, _backend) = echo_proxy().await;
-    let mut stream = TcpStream::connect(proxy.addr())
-        .await
-        .expect("connect to the proxy");
+    let mut stream = proxy.connect().await;
     let mut pending = Vec::new();
     // 20,000 bytes of one header: more than the 8 KiB a first read takes, under the 32 KiB head limit.
     let big = "b".repeat(20_000);

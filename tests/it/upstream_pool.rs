@@ -32,6 +32,14 @@ enum AfterAnswer {
 }
 
 impl CountingBackend {
+    /// Waits (5 s at most) until the proxy has closed `count` of its connections.
+    async fn wait_closed_by_proxy(&self, count: usize, what: &str) {
+        wait_until(Duration::from_secs(5), what, || {
+            self.closed_by_proxy.load(Ordering::Acquire) == count
+        })
+        .await;
+    }
+
     /// Starts it; every answer waits until `hold_until` connections have been accepted (5 s at most).
     async fn start(after: AfterAnswer, hold_until: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -121,12 +129,9 @@ async fn the_binary_closes_an_idle_upstream_connection_after_keepalive_timeout()
         );
     }
     assert_eq!(backend.accepted.load(Ordering::Acquire), 1);
-    wait_until(
-        Duration::from_secs(5),
-        "the proxy closes its idle upstream connection",
-        || backend.closed_by_proxy.load(Ordering::Acquire) == 1,
-    )
-    .await;
+    backend
+        .wait_closed_by_proxy(1, "the proxy closes its idle upstream connection")
+        .await;
 }
 
 #[tokio::test]
@@ -161,10 +166,10 @@ async fn keepalive_caps_the_idle_connections_kept_per_server() {
         assert_eq!(status.expect("request task"), StatusCode::OK);
     }
     assert_eq!(backend.accepted.load(Ordering::Acquire), 4);
-    wait_until(
-        Duration::from_secs(5),
-        "the proxy closes the three connections past keepalive = 1",
-        || backend.closed_by_proxy.load(Ordering::Acquire) == 3,
-    )
-    .await;
+    backend
+        .wait_closed_by_proxy(
+            3,
+            "the proxy closes the three connections past keepalive = 1",
+        )
+        .await;
 }
