@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 
+use super::h1conn::{BoxError, ResponseBody};
 use crate::upstream::InFlightGuard;
 
 /// Error a request body raises once it passes `max_body_size`.
@@ -229,7 +230,7 @@ pin_project_lite::pin_project! {
     #[derive(Debug)]
     pub struct UpstreamBody {
         #[pin]
-        inner: Incoming,
+        inner: ResponseBody,
         guard: Option<InFlightGuard>,
         // Boxed: most proxies run without an access log, and this body is moved and kept per connection.
         log: Option<Box<PendingLog>>,
@@ -239,7 +240,11 @@ pin_project_lite::pin_project! {
 
 impl UpstreamBody {
     /// Wraps `inner`, releasing `guard` at its end; a failure before the end counts against `origin`.
-    pub fn new(inner: Incoming, guard: InFlightGuard, origin: super::forward::BodyOrigin) -> Self {
+    pub fn new(
+        inner: ResponseBody,
+        guard: InFlightGuard,
+        origin: super::forward::BodyOrigin,
+    ) -> Self {
         let open = !inner.is_end_stream();
         Self {
             inner,
@@ -261,12 +266,12 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         match &polled {
@@ -277,7 +282,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Err(error))) => {
                 if let Some(origin) = this.origin.take() {
-                    origin.body_failed(error);
+                    origin.body_failed(&**error);
                 }
                 this.guard.take();
                 this.log.take();

@@ -15,6 +15,7 @@ use tokio_util::either::Either;
 
 use super::body::RequestBody;
 use super::error::ProxyError;
+use super::h1conn::ResponseBody;
 use crate::config::UpstreamProtocol;
 use crate::tls::UpstreamTls;
 
@@ -40,14 +41,15 @@ impl UpstreamClient {
         &'a self,
         request: http::Request<RequestBody>,
         server: &'a http::uri::Authority,
-    ) -> impl Future<Output = Result<http::Response<hyper::body::Incoming>, ProxyError>> + Send + 'a
-    {
+    ) -> impl Future<Output = Result<http::Response<ResponseBody>, ProxyError>> + Send + 'a {
         match self {
             UpstreamClient::Legacy(client) => {
                 let sent = client.request(request);
-                Either::Left(
-                    async move { sent.await.map_err(|error| ProxyError::from_client(&error)) },
-                )
+                Either::Left(async move {
+                    sent.await
+                        .map(|response| response.map(ResponseBody::Hyper))
+                        .map_err(|error| ProxyError::from_client(&error))
+                })
             }
             UpstreamClient::Http1(pool) => Either::Right(pool.request(request, server)),
         }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use tracing::{error, info, warn};
 
 use super::body::{BodyLimits, BodySlot, ClientFault, RequestBody};
 use super::error::ProxyError;
+use super::h1conn::ResponseBody;
 use super::pick::{Picked, Picker};
 use crate::clock::now_ms;
 use crate::config::{AllUnhealthy, RetryOn, UpstreamProtocol};
@@ -36,7 +36,7 @@ pub struct Forward<'a> {
 }
 
 /// An answer from a server and the in-flight guard that must live as long as its body (or tunnel).
-pub type UpstreamResponse = (Response<Incoming>, InFlightGuard, ServerAt);
+pub type UpstreamResponse = (Response<ResponseBody>, InFlightGuard, ServerAt);
 
 /// Where a server sits in its snapshot: its tier and index.
 pub type ServerAt = (TierKind, usize);
@@ -55,7 +55,7 @@ pub struct BodyOrigin {
 impl BodyOrigin {
     /// The response body failed after its headers were sent (a reset, a short body): one log line, and a
     /// passive failure against the server (the client's stream is cut; nothing can be retried).
-    pub fn body_failed(&self, error: &hyper::Error) {
+    pub fn body_failed(&self, error: &dyn std::fmt::Display) {
         let Some(pool) = self.snapshot.pools.get(self.pool) else {
             return;
         };
@@ -266,7 +266,7 @@ fn note_transition(pool: &Pool, server: &Server, transition: Transition) {
 }
 
 /// RFC 9110 9.2.2 idempotent methods.
-fn is_idempotent(method: &Method) -> bool {
+pub(super) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE

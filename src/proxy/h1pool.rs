@@ -1,6 +1,6 @@
 //! The keep-alive pool for cleartext HTTP/1.1 upstream servers, in place of hyper-util's legacy client
-//! (which stays for TLS and HTTP/2 upstreams): idle `hyper::client::conn::http1` senders per server
-//! address. hyper-util's pool hashed its key with SipHash on every checkout and return and went through
+//! (which stays for TLS and HTTP/2 upstreams): idle connections ([`Conn`]) per server address, driven
+//! on the request's task (src/proxy/h1conn.rs). hyper-util's pool hashed its key with SipHash on every checkout and return and went through
 //! several boxed futures per request; this one costs 14% fewer instructions per proxied request
 //! (docs/benchmarks.md).
 
@@ -12,18 +12,20 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use http::{header, Request, Response};
+use http_body::Body as _;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::RequestBody;
 use super::error::{root_cause, ProxyError};
+use super::h1codec::Head;
+use super::h1conn::{Conn, H1Body, ResponseBody};
 
-/// Sends that may go to a fresh connection after a pooled one turned out closed before the request was
-/// written (the server closed it while it sat idle).
+/// Sends that may go to a fresh connection after a pooled one turned out closed before it answered (the
+/// server closed it while it sat idle).
 const STALE_RETRIES: usize = 2;
 
 /// Idle connections per server address (its `host:port`).
@@ -54,7 +56,7 @@ impl Hasher for KeyHasher {
 /// A connection ready for its next request, and since when.
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -72,8 +74,9 @@ impl Http1Pool {
     }
 
     /// Sends `request` (origin-form URI) on an idle or new connection to `key` and waits for the response
-    /// head. A connection found closed before the request was written is replaced, up to
-    /// [`STALE_RETRIES`] times; any other failure is the caller's to classify and retry.
+    /// head; the body is read as the response is. A pooled connection the server closed before
+    /// answering is replaced, up to [`STALE_RETRIES`] times, when sending again cannot repeat an effect
+    /// ([`super::h1conn::ConnError::may_resend`]); any other failure is the caller's to classify and retry.
     ///
     /// Not an `async fn`: one would keep `request` twice in its future (an argument and its moved-in
     /// local), and the future is copied into every request's boxed future.
@@ -83,90 +86,108 @@ impl Http1Pool {
     )]
     pub fn request<'a>(
         self: &'a Arc<Self>,
-        mut request: Request<RequestBody>,
+        request: Request<RequestBody>,
         key: &'a Authority,
-    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + 'a {
+    ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
         async move {
+            if request.headers().contains_key(header::UPGRADE) {
+                // Boxed: upgrades are rare, and hyper's client future is large.
+                return Box::pin(self.upgrade(request, key)).await;
+            }
+            let (parts, mut body) = request.into_parts();
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let has_body = !body.is_end_stream();
+            let idempotent = super::forward::is_idempotent(&parts.method);
             let mut stale = 0;
             loop {
-                let (mut sender, pooled) = match self.checkout(key) {
-                    Some(sender) => (sender, true),
-                    None => (self.connect(key).await?, false),
+                let (mut conn, pooled) = match self.checkout(key) {
+                    Some(conn) => (conn, true),
+                    None => (Conn::new(self.connect(key).await?, self, key), false),
                 };
-                if sender.ready().await.is_err() {
-                    if pooled && stale < STALE_RETRIES {
+                match conn
+                    .send(&parts.method, target, &parts.headers, &mut body)
+                    .await
+                {
+                    Ok((
+                        Head {
+                            response,
+                            framing,
+                            keep_alive,
+                        },
+                        whole,
+                    )) => {
+                        let body = H1Body::new(conn, framing, keep_alive && whole);
+                        return Ok(response.map(|()| ResponseBody::Own(body)));
+                    }
+                    Err(error)
+                        if pooled
+                            && stale < STALE_RETRIES
+                            && error.may_resend(idempotent, has_body) =>
+                    {
+                        debug!(server = %key, %error, "pooled connection closed before it answered; using another");
                         stale += 1;
-                        continue;
                     }
-                    return Err(ProxyError::Connect(
-                        "the connection closed before the request was sent".into(),
-                    ));
-                }
-                match sender.try_send_request(request).await {
-                    Ok(response) => {
-                        self.give_back(key, sender);
-                        return Ok(response);
-                    }
-                    Err(mut error) => match error.take_message() {
-                        Some(unsent) if pooled && stale < STALE_RETRIES => {
-                            debug!(server = %key, "pooled connection closed before the request was written; using another");
-                            stale += 1;
-                            request = unsent;
-                        }
-                        _ => return Err(ProxyError::Upstream(root_cause(&error.into_error()))),
-                    },
+                    Err(error) => return Err(ProxyError::Upstream(error.to_string())),
                 }
             }
         }
     }
 
+    /// An upgrade request goes through hyper's client, which hands the socket over on `101`; the
+    /// connection is not pooled again.
+    async fn upgrade(
+        &self,
+        request: Request<RequestBody>,
+        key: &Authority,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let stream = match self.checkout(key) {
+            Some(conn) => (*conn).into_stream(),
+            None => self.connect(key).await?,
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| ProxyError::Connect(root_cause(&error)))?;
+        // Serves the connection until it closes; with upgrades, so a 101 hands its socket to a tunnel.
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                debug!(%error, "upstream connection ended with an error");
+            }
+        });
+        sender
+            .send_request(request)
+            .await
+            .map(|response| response.map(ResponseBody::Hyper))
+            .map_err(|error| ProxyError::Upstream(root_cause(&error)))
+    }
+
     /// A pooled connection to `key` that can take a request now, if there is one.
-    fn checkout(&self, key: &Authority) -> Option<SendRequest<RequestBody>> {
+    fn checkout(&self, key: &Authority) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(key.as_str())?;
-        while let Some(Idle { sender, since }) = list.pop() {
-            if sender.is_ready() && since.elapsed() < self.keepalive_timeout {
-                return Some(sender);
+        while let Some(Idle { mut conn, since }) = list.pop() {
+            if since.elapsed() < self.keepalive_timeout && conn.is_usable() {
+                return Some(conn);
             }
         }
         None
     }
 
-    /// Pools `sender` once its connection has finished the response (its body read to the end); at once
-    /// when it already has.
-    fn give_back(self: &Arc<Self>, key: &Authority, mut sender: SendRequest<RequestBody>) {
-        if sender.is_ready() {
-            self.put(key, sender);
-            return;
-        }
-        let pool = Arc::downgrade(self);
-        let key = key.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                if let Some(pool) = pool.upgrade() {
-                    pool.put(&key, sender);
-                }
-            }
-        });
-    }
-
-    /// Keeps `sender` idle unless `keepalive` are kept for its server already (then it is dropped, which
-    /// closes its connection).
-    fn put(self: &Arc<Self>, key: &Authority, sender: SendRequest<RequestBody>) {
+    /// Keeps `conn` idle unless `keepalive` are kept for its server already (then it is dropped, which
+    /// closes it).
+    pub fn put(self: &Arc<Self>, conn: Box<Conn>) {
         {
-            let conn = Idle {
-                sender,
-                since: Instant::now(),
-            };
+            let since = Instant::now();
             let mut idle = self.idle.lock();
             // Looked up by `&str` (one hash of the text; `Authority`'s own hash feeds it byte by byte),
             // so a key is only allocated for a server's first idle connection.
-            if let Some(list) = idle.get_mut(key.as_str()) {
+            if let Some(list) = idle.get_mut(conn.key().as_str()) {
                 if list.len() < self.keepalive {
-                    list.push(conn);
+                    list.push(Idle { conn, since });
                 }
             } else if self.keepalive > 0 {
-                idle.insert(key.as_str().to_owned(), vec![conn]);
+                let key = conn.key().as_str().to_owned();
+                idle.insert(key, vec![Idle { conn, since }]);
             }
         }
         // A load first: the swap (a locked read-modify-write) is only needed the once.
@@ -175,10 +196,10 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(&self, key: &Authority) -> Result<SendRequest<RequestBody>, ProxyError> {
+    async fn connect(&self, key: &Authority) -> Result<TcpStream, ProxyError> {
         let stream = match tokio::time::timeout(
             self.connect_timeout,
-            tokio::net::TcpStream::connect(key.as_str()),
+            TcpStream::connect(key.as_str()),
         )
         .await
         {
@@ -192,17 +213,7 @@ impl Http1Pool {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| ProxyError::Connect(root_cause(&error)))?;
-        // Serves the connection until it closes; with upgrades, so a 101 hands its socket to a tunnel.
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                debug!(%error, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(stream)
     }
 }
 
@@ -221,8 +232,8 @@ async fn sweep(pool: Weak<Http1Pool>) {
         };
         let mut idle = pool.idle.lock();
         idle.retain(|_, list| {
-            list.retain(|conn| {
-                !conn.sender.is_closed() && conn.since.elapsed() < pool.keepalive_timeout
+            list.retain_mut(|idle| {
+                idle.since.elapsed() < pool.keepalive_timeout && idle.conn.is_usable()
             });
             !list.is_empty()
         });

@@ -6,6 +6,8 @@ pub mod client_ip;
 pub mod error;
 mod forward;
 mod framing;
+pub mod h1codec;
+pub mod h1conn;
 mod h1pool;
 pub mod headers;
 pub mod keys;

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use super::h1conn::ResponseBody;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,12 @@ impl Tunnels {
 
     /// Splices the client's and the server's upgraded connections once both are ready; `guard` keeps the
     /// tunnel counted as in flight on its server until either side closes.
-    pub fn splice(&self, client: OnUpgrade, server: &mut Response<Incoming>, guard: InFlightGuard) {
+    pub fn splice(
+        &self,
+        client: OnUpgrade,
+        server: &mut Response<ResponseBody>,
+        guard: InFlightGuard,
+    ) {
         let server = hyper::upgrade::on(server);
         let closing = self.closing.clone();
         self.tracker.spawn(async move {

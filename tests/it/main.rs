@@ -27,3 +27,4 @@ mod tunnels;
 mod upgrade;
 mod upstream_pool;
 mod upstream_tls;
+mod upstream_wire;
