@@ -18,6 +18,7 @@ use super::error::ProxyError;
 use super::h1conn::ResponseBody;
 use crate::config::UpstreamProtocol;
 use crate::tls::UpstreamTls;
+use crate::upstream::Server;
 
 /// hyper-util's pooled client; `https://` URIs go over TLS, others in clear.
 pub type LegacyClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -32,34 +33,63 @@ pub enum UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// Sends `request` to `server` and waits for the response head. `request`'s URI is absolute for
-    /// hyper-util's client and in origin form for ours ([`Self::wants_absolute_uri`]).
+    /// Sends a request with the method and target of `parts`, `headers` and `body` to `server`, and
+    /// waits for the response head. Our pool writes it from these as they are; hyper-util's client gets
+    /// a request with an absolute URI naming `server` (which is how it finds the server).
     ///
-    /// Not an `async fn`: one would keep `request` twice in its future (an argument and its moved-in
-    /// local), and the future is copied into every request's boxed future.
+    /// Not an `async fn`: one would keep `headers` and `body` twice in its future (an argument and its
+    /// moved-in local), and the future is copied into every request's boxed future.
     pub fn request<'a>(
         &'a self,
-        request: http::Request<RequestBody>,
-        server: &'a http::uri::Authority,
+        parts: &'a http::request::Parts,
+        headers: http::HeaderMap,
+        body: RequestBody,
+        server: &'a Server,
+        protocol: UpstreamProtocol,
     ) -> impl Future<Output = Result<http::Response<ResponseBody>, ProxyError>> + Send + 'a {
         match self {
             UpstreamClient::Legacy(client) => {
-                let sent = client.request(request);
+                let sent = client.request(absolute_request(parts, headers, body, server, protocol));
                 Either::Left(async move {
                     sent.await
                         .map(|response| response.map(ResponseBody::Hyper))
                         .map_err(|error| ProxyError::from_client(&error))
                 })
             }
-            UpstreamClient::Http1(pool) => Either::Right(pool.request(request, server)),
+            UpstreamClient::Http1(pool) => {
+                Either::Right(pool.request(parts, headers, body, &server.addr))
+            }
         }
     }
+}
 
-    /// Whether requests need an absolute URI (hyper-util's client finds the server in it); ours takes
-    /// origin form, as it goes on the wire.
-    pub fn wants_absolute_uri(&self) -> bool {
-        matches!(self, UpstreamClient::Legacy(_))
-    }
+/// The request hyper-util's client sends: its URI absolute, naming `server`.
+fn absolute_request(
+    parts: &http::request::Parts,
+    headers: http::HeaderMap,
+    body: RequestBody,
+    server: &Server,
+    protocol: UpstreamProtocol,
+) -> http::Request<RequestBody> {
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.scheme = Some(server.scheme.clone());
+    uri_parts.authority = Some(server.addr.clone());
+    uri_parts.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    let mut request = http::Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = http::Uri::from_parts(uri_parts).unwrap_or_default();
+    *request.version_mut() = match protocol {
+        UpstreamProtocol::Http1 => http::Version::HTTP_11,
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c => http::Version::HTTP_2,
+    };
+    *request.headers_mut() = headers;
+    request
 }
 
 /// Settings that need a client (and pool) of their own.

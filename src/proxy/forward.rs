@@ -4,8 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::uri::PathAndQuery;
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Response};
 use tracing::{error, info, warn};
 
 use super::body::{BodyLimits, BodySlot, ClientFault, RequestBody};
@@ -13,7 +12,7 @@ use super::error::ProxyError;
 use super::h1conn::ResponseBody;
 use super::pick::{Picked, Picker};
 use crate::clock::now_ms;
-use crate::config::{AllUnhealthy, RetryOn, UpstreamProtocol};
+use crate::config::{AllUnhealthy, RetryOn};
 use crate::snapshot::{Pool, Snapshot, TierKind};
 use crate::upstream::{InFlightGuard, Server, Transition};
 
@@ -91,11 +90,6 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
     } = request;
     let replayable_method =
         is_idempotent(&parts.method) || pool.retry_on.has(RetryOn::NON_IDEMPOTENT);
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut picker = Picker::new(pool, client_ip, key_hash);
     let mut last: Option<Outcome> = None;
 
@@ -117,19 +111,12 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         } else {
             parts.headers.clone()
         };
-        let upstream_request = build_request(
-            parts,
-            headers,
-            pool.client.wants_absolute_uri().then_some(server),
-            &path_and_query,
-            slot,
-            body_limits,
-            pool.protocol,
-        );
+        let body = RequestBody::new(slot.clone(), body_limits);
         let sent_at = std::time::Instant::now();
         let sent = tokio::time::timeout(
             pool.read_timeout,
-            pool.client.request(upstream_request, &server.addr),
+            pool.client
+                .request(parts, headers, body, server, pool.protocol),
         )
         .await;
         let outcome = match sent {
@@ -204,37 +191,6 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             Err(ProxyError::NoServer)
         }
     }
-}
-
-/// The request for one attempt: its URI absolute, naming `absolute_for`, when the client needs that (see
-/// `UpstreamClient::wants_absolute_uri`), else in origin form.
-fn build_request(
-    parts: &Parts,
-    headers: http::HeaderMap,
-    absolute_for: Option<&Server>,
-    path_and_query: &PathAndQuery,
-    slot: &Option<Arc<BodySlot>>,
-    body_limits: BodyLimits,
-    protocol: UpstreamProtocol,
-) -> Request<RequestBody> {
-    let uri = if let Some(server) = absolute_for {
-        let mut uri_parts = http::uri::Parts::default();
-        uri_parts.scheme = Some(server.scheme.clone());
-        uri_parts.authority = Some(server.addr.clone());
-        uri_parts.path_and_query = Some(path_and_query.clone());
-        Uri::from_parts(uri_parts).unwrap_or_default()
-    } else {
-        Uri::from(path_and_query.clone())
-    };
-    let mut request = Request::new(RequestBody::new(slot.clone(), body_limits));
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri;
-    *request.version_mut() = match protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::H2 | UpstreamProtocol::H2c => Version::HTTP_2,
-    };
-    *request.headers_mut() = headers;
-    request
 }
 
 fn note_transition(pool: &Pool, server: &Server, transition: Transition) {

@@ -126,12 +126,13 @@ impl Conn {
 
     /// Sends a request (origin-form `target`) and reads its response head. The head comes back with
     /// whether the whole request was sent: a server may answer before reading all of a body, and then
-    /// the connection cannot be reused.
+    /// the connection cannot be reused. The response's fields go into `headers` (the request's, left
+    /// as they were until a whole head has arrived, so a failed send can be repeated).
     pub async fn send(
         &mut self,
         method: &Method,
         target: &str,
-        headers: &HeaderMap,
+        headers: &mut HeaderMap,
         body: &mut RequestBody,
     ) -> Result<(Head, bool), ConnError> {
         let framing = request_framing(!body.is_end_stream(), headers);
@@ -149,7 +150,7 @@ impl Conn {
         };
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = h1codec::parse_head(&mut self.buf, method)? {
+                if let Some(head) = h1codec::parse_head(&mut self.buf, method, headers)? {
                     return Ok((head, whole));
                 }
             }

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use http::request::Parts;
 use http::uri::Authority;
-use http::{header, Request, Response};
+use http::{header, HeaderMap, Request, Response, Uri};
 use http_body::Body as _;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -73,28 +74,31 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `request` (origin-form URI) on an idle or new connection to `key` and waits for the response
-    /// head; the body is read as the response is. A pooled connection the server closed before
+    /// Sends a request with the method and target of `parts`, `headers` and `body` on an idle or new
+    /// connection to `key`, and waits for the response head; the body is read as the response is. A pooled connection the server closed before
     /// answering is replaced, up to [`STALE_RETRIES`] times, when sending again cannot repeat an effect
     /// ([`super::h1conn::ConnError::may_resend`]); any other failure is the caller's to classify and retry.
     ///
-    /// Not an `async fn`: one would keep `request` twice in its future (an argument and its moved-in
-    /// local), and the future is copied into every request's boxed future.
+    /// The response reuses the request's header map (its room, not its fields).
+    ///
+    /// Not an `async fn`: one would keep `headers` and `body` twice in its future (an argument and its
+    /// moved-in local), and the future is copied into every request's boxed future.
     #[expect(
         clippy::manual_async_fn,
-        reason = "an async fn would keep `request` twice in its future"
+        reason = "an async fn would keep `headers` and `body` twice in its future"
     )]
     pub fn request<'a>(
         self: &'a Arc<Self>,
-        request: Request<RequestBody>,
+        parts: &'a Parts,
+        mut headers: HeaderMap,
+        mut body: RequestBody,
         key: &'a Authority,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
         async move {
-            if request.headers().contains_key(header::UPGRADE) {
+            if headers.contains_key(header::UPGRADE) {
                 // Boxed: upgrades are rare, and hyper's client future is large.
-                return Box::pin(self.upgrade(request, key)).await;
+                return Box::pin(self.upgrade(parts, headers, body, key)).await;
             }
-            let (parts, mut body) = request.into_parts();
             let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let has_body = !body.is_end_stream();
             let idempotent = super::forward::is_idempotent(&parts.method);
@@ -105,7 +109,7 @@ impl Http1Pool {
                     None => (Conn::new(self.connect(key).await?, self, key), false),
                 };
                 match conn
-                    .send(&parts.method, target, &parts.headers, &mut body)
+                    .send(&parts.method, target, &mut headers, &mut body)
                     .await
                 {
                     Ok((
@@ -137,9 +141,18 @@ impl Http1Pool {
     /// connection is not pooled again.
     async fn upgrade(
         &self,
-        request: Request<RequestBody>,
+        parts: &Parts,
+        headers: HeaderMap,
+        body: RequestBody,
         key: &Authority,
     ) -> Result<Response<ResponseBody>, ProxyError> {
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts
+            .uri
+            .path_and_query()
+            .map_or_else(Uri::default, |pq| Uri::from(pq.clone()));
+        *request.headers_mut() = headers;
         let stream = match self.checkout(key) {
             Some(conn) => (*conn).into_stream(),
             None => self.connect(key).await?,
