@@ -125,10 +125,14 @@ impl Pool {
     }
 }
 
+/// The servers of a tier one request has tried, by index: inline for the first four (a request
+/// rarely tries more), so a request's first pick allocates nothing.
+pub type Tried = smallvec::SmallVec<[usize; 4]>;
+
 impl Tier {
     /// Picks and claims a server, skipping `tried` and servers whose probe another request holds.
     /// Claimed-away servers are added to `tried` so a retry does not loop on them.
-    pub fn pick(&self, ctx: PickContext<'_>, tried: &mut Vec<usize>) -> Option<usize> {
+    pub fn pick(&self, ctx: PickContext<'_>, tried: &mut Tried) -> Option<usize> {
         for _ in 0..=self.servers.len() {
             let ctx = PickContext {
                 tried: tried.as_slice(),

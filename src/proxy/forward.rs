@@ -112,9 +112,10 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             parts.headers.clone()
         };
         let body = RequestBody::new(slot.clone(), body_limits);
-        let sent_at = std::time::Instant::now();
-        let sent = tokio::time::timeout(
-            pool.read_timeout,
+        let sent_at = tokio::time::Instant::now();
+        // The deadline from the clock read just made (`timeout` would read it again).
+        let sent = tokio::time::timeout_at(
+            sent_at + pool.read_timeout,
             pool.client
                 .request(parts, headers, body, server, pool.protocol),
         )

@@ -123,6 +123,9 @@ pub struct Head {
     pub framing: ResponseFraming,
     /// Whether the connection may carry another request after this response's body.
     pub keep_alive: bool,
+    /// Whether the hop-by-hop fields are out of the head already: false when its `Connection` names
+    /// other fields, or it has a `TE`; then [`super::headers::strip_hop_by_hop`] must run.
+    pub hop_by_hop_removed: bool,
 }
 
 /// Parses a response head from the start of `buf`, skipping interim (1xx) responses. `Ok(None)` when
@@ -195,21 +198,21 @@ pub fn parse_head(
         room.clear();
         room.reserve(count);
         let mut headers = std::mem::take(room);
+        let mut seen = Seen::default();
         for span in spans.iter() {
             let [name, name_len, value, value_len] = span.map(|n| n as usize);
             let name = HeaderName::from_bytes(&bytes[name..name + name_len])
                 .map_err(|_| CodecError::Header)?;
             let value = HeaderValue::from_maybe_shared(bytes.slice(value..value + value_len))
                 .map_err(|_| CodecError::Header)?;
+            if !seen.keep(&name, &value)? {
+                continue;
+            }
             headers.append(name, value);
         }
-        let framing = response_framing(method, status, &headers)?;
-        let keep_alive = version == Version::HTTP_11
-            && framing != ResponseFraming::UntilClose
-            && !headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .any(|value| has_token(value, "close"));
+        let framing = seen.framing(method, status)?;
+        let keep_alive =
+            version == Version::HTTP_11 && framing != ResponseFraming::UntilClose && !seen.close;
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -223,6 +226,7 @@ pub fn parse_head(
             response,
             framing,
             keep_alive,
+            hop_by_hop_removed: !seen.other_hop_by_hop,
         }));
     }
 }
@@ -256,55 +260,91 @@ pub fn skip_interim(buf: &mut BytesMut) -> Result<bool, CodecError> {
     }
 }
 
-/// RFC 9112 6.3 for a response to `method` with `status`.
-fn response_framing(
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-) -> Result<ResponseFraming, CodecError> {
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(ResponseFraming::Empty);
-    }
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            return Err(CodecError::LengthAndChunked);
-        }
-        let last = codings
-            .last()
-            .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
-            .map(|token| token.trim_ascii());
-        // A final coding other than chunked leaves the body delimited by the close (RFC 9112 6.3.4).
-        return Ok(match last {
-            Some(token) if token.eq_ignore_ascii_case(b"chunked") => ResponseFraming::Chunked,
-            _ => ResponseFraming::UntilClose,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(CodecError::ContentLength);
+/// What a response head's framing and connection fields said, noted as its fields go into the map.
+#[derive(Debug, Default)]
+struct Seen {
+    /// A `Transfer-Encoding` was there, and whether its final coding is chunked.
+    chunked: Option<bool>,
+    /// The `Content-Length`.
+    length: Option<u64>,
+    /// A `Content-Length` value that is not a number, or values that disagree (an error unless the
+    /// response has no body anyway).
+    bad_length: bool,
+    /// `Connection: close`.
+    close: bool,
+    /// A hop-by-hop field left in the map for [`super::headers::strip_hop_by_hop`].
+    other_hop_by_hop: bool,
+}
+
+impl Seen {
+    /// Notes a field; whether it goes into the response's map (hop-by-hop fields do not).
+    fn keep(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<bool, CodecError> {
+        if *name == header::CONTENT_LENGTH {
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                    self.bad_length = true;
+                    continue;
+                }
+                let parsed = part
+                    .iter()
+                    .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
+                self.bad_length |= self.length.is_some_and(|seen| seen != parsed);
+                self.length = Some(parsed);
             }
-            let parsed: u64 = std::str::from_utf8(part)
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .ok_or(CodecError::ContentLength)?;
-            if length.is_some_and(|seen| seen != parsed) {
-                return Err(CodecError::ContentLength);
-            }
-            length = Some(parsed);
+            return Ok(true);
         }
+        if *name == header::TRANSFER_ENCODING {
+            let last = value.as_bytes().rsplit(|&b| b == b',').next();
+            self.chunked =
+                Some(last.is_some_and(|token| token.trim_ascii().eq_ignore_ascii_case(b"chunked")));
+            return Ok(false);
+        }
+        if *name == header::CONNECTION {
+            self.close |= has_token(value, "close");
+            let usual = value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .all(|token| super::headers::is_usual_connection_token(token.trim_ascii()));
+            // A Connection naming other fields stays, so the stripping that removes them finds it.
+            self.other_hop_by_hop |= !usual;
+            return Ok(!usual);
+        }
+        if *name == header::TE {
+            self.other_hop_by_hop = true;
+            return Ok(true);
+        }
+        Ok(!super::headers::is_hop_by_hop(name))
     }
-    Ok(match length {
-        Some(0) => ResponseFraming::Empty,
-        Some(length) => ResponseFraming::Length(length),
-        None => ResponseFraming::UntilClose,
-    })
+
+    /// How the body is delimited (RFC 9112 6.3), for a response to `method` with `status`.
+    fn framing(&self, method: &Method, status: StatusCode) -> Result<ResponseFraming, CodecError> {
+        if *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(ResponseFraming::Empty);
+        }
+        if let Some(chunked) = self.chunked {
+            if self.length.is_some() || self.bad_length {
+                return Err(CodecError::LengthAndChunked);
+            }
+            // A final coding other than chunked leaves the body delimited by the close (6.3.4).
+            return Ok(if chunked {
+                ResponseFraming::Chunked
+            } else {
+                ResponseFraming::UntilClose
+            });
+        }
+        if self.bad_length {
+            return Err(CodecError::ContentLength);
+        }
+        Ok(match self.length {
+            Some(0) => ResponseFraming::Empty,
+            Some(length) => ResponseFraming::Length(length),
+            None => ResponseFraming::UntilClose,
+        })
+    }
 }
 
 /// Whether a comma-separated header value has `token` (case-insensitive).
@@ -580,6 +620,34 @@ mod tests {
         buf.extend_from_slice(b"0 OK\r\nContent-Length: 0\r\n\r\n");
         assert!(skip_interim(&mut buf).expect("valid"));
         assert!(skip_interim(&mut BytesMut::from(&b"HTTP/1.1 abc\r\n\r\n"[..])).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_left_out_unless_connection_names_others() {
+        let plain = head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n",
+            Method::GET,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert!(plain.hop_by_hop_removed);
+        assert_eq!(plain.framing, ResponseFraming::Chunked);
+        let names: Vec<&str> = plain
+            .response
+            .headers()
+            .keys()
+            .map(|n| n.as_str())
+            .collect();
+        assert_eq!(names, ["x-a"]);
+        let naming = head(
+            b"HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert!(!naming.hop_by_hop_removed, "the stripping must still run");
+        assert!(!naming.keep_alive);
+        assert!(naming.response.headers().contains_key(header::CONNECTION));
     }
 
     #[test]

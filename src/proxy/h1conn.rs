@@ -319,6 +319,7 @@ pub struct H1Body {
     conn: Option<Box<Conn>>,
     remaining: Remaining,
     keep_alive: bool,
+    hop_by_hop_removed: bool,
     /// The body was cut (the error's text): raised on the poll after the one that saw it, so what was
     /// read before goes out to the client first (hyper drops what it has buffered when a body fails).
     cut: Option<String>,
@@ -336,9 +337,10 @@ pub enum H1BodyError {
 }
 
 impl H1Body {
-    /// The body of a response with `framing` on `conn`; `keep_alive` whether the connection may be
-    /// pooled again at its end.
-    pub fn new(conn: Box<Conn>, framing: ResponseFraming, keep_alive: bool) -> Self {
+    /// The body of a response with `head`'s framing on `conn`; `whole` whether the whole request was
+    /// sent (else the connection is not pooled again).
+    pub fn new(conn: Box<Conn>, head: &Head, whole: bool) -> Self {
+        let (framing, keep_alive) = (head.framing, head.keep_alive && whole);
         let remaining = match framing {
             ResponseFraming::Empty => Remaining::Done,
             ResponseFraming::Length(length) => Remaining::Length(length),
@@ -349,6 +351,7 @@ impl H1Body {
             conn: Some(conn),
             remaining,
             keep_alive,
+            hop_by_hop_removed: head.hop_by_hop_removed,
             cut: None,
         };
         if remaining == Remaining::Done {
@@ -485,6 +488,14 @@ pub enum ResponseBody {
     Hyper(hyper::body::Incoming),
     /// From our HTTP/1.1 connection.
     Own(H1Body),
+}
+
+impl ResponseBody {
+    /// Whether its response's hop-by-hop fields were left out as its head was parsed (ours, unless a
+    /// `Connection` named other fields).
+    pub fn hop_by_hop_removed(&self) -> bool {
+        matches!(self, ResponseBody::Own(body) if body.hop_by_hop_removed)
+    }
 }
 
 impl Body for ResponseBody {

@@ -22,7 +22,6 @@ use tracing::debug;
 
 use super::body::RequestBody;
 use super::error::{root_cause, ProxyError};
-use super::h1codec::Head;
 use super::h1conn::{Conn, H1Body, ResponseBody};
 
 /// Sends that may go to a fresh connection after a pooled one turned out closed before it answered (the
@@ -112,16 +111,9 @@ impl Http1Pool {
                     .send(&parts.method, target, &mut headers, &mut body)
                     .await
                 {
-                    Ok((
-                        Head {
-                            response,
-                            framing,
-                            keep_alive,
-                        },
-                        whole,
-                    )) => {
-                        let body = H1Body::new(conn, framing, keep_alive && whole);
-                        return Ok(response.map(|()| ResponseBody::Own(body)));
+                    Ok((head, whole)) => {
+                        let body = H1Body::new(conn, &head, whole);
+                        return Ok(head.response.map(|()| ResponseBody::Own(body)));
                     }
                     Err(error)
                         if pooled

@@ -66,10 +66,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// `close`, `keep-alive`, `upgrade` or nothing: a `Connection` token that names no other header to remove.
-fn is_usual_connection_token(token: &[u8]) -> bool {
+pub(crate) fn is_usual_connection_token(token: &[u8]) -> bool {
     [b"close".as_slice(), b"keep-alive", b"upgrade", b""]
         .iter()
         .any(|usual| token.eq_ignore_ascii_case(usual))
+}
+
+/// Whether `name` is one of the hop-by-hop fields removed from every message (`Connection` among them;
+/// `TE` is not: it is kept when it says `trailers`).
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
 }
 
 /// Whether the message's one `Connection` header is one usual token (`keep-alive` from most upstreams),

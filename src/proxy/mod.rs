@@ -366,7 +366,9 @@ impl ProxyService {
                     }
                     _ => {
                         let (mut parts, body) = response.into_parts();
-                        headers::strip_hop_by_hop(&mut parts.headers);
+                        if !body.hop_by_hop_removed() {
+                            headers::strip_hop_by_hop(&mut parts.headers);
+                        }
                         let origin = forward::BodyOrigin {
                             snapshot: Arc::clone(snapshot),
                             pool: pool_index,

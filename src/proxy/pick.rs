@@ -10,7 +10,7 @@ use super::error::ProxyError;
 use crate::balance::PickContext;
 use crate::clock::now_ms;
 use crate::config::AllUnhealthy;
-use crate::snapshot::{Pool, TierKind};
+use crate::snapshot::{Pool, TierKind, Tried};
 use crate::upstream::{InFlightGuard, Waited};
 
 /// The server an attempt goes to, counted in flight.
@@ -29,8 +29,8 @@ pub struct Picker<'a> {
     client_ip: IpAddr,
     key_hash: Option<u64>,
     /// Primary servers already tried (never picked again for this request).
-    pub tried_primary: Vec<usize>,
-    tried_backup: Vec<usize>,
+    pub tried_primary: Tried,
+    tried_backup: Tried,
     /// When this request's time in the queue runs out, once it first waited.
     queued_until: Option<tokio::time::Instant>,
 }
@@ -42,8 +42,8 @@ impl<'a> Picker<'a> {
             pool,
             client_ip,
             key_hash,
-            tried_primary: Vec::new(),
-            tried_backup: Vec::new(),
+            tried_primary: Tried::new(),
+            tried_backup: Tried::new(),
             queued_until: None,
         }
     }

@@ -27,6 +27,10 @@ fn answer(path: &str) -> (&'static [u8], bool) {
             false,
         ),
         "/head" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
+        "/hop" => (
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        ),
         "/both" => (
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             true,
@@ -277,4 +281,20 @@ async fn the_upstreams_100_continue_does_not_stop_the_request_body() {
         .await
         .expect("the final answer");
     assert_eq!((answer.status, answer.body.as_str()), (200, "ping"));
+}
+
+#[tokio::test]
+async fn hop_by_hop_fields_of_an_answer_do_not_reach_the_client() {
+    let (upstream, _) = raw_upstream().await;
+    let proxy = TestProxy::start(&config(upstream)).await;
+    let reply = TestClient::new().get(&proxy.url("/hop")).await;
+    assert_eq!(reply.body, "ok");
+    assert_eq!(reply.headers["x-kept"], "yes");
+    for name in ["x-secret", "keep-alive", "connection"] {
+        assert!(
+            !reply.headers.contains_key(name),
+            "{name} reached the client: {:?}",
+            reply.headers
+        );
+    }
 }
