@@ -333,6 +333,13 @@ impl RetryOn {
         self.bits & flag != 0
     }
 
+    /// Whether some answers (by status) count as failures, and may be retried.
+    pub const fn retries_on_status(self) -> bool {
+        self.bits
+            & (Self::HTTP_500 | Self::HTTP_502 | Self::HTTP_503 | Self::HTTP_504 | Self::HTTP_429)
+            != 0
+    }
+
     /// Whether an upstream answer with this status counts as a failure.
     pub fn status_counts(self, status: u16) -> bool {
         let flag = match status {

@@ -33,23 +33,31 @@ pub enum UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// Sends a request with the method and target of `parts`, `headers` and `body` to `server`, and
-    /// waits for the response head. Our pool writes it from these as they are; hyper-util's client gets
-    /// a request with an absolute URI naming `server` (which is how it finds the server).
+    /// Sends a request with `method`, the target of `uri`, `headers` and `body` to `server`, and waits
+    /// for the response head. Our pool writes it from these as they are, and leaves `headers` as they
+    /// were when it fails ([`Self::keeps_headers_on_failure`]); hyper-util's client takes them, in a
+    /// request with an absolute URI naming `server` (which is how it finds the server).
     ///
-    /// Not an `async fn`: one would keep `headers` and `body` twice in its future (an argument and its
-    /// moved-in local), and the future is copied into every request's boxed future.
+    /// Not an `async fn`: one would keep `body` twice in its future (an argument and its moved-in
+    /// local), and the future is copied into every request's boxed future.
     pub fn request<'a>(
         &'a self,
-        parts: &'a http::request::Parts,
-        headers: http::HeaderMap,
+        (method, uri): (&'a http::Method, &'a http::Uri),
+        headers: &'a mut http::HeaderMap,
         body: RequestBody,
         server: &'a Server,
         protocol: UpstreamProtocol,
     ) -> impl Future<Output = Result<http::Response<ResponseBody>, ProxyError>> + Send + 'a {
         match self {
             UpstreamClient::Legacy(client) => {
-                let sent = client.request(absolute_request(parts, headers, body, server, protocol));
+                let headers = std::mem::take(headers);
+                let sent = client.request(absolute_request(
+                    (method, uri),
+                    headers,
+                    body,
+                    server,
+                    protocol,
+                ));
                 Either::Left(async move {
                     sent.await
                         .map(|response| response.map(ResponseBody::Hyper))
@@ -57,15 +65,21 @@ impl UpstreamClient {
                 })
             }
             UpstreamClient::Http1(pool) => {
-                Either::Right(pool.request(parts, headers, body, &server.addr))
+                Either::Right(pool.request((method, uri), headers, body, &server.addr))
             }
         }
+    }
+
+    /// Whether a failed [`Self::request`] leaves its headers as they were (our pool does; hyper-util's
+    /// client takes them).
+    pub fn keeps_headers_on_failure(&self) -> bool {
+        matches!(self, UpstreamClient::Http1(_))
     }
 }
 
 /// The request hyper-util's client sends: its URI absolute, naming `server`.
 fn absolute_request(
-    parts: &http::request::Parts,
+    (method, uri): (&http::Method, &http::Uri),
     headers: http::HeaderMap,
     body: RequestBody,
     server: &Server,
@@ -75,14 +89,12 @@ fn absolute_request(
     uri_parts.scheme = Some(server.scheme.clone());
     uri_parts.authority = Some(server.addr.clone());
     uri_parts.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
+        uri.path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
     let mut request = http::Request::new(body);
-    *request.method_mut() = parts.method.clone();
+    *request.method_mut() = method.clone();
     *request.uri_mut() = http::Uri::from_parts(uri_parts).unwrap_or_default();
     *request.version_mut() = match protocol {
         UpstreamProtocol::Http1 => http::Version::HTTP_11,

@@ -104,20 +104,30 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         if attempt > 1 {
             pool.metrics.retries.inc();
         }
-        // The last attempt there can be takes the headers; the others send a copy, which costs about
-        // 1,700 instructions (cloning and dropping a header map), so a retry can send them again.
-        let headers = if attempt == pool.max_attempts {
-            std::mem::take(&mut parts.headers)
+        // An attempt sends the request's own headers when a retry cannot need them again: the last
+        // attempt there can be, or one on our pool (which leaves them as they were when it fails) unless
+        // an answer's status may cause a retry (the answer takes the map). Otherwise it sends a copy,
+        // which costs about 1,700 instructions (cloning and dropping a header map).
+        let own = attempt == pool.max_attempts
+            || (pool.client.keeps_headers_on_failure() && !pool.retry_on.retries_on_status());
+        let mut copy = None;
+        let headers = if own {
+            &mut parts.headers
         } else {
-            parts.headers.clone()
+            copy.insert(parts.headers.clone())
         };
         let body = RequestBody::new(slot.clone(), body_limits);
         let sent_at = tokio::time::Instant::now();
         // The deadline from the clock read just made (`timeout` would read it again).
         let sent = tokio::time::timeout_at(
             sent_at + pool.read_timeout,
-            pool.client
-                .request(parts, headers, body, server, pool.protocol),
+            pool.client.request(
+                (&parts.method, &parts.uri),
+                headers,
+                body,
+                server,
+                pool.protocol,
+            ),
         )
         .await;
         let outcome = match sent {

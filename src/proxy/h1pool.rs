@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use http::request::Parts;
 use http::uri::Authority;
-use http::{header, HeaderMap, Request, Response, Uri};
+use http::{header, HeaderMap, Method, Request, Response, Uri};
 use http_body::Body as _;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -73,44 +72,43 @@ impl Http1Pool {
         }
     }
 
-    /// Sends a request with the method and target of `parts`, `headers` and `body` on an idle or new
+    /// Sends a request with `method`, the target of `uri`, `headers` and `body` on an idle or new
     /// connection to `key`, and waits for the response head; the body is read as the response is. A pooled connection the server closed before
     /// answering is replaced, up to [`STALE_RETRIES`] times, when sending again cannot repeat an effect
     /// ([`super::h1conn::ConnError::may_resend`]); any other failure is the caller's to classify and retry.
     ///
-    /// The response reuses the request's header map (its room, not its fields).
+    /// The response takes `headers`' map (its room, not its fields); on failure they are as they were,
+    /// so a retry can send them.
     ///
-    /// Not an `async fn`: one would keep `headers` and `body` twice in its future (an argument and its
-    /// moved-in local), and the future is copied into every request's boxed future.
+    /// Not an `async fn`: one would keep `body` twice in its future (an argument and its moved-in
+    /// local), and the future is copied into every request's boxed future.
     #[expect(
         clippy::manual_async_fn,
-        reason = "an async fn would keep `headers` and `body` twice in its future"
+        reason = "an async fn would keep `body` twice in its future"
     )]
     pub fn request<'a>(
         self: &'a Arc<Self>,
-        parts: &'a Parts,
-        mut headers: HeaderMap,
+        (method, uri): (&'a Method, &'a Uri),
+        headers: &'a mut HeaderMap,
         mut body: RequestBody,
         key: &'a Authority,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
         async move {
             if headers.contains_key(header::UPGRADE) {
                 // Boxed: upgrades are rare, and hyper's client future is large.
-                return Box::pin(self.upgrade(parts, headers, body, key)).await;
+                // A copy: a retry after a failed upgrade sends them again.
+                return Box::pin(self.upgrade((method, uri), headers.clone(), body, key)).await;
             }
-            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
             let has_body = !body.is_end_stream();
-            let idempotent = super::forward::is_idempotent(&parts.method);
+            let idempotent = super::forward::is_idempotent(method);
             let mut stale = 0;
             loop {
                 let (mut conn, pooled) = match self.checkout(key) {
                     Some(conn) => (conn, true),
                     None => (Conn::new(self.connect(key).await?, self, key), false),
                 };
-                match conn
-                    .send(&parts.method, target, &mut headers, &mut body)
-                    .await
-                {
+                match conn.send(method, target, headers, &mut body).await {
                     Ok((head, whole)) => {
                         let body = H1Body::new(conn, &head, whole);
                         return Ok(head.response.map(|()| ResponseBody::Own(body)));
@@ -133,15 +131,14 @@ impl Http1Pool {
     /// connection is not pooled again.
     async fn upgrade(
         &self,
-        parts: &Parts,
+        (method, uri): (&Method, &Uri),
         headers: HeaderMap,
         body: RequestBody,
         key: &Authority,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let mut request = Request::new(body);
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = parts
-            .uri
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri
             .path_and_query()
             .map_or_else(Uri::default, |pq| Uri::from(pq.clone()));
         *request.headers_mut() = headers;

@@ -217,33 +217,66 @@ async fn http2_cleartext_clients_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_request_carries_the_same_headers_as_the_first_attempt() {
-    // Every other request goes first to a server that refuses connections, then is retried on the echo
-    // backend: the retry must send the rewritten headers again (only the last attempt may take them).
+    // Every other request goes first to a failing server, then is retried on the echo backend: the
+    // retry must send the rewritten headers again, whether the first attempt could not connect, was
+    // cut after the request was written, or was answered with a status listed in retry_on (that answer
+    // takes the request's header map unless the attempt sent a copy).
     let backend = echo_backend().await;
-    let dead = refusing_addr();
-    let proxy = TestProxy::start(&one_pool(&format!(
-        "strategy = \"round_robin\"\nmax_fails = 0\nservers = [{{ addr = \"{dead}\" }}, {{ addr = \"{}\" }}]",
-        backend.addr()
-    )))
+    let answers_502 = backend_with(|_request: http::Request<hyper::body::Incoming>| async {
+        text(StatusCode::BAD_GATEWAY, "no")
+    })
     .await;
+    let first_attempts = [
+        ("refused", refusing_addr(), ""),
+        (
+            "cut after the request",
+            crate::failing_upstreams::failing_upstream(
+                crate::failing_upstreams::Failure::CloseBeforeHeaders,
+            )
+            .await,
+            "",
+        ),
+        (
+            "answered 502",
+            answers_502.addr(),
+            "retry_on = [\"error\", \"timeout\", \"http_502\"]\n",
+        ),
+    ];
     let client = TestClient::new();
-    for _ in 0..6 {
-        let request = Request::get(proxy.url("/retried"))
-            .header("host", "shop.example.com")
-            .header("x-custom", "kept")
-            .body(empty())
-            .expect("request");
-        let reply = client.send(request).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-        let seen = reply.body;
-        assert_eq!(header_lines(&seen, "host"), ["shop.example.com"], "{seen}");
-        assert_eq!(header_lines(&seen, "x-custom"), ["kept"], "{seen}");
-        assert_eq!(
-            header_lines(&seen, "x-forwarded-for"),
-            ["127.0.0.1"],
-            "{seen}"
-        );
-        assert_eq!(header_lines(&seen, "x-request-id").len(), 1, "{seen}");
+    let mut served = 0;
+    for (what, failing, retry_on) in first_attempts {
+        let proxy = TestProxy::start(&one_pool(&format!(
+            "strategy = \"round_robin\"\nmax_fails = 0\n{retry_on}servers = [{{ addr = \"{failing}\" }}, {{ addr = \"{}\" }}]",
+            backend.addr()
+        )))
+        .await;
+        for _ in 0..6 {
+            let request = Request::get(proxy.url("/retried"))
+                .header("host", "shop.example.com")
+                .header("x-custom", "kept")
+                .body(empty())
+                .expect("request");
+            let reply = client.send(request).await;
+            assert_eq!(reply.status, StatusCode::OK, "{what}: {}", reply.body);
+            let seen = reply.body;
+            assert_eq!(
+                header_lines(&seen, "host"),
+                ["shop.example.com"],
+                "{what}: {seen}"
+            );
+            assert_eq!(header_lines(&seen, "x-custom"), ["kept"], "{what}: {seen}");
+            assert_eq!(
+                header_lines(&seen, "x-forwarded-for"),
+                ["127.0.0.1"],
+                "{what}: {seen}"
+            );
+            assert_eq!(
+                header_lines(&seen, "x-request-id").len(),
+                1,
+                "{what}: {seen}"
+            );
+        }
+        served += 6;
+        assert_eq!(backend.requests(), served, "{what}");
     }
-    assert_eq!(backend.requests(), 6);
 }
