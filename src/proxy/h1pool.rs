@@ -106,7 +106,8 @@ impl Http1Pool {
             loop {
                 let (mut conn, pooled) = match self.checkout(key) {
                     Some(conn) => (conn, true),
-                    None => (Conn::new(self.connect(key).await?, self, key), false),
+                    // Boxed: connecting is rare with pooled connections, and its future is large.
+                    None => (Conn::new(Box::pin(self.connect(key)).await?, self, key), false),
                 };
                 match conn.send(method, target, headers, &mut body).await {
                     Ok((head, whole)) => {
