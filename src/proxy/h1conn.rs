@@ -34,6 +34,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const READ_HEAD: usize = 8 * 1024;
 const READ_BODY: usize = 16 * 1024;
 
+/// The most a body read asks for: reads that fill their room double it up to this (as hyper's adaptive
+/// reads do), so a large body moves in few, large frames.
+const READ_BODY_MAX: usize = 256 * 1024;
+
 /// An open connection, its buffers (kept while it is pooled, so a request allocates none) and where it
 /// goes back to. Always boxed, so a response body moves a pointer rather than the connection.
 #[derive(Debug)]
@@ -320,6 +324,8 @@ pub struct H1Body {
     remaining: Remaining,
     keep_alive: bool,
     hop_by_hop_removed: bool,
+    /// Room for the next read ([`READ_BODY`], doubled by reads that fill it).
+    read_size: usize,
     /// The body was cut (the error's text): raised on the poll after the one that saw it, so what was
     /// read before goes out to the client first (hyper drops what it has buffered when a body fails).
     cut: Option<String>,
@@ -352,6 +358,7 @@ impl H1Body {
             remaining,
             keep_alive,
             hop_by_hop_removed: head.hop_by_hop_removed,
+            read_size: READ_BODY,
             cut: None,
         };
         if remaining == Remaining::Done {
@@ -448,14 +455,18 @@ impl Body for H1Body {
                 _ => {}
             }
             let room = match this.remaining {
-                Remaining::Length(left) => {
-                    usize::try_from(left).unwrap_or(usize::MAX).min(READ_BODY)
-                }
-                _ => READ_BODY,
+                Remaining::Length(left) => usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(this.read_size),
+                _ => this.read_size,
             };
             conn.buf.reserve(room);
+            let before = conn.buf.len();
             match poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
                 Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(read)) if read > 0 && conn.buf.len() - before >= this.read_size => {
+                    this.read_size = (this.read_size * 2).min(READ_BODY_MAX);
+                }
                 Poll::Ready(Ok(0)) if this.remaining == Remaining::UntilClose => {
                     this.remaining = Remaining::Done;
                     this.conn = None;

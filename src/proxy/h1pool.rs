@@ -107,7 +107,10 @@ impl Http1Pool {
                 let (mut conn, pooled) = match self.checkout(key) {
                     Some(conn) => (conn, true),
                     // Boxed: connecting is rare with pooled connections, and its future is large.
-                    None => (Conn::new(Box::pin(self.connect(key)).await?, self, key), false),
+                    None => (
+                        Conn::new(Box::pin(self.connect(key)).await?, self, key),
+                        false,
+                    ),
                 };
                 match conn.send(method, target, headers, &mut body).await {
                     Ok((head, whole)) => {
