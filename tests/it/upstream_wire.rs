@@ -110,8 +110,28 @@ async fn serve(mut stream: TcpStream) {
             seen.drain(..head_end + length);
             continue;
         }
+        // `/bytewise/...` answers as `/...` does, one byte per write, so every head and chunk arrives
+        // split at every place it can be.
+        let (path, bytewise) = match path.strip_prefix("/bytewise") {
+            Some(rest) => (rest.to_owned(), true),
+            None => (path, false),
+        };
         let (bytes, close) = answer(&path);
-        if stream.write_all(bytes).await.is_err() || close {
+        let written = if bytewise {
+            let _ = stream.set_nodelay(true);
+            let mut result = Ok(());
+            for byte in bytes.chunks(1) {
+                result = stream.write_all(byte).await;
+                if result.is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            result
+        } else {
+            stream.write_all(bytes).await
+        };
+        if written.is_err() || close {
             return;
         }
         // Drain the request's body (Content-Length only: the requests here send no chunked body).
@@ -189,6 +209,31 @@ async fn every_response_framing_reaches_the_client_intact_and_reuses_the_connect
         accepted.load(Ordering::Acquire),
         3,
         "a connection the server closed is not reused"
+    );
+}
+
+#[tokio::test]
+async fn answers_arriving_a_byte_at_a_time_are_read_whole() {
+    let (upstream, accepted) = raw_upstream().await;
+    let proxy = TestProxy::start(&config(upstream)).await;
+    let client = TestClient::new();
+    for (path, body) in [
+        ("/bytewise/length", "hello"),
+        ("/bytewise/chunked", "hello world"),
+        ("/bytewise/interim", "after"),
+        ("/bytewise/until-close", "until the close"),
+    ] {
+        let reply = client.get(&proxy.url(path)).await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, body),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::Acquire),
+        1,
+        "the framed answers left the connection reusable; the last closed it"
     );
 }
 
