@@ -77,6 +77,7 @@ where
                 #[cfg(feature = "client")]
                 on_informational: None,
                 notify_read: false,
+                served: 0,
                 reading: Reading::Init,
                 writing: Writing::Init,
                 upgrade: None,
@@ -855,12 +856,18 @@ where
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(Pin::new(&mut self.io).poll_flush(cx))?;
         self.try_keep_alive(cx);
-        // fulcrum patch: an idle server connection keeps no write buffer and no header map. A client's
-        // (a proxy's pooled upstream connection) keeps them, as hyper does: a pool holds few such
-        // connections, and releasing them cost allocations on every request.
+        // fulcrum patch: an idle server connection keeps no read buffer, write buffer or header map,
+        // unless it has carried more than one exchange and the application allows it
+        // (`server::conn::http1::keep_idle_buffers`): a client in steady keep-alive use then costs no
+        // allocations for them per request. A client's connection (a proxy's pooled upstream
+        // connection) keeps them, as hyper does: a pool holds few such connections.
         if T::is_server() && self.state.is_idle() {
-            self.io.release_write_buf();
-            self.state.cached_headers = None;
+            let keep = self.state.served >= 2 && super::io::keeps_idle_buffers();
+            self.io.keep_idle_read_buf = keep;
+            if !keep {
+                self.io.release_write_buf();
+                self.state.cached_headers = None;
+            }
         }
         trace!("flushed({}): {:?}", T::LOG, self.state);
         Poll::Ready(Ok(()))
@@ -983,6 +990,8 @@ struct State {
     /// Set to true when the Dispatcher should poll read operations
     /// again. See the `maybe_notify` method for more.
     notify_read: bool,
+    /// fulcrum patch: message exchanges completed on this connection (see `poll_flush`).
+    served: u32,
     /// State of allowed reads.
     reading: Reading,
     /// State of allowed writes.
@@ -1146,6 +1155,7 @@ impl State {
             self.close();
             return;
         }
+        self.served = self.served.saturating_add(1);
 
         self.reading = Reading::Init;
         self.writing = Writing::Init;

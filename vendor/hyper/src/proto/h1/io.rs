@@ -16,6 +16,20 @@ pub(crate) const INIT_BUFFER_SIZE: usize = 8192;
 /// fulcrum patch: the first allocation of a released write buffer, for one message head.
 const HEAD_BUF_SIZE: usize = 1024;
 
+/// fulcrum patch: whether idle server connections that have carried more than one exchange may keep
+/// their buffers (see `Conn::poll_flush`); set by the application.
+static KEEP_IDLE_BUFFERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// fulcrum patch: sets [`keeps_idle_buffers`].
+pub(crate) fn keep_idle_buffers(keep: bool) {
+    KEEP_IDLE_BUFFERS.store(keep, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// fulcrum patch: whether idle server connections in steady use may keep their buffers.
+pub(crate) fn keeps_idle_buffers() -> bool {
+    KEEP_IDLE_BUFFERS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The minimum value that can be set to max buffer size.
 pub(crate) const MINIMUM_MAX_BUFFER_SIZE: usize = INIT_BUFFER_SIZE;
 
@@ -36,6 +50,8 @@ pub(crate) struct Buffered<T, B> {
     io: T,
     partial_len: Option<usize>,
     read_blocked: bool,
+    /// fulcrum patch: the read buffer is kept while idle (set by `Conn::poll_flush`).
+    pub(crate) keep_idle_read_buf: bool,
     read_buf: BytesMut,
     read_buf_strategy: ReadStrategy,
     write_buf: WriteBuf<B>,
@@ -70,6 +86,7 @@ where
             io,
             partial_len: None,
             read_blocked: false,
+            keep_idle_read_buf: false,
             read_buf: BytesMut::with_capacity(0),
             read_buf_strategy: ReadStrategy::default(),
             write_buf,
@@ -282,7 +299,7 @@ where
     /// `Pending` the read buffer's allocation is released. An idle connection then holds no read
     /// buffer instead of 8 KiB for its whole life. Body reads keep using `poll_read_from_io`.
     pub(crate) fn poll_read_unbuffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if !self.read_buf.is_empty() {
+        if !self.read_buf.is_empty() || self.keep_idle_read_buf {
             return self.poll_read_from_io(cx);
         }
         self.read_blocked = false;

@@ -11,6 +11,9 @@ pub(crate) use self::dispatch::Dispatcher;
 pub(crate) use self::encode::{EncodedBuf, Encoder};
 //TODO: move out of h1::io
 pub(crate) use self::io::MINIMUM_MAX_BUFFER_SIZE;
+// fulcrum patch
+#[cfg(feature = "server")]
+pub(crate) use self::io::keep_idle_buffers;
 
 mod conn;
 mod decode;

@@ -11,6 +11,14 @@ use std::time::Duration;
 use crate::rt::{Read, Write};
 use crate::upgrade::Upgraded;
 use bytes::Bytes;
+
+/// fulcrum patch: whether idle HTTP/1 server connections that have carried more than one exchange keep
+/// their read buffer, write buffer and header map, as unpatched hyper does (no allocations for them per
+/// request), rather than release them (an idle connection then holds none). Process-wide; off by
+/// default.
+pub fn keep_idle_buffers(keep: bool) {
+    crate::proto::h1::keep_idle_buffers(keep);
+}
 use futures_core::ready;
 use httparse::ParserConfig;
 
