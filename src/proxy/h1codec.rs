@@ -84,7 +84,8 @@ pub fn encode_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// How a request with a body of unknown length (`known_length` is `None`) or a known one goes out.
+/// How a request goes out: no body, the client's `Content-Length`, or re-chunked (hop-by-hop stripping removed
+/// the client's `Transfer-Encoding`).
 pub fn request_framing(has_body: bool, headers: &HeaderMap) -> RequestFraming {
     if !has_body {
         return RequestFraming::Empty;
