@@ -16,6 +16,9 @@ pub(crate) const INIT_BUFFER_SIZE: usize = 8192;
 /// fulcrum patch: the first allocation of a released write buffer, for one message head.
 const HEAD_BUF_SIZE: usize = 1024;
 
+/// fulcrum patch: the room a kept idle read buffer needs to be read into without a new reservation.
+const KEPT_READ_ROOM: usize = 2048;
+
 /// fulcrum patch: whether idle server connections that have carried more than one exchange may keep
 /// their buffers (see `Conn::poll_flush`); set by the application.
 static KEEP_IDLE_BUFFERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -262,7 +265,15 @@ where
                 .max()
                 .saturating_sub(self.read_buf.len()),
         );
-        if self.read_buf_remaining_mut() < next {
+        // fulcrum patch: a kept idle buffer with room for a usual message head is read into as it is;
+        // reserving the strategy's full size after every message allocated a new buffer per request
+        // while the last request's bytes still shared the old one.
+        let wanted = if self.keep_idle_read_buf && self.read_buf.is_empty() {
+            cmp::min(next, KEPT_READ_ROOM)
+        } else {
+            next
+        };
+        if self.read_buf_remaining_mut() < wanted {
             self.read_buf.reserve(next);
         }
 
