@@ -60,7 +60,7 @@ impl UpstreamClient {
                 ));
                 Either::Left(async move {
                     sent.await
-                        .map(|response| response.map(ResponseBody::Hyper))
+                        .map(|response| response.map(http_body_util::Either::Left))
                         .map_err(|error| ProxyError::from_client(&error))
                 })
             }

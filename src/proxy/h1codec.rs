@@ -1,25 +1,21 @@
 //! The HTTP/1.1 wire format of our upstream connections, without I/O: a request head written from the
-//! rewritten parts, a response head parsed from the read buffer (with how its body is delimited), and
-//! the chunked-body decoder. [`super::h1pool`] drives it on the request's own task.
+//! rewritten parts, and a response head parsed from the read buffer with how its body is delimited (the
+//! chunked decoder is in [`super::h1chunked`]). [`super::h1conn`] drives it on the request's own task.
 
 use std::mem::MaybeUninit;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 
 /// Most header fields a response head may have (hyper's limit too).
-const MAX_HEADERS: usize = 100;
+pub(super) const MAX_HEADERS: usize = 100;
 
 /// Header fields whose places are kept on the stack while a head is parsed (more take a Vec).
 const FEW_HEADERS: usize = 24;
 
 /// Largest response head accepted: a larger one is a 502, as in nginx ("upstream sent too big header").
 pub const MAX_HEAD: usize = 64 * 1024;
-
-/// Longest chunk-size line, and largest trailer section, of a chunked response body.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
 
 /// A response the upstream sent that we cannot forward.
 #[derive(Debug, thiserror::Error)]
@@ -141,30 +137,14 @@ pub fn parse_head(
         // Uninitialised: zeroing 100 fields (3.2 KiB) per response cost more than the parse.
         let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
-        let parsing = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut parsed,
-            buf,
-            &mut raw,
-        );
-        let length = match parsing {
-            Ok(httparse::Status::Complete(length)) => length,
-            Ok(httparse::Status::Partial) => {
-                return if buf.len() > MAX_HEAD {
-                    Err(CodecError::HeadTooLarge)
-                } else {
-                    Ok(None)
-                };
-            }
-            Err(error) => return Err(CodecError::Head(error)),
+        let Some(length) = parse_response(&mut parsed, buf, &mut raw)? else {
+            return Ok(None);
         };
-        if length > MAX_HEAD {
-            return Err(CodecError::HeadTooLarge);
-        }
         let code = parsed.code.unwrap_or(0);
         if code == 101 {
             return Err(CodecError::UnexpectedSwitch);
         }
-        if (100..200).contains(&code) {
+        if is_interim(code) {
             buf.advance(length);
             continue;
         }
@@ -206,10 +186,9 @@ pub fn parse_head(
                 .map_err(|_| CodecError::Header)?;
             let value = HeaderValue::from_maybe_shared(bytes.slice(value..value + value_len))
                 .map_err(|_| CodecError::Header)?;
-            if !seen.keep(&name, &value)? {
-                continue;
+            if seen.keep(&name, &value) {
+                headers.append(name, value);
             }
-            headers.append(name, value);
         }
         let framing = seen.framing(method, status)?;
         let keep_alive =
@@ -239,26 +218,34 @@ pub fn skip_interim(buf: &mut BytesMut) -> Result<bool, CodecError> {
     loop {
         let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
-        let parsing = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut parsed,
-            buf,
-            &mut raw,
-        );
-        match parsing {
-            Ok(httparse::Status::Complete(length)) => {
-                let code = parsed.code.unwrap_or(0);
-                if code == 101 || !(100..200).contains(&code) {
-                    return Ok(true);
-                }
-                buf.advance(length);
-            }
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(CodecError::HeadTooLarge)
-            }
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(error) => return Err(CodecError::Head(error)),
+        let Some(length) = parse_response(&mut parsed, buf, &mut raw)? else {
+            return Ok(false);
+        };
+        if !is_interim(parsed.code.unwrap_or(0)) {
+            return Ok(true);
         }
+        buf.advance(length);
     }
+}
+
+/// One httparse pass over the response head at the start of `buf`: its length when it is whole, `None`
+/// when more bytes are needed; a head over [`MAX_HEAD`] is an error either way.
+fn parse_response<'h, 'b>(
+    parsed: &mut httparse::Response<'h, 'b>,
+    buf: &'b [u8],
+    raw: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<usize>, CodecError> {
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(parsed, buf, raw) {
+        Ok(httparse::Status::Complete(length)) if length <= MAX_HEAD => Ok(Some(length)),
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => Ok(None),
+        Ok(_) => Err(CodecError::HeadTooLarge),
+        Err(error) => Err(CodecError::Head(error)),
+    }
+}
+
+/// An interim answer, which a final one follows: 1xx except `101 Switching Protocols`.
+fn is_interim(code: u16) -> bool {
+    (100..200).contains(&code) && code != 101
 }
 
 /// What a response head's framing and connection fields said, noted as its fields go into the map.
@@ -279,7 +266,7 @@ struct Seen {
 
 impl Seen {
     /// Notes a field; whether it goes into the response's map (hop-by-hop fields do not).
-    fn keep(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<bool, CodecError> {
+    fn keep(&mut self, name: &HeaderName, value: &HeaderValue) -> bool {
         if *name == header::CONTENT_LENGTH {
             for part in value.as_bytes().split(|&b| b == b',') {
                 let part = part.trim_ascii();
@@ -293,13 +280,13 @@ impl Seen {
                 self.bad_length |= self.length.is_some_and(|seen| seen != parsed);
                 self.length = Some(parsed);
             }
-            return Ok(true);
+            return true;
         }
         if *name == header::TRANSFER_ENCODING {
             let last = value.as_bytes().rsplit(|&b| b == b',').next();
             self.chunked =
                 Some(last.is_some_and(|token| token.trim_ascii().eq_ignore_ascii_case(b"chunked")));
-            return Ok(false);
+            return false;
         }
         if *name == header::CONNECTION {
             self.close |= has_token(value, "close");
@@ -309,13 +296,13 @@ impl Seen {
                 .all(|token| super::headers::is_usual_connection_token(token.trim_ascii()));
             // A Connection naming other fields stays, so the stripping that removes them finds it.
             self.other_hop_by_hop |= !usual;
-            return Ok(!usual);
+            return !usual;
         }
         if *name == header::TE {
             self.other_hop_by_hop = true;
-            return Ok(true);
+            return true;
         }
-        Ok(!super::headers::is_hop_by_hop(name))
+        !super::headers::is_hop_by_hop(name)
     }
 
     /// How the body is delimited (RFC 9112 6.3), for a response to `method` with `status`.
@@ -354,132 +341,6 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
         .as_bytes()
         .split(|&b| b == b',')
         .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-/// Where a chunked body's decoder is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChunkState {
-    /// Before a chunk-size line.
-    Size,
-    /// Inside a chunk's data, this many bytes left.
-    Data(u64),
-    /// After a chunk's data, before its CRLF.
-    DataEnd,
-    /// After the last chunk, before the trailer section's end.
-    Trailers,
-    /// The body has ended.
-    Done,
-}
-
-/// What one step of the chunked decoder found.
-#[derive(Debug)]
-pub enum Decoded {
-    /// Body bytes.
-    Data(Bytes),
-    /// The end of the body, with its trailers if it had any.
-    End(Option<HeaderMap>),
-}
-
-/// Decodes from `buf` as far as it can: `Ok(None)` when more bytes are needed.
-pub fn decode_chunked(
-    state: &mut ChunkState,
-    buf: &mut BytesMut,
-) -> Result<Option<Decoded>, CodecError> {
-    loop {
-        match *state {
-            ChunkState::Size => {
-                let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-                    return if buf.len() > MAX_CHUNK_LINE {
-                        Err(CodecError::Chunk)
-                    } else {
-                        Ok(None)
-                    };
-                };
-                let size = chunk_size(&buf[..end])?;
-                buf.advance(end + 1);
-                *state = if size == 0 {
-                    ChunkState::Trailers
-                } else {
-                    ChunkState::Data(size)
-                };
-            }
-            ChunkState::Data(left) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                let data = buf.split_to(take).freeze();
-                let left = left - take as u64;
-                *state = if left == 0 {
-                    ChunkState::DataEnd
-                } else {
-                    ChunkState::Data(left)
-                };
-                return Ok(Some(Decoded::Data(data)));
-            }
-            ChunkState::DataEnd => {
-                if buf.starts_with(b"\r\n") {
-                    buf.advance(2);
-                } else if buf.starts_with(b"\n") {
-                    buf.advance(1);
-                } else if buf.is_empty() || buf[..] == b"\r"[..] {
-                    return Ok(None);
-                } else {
-                    return Err(CodecError::Chunk);
-                }
-                *state = ChunkState::Size;
-            }
-            ChunkState::Trailers => {
-                if buf.starts_with(b"\r\n") || buf.starts_with(b"\n") {
-                    buf.advance(if buf[0] == b'\r' { 2 } else { 1 });
-                    *state = ChunkState::Done;
-                    return Ok(Some(Decoded::End(None)));
-                }
-                let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let (length, fields) = match httparse::parse_headers(buf, &mut raw) {
-                    Ok(httparse::Status::Complete(done)) => done,
-                    Ok(httparse::Status::Partial) => {
-                        return if buf.len() > MAX_TRAILERS {
-                            Err(CodecError::Chunk)
-                        } else {
-                            Ok(None)
-                        };
-                    }
-                    Err(_) => return Err(CodecError::Chunk),
-                };
-                let mut trailers = HeaderMap::with_capacity(fields.len());
-                for field in fields.iter() {
-                    let name = HeaderName::from_bytes(field.name.as_bytes())
-                        .map_err(|_| CodecError::Chunk)?;
-                    let value =
-                        HeaderValue::from_bytes(field.value).map_err(|_| CodecError::Chunk)?;
-                    trailers.append(name, value);
-                }
-                buf.advance(length);
-                *state = ChunkState::Done;
-                return Ok(Some(Decoded::End(Some(trailers))));
-            }
-            ChunkState::Done => return Ok(Some(Decoded::End(None))),
-        }
-    }
-}
-
-/// The size of a chunk-size line (without its `\n`): hex digits, then optional extensions.
-fn chunk_size(line: &[u8]) -> Result<u64, CodecError> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let digits_end = line
-        .iter()
-        .position(|b| !b.is_ascii_hexdigit())
-        .unwrap_or(line.len());
-    if digits_end == 0 || digits_end > 16 {
-        return Err(CodecError::Chunk);
-    }
-    let rest = line[digits_end..].trim_ascii_start();
-    if !rest.is_empty() && rest[0] != b';' {
-        return Err(CodecError::Chunk);
-    }
-    let digits = std::str::from_utf8(&line[..digits_end]).map_err(|_| CodecError::Chunk)?;
-    u64::from_str_radix(digits, 16).map_err(|_| CodecError::Chunk)
 }
 
 #[cfg(test)]
@@ -661,58 +522,5 @@ mod tests {
         .expect("complete");
         let reason = head.response.extensions().get::<hyper::ext::ReasonPhrase>();
         assert_eq!(reason.map(|r| r.as_bytes()), Some(&b"Fine Thanks"[..]));
-    }
-
-    #[test]
-    fn a_chunked_body_decodes_across_any_split_with_its_trailers() {
-        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\n6\r\nworld!\r\n0\r\nX-T: 1\r\n\r\n";
-        for split in 0..wire.len() {
-            let mut state = ChunkState::Size;
-            let mut buf = BytesMut::from(&wire[..split]);
-            let mut body = Vec::new();
-            let trailers;
-            let mut fed = false;
-            loop {
-                match decode_chunked(&mut state, &mut buf).expect("valid") {
-                    Some(Decoded::Data(data)) => body.extend_from_slice(&data),
-                    Some(Decoded::End(found)) => {
-                        trailers = found;
-                        break;
-                    }
-                    None => {
-                        assert!(!fed, "split {split}: stalled with every byte fed");
-                        buf.extend_from_slice(&wire[split..]);
-                        fed = true;
-                    }
-                }
-            }
-            assert_eq!(body, b"hello world!", "split {split}");
-            assert_eq!(
-                trailers.map(|t| t["x-t"].clone()),
-                Some(HeaderValue::from_static("1"))
-            );
-            assert!(buf.is_empty(), "split {split}");
-        }
-    }
-
-    #[test]
-    fn malformed_chunks_are_errors() {
-        for wire in [
-            &b"zz\r\n"[..],
-            b"5\r\nhelloXX",
-            b"12345678901234567\r\n",
-            b"5 x\r\n",
-        ] {
-            let mut state = ChunkState::Size;
-            let mut buf = BytesMut::from(wire);
-            let mut result = Ok(None);
-            for _ in 0..4 {
-                result = decode_chunked(&mut state, &mut buf);
-                if !matches!(result, Ok(Some(Decoded::Data(_)))) {
-                    break;
-                }
-            }
-            assert!(result.is_err(), "{}", String::from_utf8_lossy(wire));
-        }
     }
 }

@@ -21,9 +21,9 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::body::RequestBody;
+use super::h1chunked::{decode_chunked, ChunkState, Decoded};
 use super::h1codec::{
-    self, decode_chunked, encode_head, request_framing, ChunkState, CodecError, Decoded, Head,
-    RequestFraming, ResponseFraming,
+    self, encode_head, request_framing, CodecError, Head, RequestFraming, ResponseFraming,
 };
 use super::h1pool::Http1Pool;
 
@@ -492,52 +492,11 @@ impl Body for H1Body {
     }
 }
 
-/// An upstream response body: hyper's (TLS, HTTP/2, upgrades) or ours.
-#[derive(Debug)]
-pub enum ResponseBody {
-    /// From hyper's client.
-    Hyper(hyper::body::Incoming),
-    /// From our HTTP/1.1 connection.
-    Own(H1Body),
-}
+/// An upstream response body: hyper's (TLS, HTTP/2, upgrades) on the left, ours on the right.
+pub type ResponseBody = http_body_util::Either<hyper::body::Incoming, H1Body>;
 
-impl ResponseBody {
-    /// Whether its response's hop-by-hop fields were left out as its head was parsed (ours, unless a
-    /// `Connection` named other fields).
-    pub fn hop_by_hop_removed(&self) -> bool {
-        matches!(self, ResponseBody::Own(body) if body.hop_by_hop_removed)
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ResponseBody::Hyper(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
-            ResponseBody::Own(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Hyper(body) => body.is_end_stream(),
-            ResponseBody::Own(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Hyper(body) => body.size_hint(),
-            ResponseBody::Own(body) => body.size_hint(),
-        }
-    }
+/// Whether a response's hop-by-hop fields were left out as its head was parsed (ours, unless a
+/// `Connection` named other fields).
+pub fn hop_by_hop_removed(body: &ResponseBody) -> bool {
+    matches!(body, http_body_util::Either::Right(body) if body.hop_by_hop_removed)
 }

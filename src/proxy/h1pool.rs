@@ -115,7 +115,7 @@ impl Http1Pool {
                 match conn.send(method, target, headers, &mut body).await {
                     Ok((head, whole)) => {
                         let body = H1Body::new(conn, &head, whole);
-                        return Ok(head.response.map(|()| ResponseBody::Own(body)));
+                        return Ok(head.response.map(|()| http_body_util::Either::Right(body)));
                     }
                     Err(error)
                         if pooled
@@ -163,7 +163,7 @@ impl Http1Pool {
         sender
             .send_request(request)
             .await
-            .map(|response| response.map(ResponseBody::Hyper))
+            .map(|response| response.map(http_body_util::Either::Left))
             .map_err(|error| ProxyError::Upstream(root_cause(&error)))
     }
 

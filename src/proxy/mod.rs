@@ -6,10 +6,12 @@ pub mod client_ip;
 pub mod error;
 mod forward;
 mod framing;
+pub mod h1chunked;
 pub mod h1codec;
 pub mod h1conn;
 mod h1pool;
 pub mod headers;
+mod host;
 pub mod keys;
 mod limits;
 mod pick;
@@ -136,8 +138,8 @@ impl ProxyService {
             return Err(local_answer(&ProxyError::UriTooLong));
         }
         let scan = framing::scan(request.headers());
-        let host = match host_header(&request, scan.host) {
-            Ok(header) => request_host(&request, header),
+        let host = match host::host_header(&request, scan.host) {
+            Ok(header) => host::request_host(&request, header),
             Err(()) => {
                 warn!(id = trace.id(), client = %client_ip, "request without exactly one valid Host");
                 return Err(local_answer(&ProxyError::BadHost));
@@ -366,7 +368,7 @@ impl ProxyService {
                     }
                     _ => {
                         let (mut parts, body) = response.into_parts();
-                        if !body.hop_by_hop_removed() {
+                        if !h1conn::hop_by_hop_removed(&body) {
                             headers::strip_hop_by_hop(&mut parts.headers);
                         }
                         let origin = forward::BodyOrigin {
@@ -533,50 +535,6 @@ fn access_entry(
     }
 }
 
-/// The request's `Host` header (its first value and how many there are, from [`framing::scan`]), `Err`
-/// when it breaks RFC 9112 3.2: an HTTP/1.1 request has exactly one `Host`, an HTTP/1.0 one at most one,
-/// and its value is a valid authority (HTTP/2 carries `:authority` instead and is checked by hyper).
-fn host_header<'a, B>(
-    request: &Request<B>,
-    (first, count): (Option<&'a HeaderValue>, usize),
-) -> Result<Option<&'a HeaderValue>, ()> {
-    if request.version() > http::Version::HTTP_11 {
-        return Ok(first);
-    }
-    match (first, count) {
-        (Some(value), 1) if value.as_bytes().is_empty() || is_authority(value.as_bytes()) => {
-            Ok(Some(value))
-        }
-        (None, 0) if request.version() < http::Version::HTTP_11 => Ok(None),
-        _ => Err(()),
-    }
-}
-
-/// Whether `value` is a valid authority, as `http::uri::Authority` parses one. The usual host (letters,
-/// digits, dots, dashes, at most one `:` before a port) is checked here: for those bytes http's rules come
-/// down to "not empty, at most one colon", and `Authority::try_from` copies the value into a new
-/// allocation to check it. Anything else goes to http.
-fn is_authority(value: &[u8]) -> bool {
-    let plain = value
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
-    if plain {
-        return !value.is_empty() && value.iter().filter(|&&b| b == b':').count() <= 1;
-    }
-    http::uri::Authority::try_from(value).is_ok()
-}
-
-/// The request's host: its `Host` header, else the URI authority (HTTP/2 `:authority`, absolute-form).
-fn request_host<B>(request: &Request<B>, host_header: Option<&HeaderValue>) -> Option<HeaderValue> {
-    if let Some(host) = host_header {
-        return Some(host.clone());
-    }
-    request
-        .uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-}
-
 /// Marks a response the proxy made itself, for the metrics.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LocalAnswer;
@@ -633,45 +591,6 @@ fn public_reason(error: &ProxyError) -> &'static str {
         }
         ProxyError::Overloaded { queued: true } => {
             "every upstream server stayed busy for queue_timeout"
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_authority;
-
-    #[test]
-    fn the_host_check_agrees_with_http_on_every_value() {
-        for (value, valid) in [
-            (&b"example.com"[..], true),
-            (b"example.com:8080", true),
-            (b"127.0.0.1:80", true),
-            (b":80", true),
-            (b"a:b:c", false),
-            (b"", false),
-            (b"[::1]:80", true),
-            (b"user@host", true),
-            (b"host/path", false),
-            (b"ho st", false),
-        ] {
-            let text = String::from_utf8_lossy(value);
-            assert_eq!(is_authority(value), valid, "{text}");
-        }
-        // Random values over the bytes that matter to either path: every answer is http's.
-        let mut rng = fastrand::Rng::with_seed(9);
-        let alphabet = b"aZ09.-:[]@%/?#_ ~\t\x7f";
-        for _ in 0..200_000 {
-            let len = rng.usize(0..10);
-            let value: Vec<u8> = (0..len)
-                .map(|_| alphabet[rng.usize(..alphabet.len())])
-                .collect();
-            assert_eq!(
-                is_authority(&value),
-                http::uri::Authority::try_from(&value[..]).is_ok(),
-                "{:?}",
-                String::from_utf8_lossy(&value)
-            );
         }
     }
 }
