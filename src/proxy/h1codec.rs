@@ -182,8 +182,7 @@ pub fn parse_head(
         let mut seen = Seen::default();
         for span in spans.iter() {
             let [name, name_len, value, value_len] = span.map(|n| n as usize);
-            let name = HeaderName::from_bytes(&bytes[name..name + name_len])
-                .map_err(|_| CodecError::Header)?;
+            let name = header_name(&bytes[name..name + name_len])?;
             let value = HeaderValue::from_maybe_shared(bytes.slice(value..value + value_len))
                 .map_err(|_| CodecError::Header)?;
             if seen.keep(&name, &value) {
@@ -246,6 +245,31 @@ fn parse_response<'h, 'b>(
 /// An interim answer, which a final one follows: 1xx except `101 Switching Protocols`.
 fn is_interim(code: u16) -> bool {
     (100..200).contains(&code) && code != 101
+}
+
+/// The field name for `raw`: the names servers usually send, spelled as they usually spell them, are
+/// matched as they are (a length switch and one comparison); others go through [`HeaderName::from_bytes`],
+/// which lowercases into a scratch buffer and then looks the name up (about six times the work, and a
+/// response carries several of these names).
+fn header_name(raw: &[u8]) -> Result<HeaderName, CodecError> {
+    Ok(match raw {
+        b"Date" => header::DATE,
+        b"Server" => header::SERVER,
+        b"Content-Type" => header::CONTENT_TYPE,
+        b"Content-Length" => header::CONTENT_LENGTH,
+        b"Connection" => header::CONNECTION,
+        b"Transfer-Encoding" => header::TRANSFER_ENCODING,
+        b"Last-Modified" => header::LAST_MODIFIED,
+        b"ETag" => header::ETAG,
+        b"Accept-Ranges" => header::ACCEPT_RANGES,
+        b"Cache-Control" => header::CACHE_CONTROL,
+        b"Vary" => header::VARY,
+        b"Expires" => header::EXPIRES,
+        b"Location" => header::LOCATION,
+        b"Set-Cookie" => header::SET_COOKIE,
+        b"Content-Encoding" => header::CONTENT_ENCODING,
+        _ => HeaderName::from_bytes(raw).map_err(|_| CodecError::Header)?,
+    })
 }
 
 /// What a response head's framing and connection fields said, noted as its fields go into the map.
@@ -349,6 +373,44 @@ mod tests {
 
     fn head(bytes: &[u8], method: Method) -> Result<Option<Head>, CodecError> {
         parse_head(&mut BytesMut::from(bytes), &method, &mut HeaderMap::new())
+    }
+
+    #[test]
+    fn a_field_name_is_the_same_whether_matched_as_spelled_or_parsed() {
+        let spellings: &[&[u8]] = &[
+            b"Date",
+            b"Server",
+            b"Content-Type",
+            b"Content-Length",
+            b"Connection",
+            b"Transfer-Encoding",
+            b"Last-Modified",
+            b"ETag",
+            b"Accept-Ranges",
+            b"Cache-Control",
+            b"Vary",
+            b"Expires",
+            b"Location",
+            b"Set-Cookie",
+            b"Content-Encoding",
+            b"date",
+            b"CONTENT-LENGTH",
+            b"Keep-Alive",
+            b"X-Custom",
+            b"x-request-id",
+        ];
+        for raw in spellings {
+            let parsed = HeaderName::from_bytes(raw).ok();
+            assert_eq!(
+                header_name(raw).ok(),
+                parsed,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        for bad in [&b""[..], b"Bad Name", b"Na:me", b"\x01"] {
+            assert!(matches!(header_name(bad), Err(CodecError::Header)));
+        }
     }
 
     #[test]
