@@ -9,7 +9,7 @@ use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::uri::Authority;
 use http::{header, HeaderMap, Method, Request, Response, Uri};
@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::RequestBody;
+use crate::clock::now_ms;
 use super::error::{root_cause, ProxyError};
 use super::h1conn::{Conn, H1Body, ResponseBody};
 
@@ -52,11 +53,20 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// A connection ready for its next request, and since when.
+/// A connection ready for its next request, and since when ([`now_ms`]: the coarse clock is precise
+/// enough for an idle time and costs less than a precise reading on every response).
 #[derive(Debug)]
 struct Idle {
     conn: Box<Conn>,
-    since: Instant,
+    since: u64,
+}
+
+impl Idle {
+    /// Whether the connection may take a request: not idle for `keepalive_timeout`, still open.
+    fn is_usable(&mut self, keepalive_timeout: Duration) -> bool {
+        Duration::from_millis(now_ms().saturating_sub(self.since)) < keepalive_timeout
+            && self.conn.is_usable()
+    }
 }
 
 impl Http1Pool {
@@ -171,9 +181,9 @@ impl Http1Pool {
     fn checkout(&self, key: &Authority) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(key.as_str())?;
-        while let Some(Idle { mut conn, since }) = list.pop() {
-            if since.elapsed() < self.keepalive_timeout && conn.is_usable() {
-                return Some(conn);
+        while let Some(mut idle) = list.pop() {
+            if idle.is_usable(self.keepalive_timeout) {
+                return Some(idle.conn);
             }
         }
         None
@@ -183,7 +193,7 @@ impl Http1Pool {
     /// closes it).
     pub fn put(self: &Arc<Self>, conn: Box<Conn>) {
         {
-            let since = Instant::now();
+            let since = now_ms();
             let mut idle = self.idle.lock();
             // Looked up by `&str` (one hash of the text; `Authority`'s own hash feeds it byte by byte),
             // so a key is only allocated for a server's first idle connection.
@@ -238,9 +248,7 @@ async fn sweep(pool: Weak<Http1Pool>) {
         };
         let mut idle = pool.idle.lock();
         idle.retain(|_, list| {
-            list.retain_mut(|idle| {
-                idle.since.elapsed() < pool.keepalive_timeout && idle.conn.is_usable()
-            });
+            list.retain_mut(|idle| idle.is_usable(pool.keepalive_timeout));
             !list.is_empty()
         });
     }
