@@ -20,9 +20,9 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::RequestBody;
-use crate::clock::now_ms;
 use super::error::{root_cause, ProxyError};
 use super::h1conn::{Conn, H1Body, ResponseBody};
+use crate::clock::now_ms;
 
 /// Sends that may go to a fresh connection after a pooled one turned out closed before it answered (the
 /// server closed it while it sat idle).

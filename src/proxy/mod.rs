@@ -20,10 +20,8 @@ pub mod request_id;
 pub mod router;
 pub mod upgrade;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -410,12 +408,21 @@ impl ProxyService {
     }
 }
 
-impl hyper::service::Service<Request<Incoming>> for ProxyService {
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+impl ProxyService {
+    /// Answers `request`, handing the response to `deliver` (the connection's wrapping) inside the same
+    /// future. The future is returned as it is, not boxed: a connection keeps one slot for its request in
+    /// flight (hyper's dispatcher, patched to keep that slot for connections in steady use), so a
+    /// keep-alive request allocates no future of its own; and with `deliver` inside, the future is built
+    /// once, not built and then moved into a wrapper (every move copies all of its ~2 KB).
+    pub fn respond<T, D>(
+        &self,
+        mut request: Request<Incoming>,
+        deliver: D,
+    ) -> impl Future<Output = T> + Send + 'static
+    where
+        T: Send + 'static,
+        D: FnOnce(Response<ProxyBody>) -> T + Send + 'static,
+    {
         // Room for what the proxy adds (request id, forwarding headers) in one step. The patched hyper
         // makes an HTTP/1 request's new map that size already; an HTTP/2 request's map, or a reused one,
         // may be sized for the client's headers only.
@@ -427,19 +434,19 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             .as_ref()
             .map(|log| Box::new(access_entry(&request, &id, Arc::clone(log))));
         let mut trace = Trace::new(id);
-        // Everything that needs no waiting is done here, so the boxed future holds only what lives across
-        // the wait for the upstream (every byte of it is copied into the box).
+        // Everything that needs no waiting is done here, so the future holds only what lives across the
+        // wait for the upstream (every byte of it is moved into the connection's slot).
         let mut routed = match self.route(&snapshot, request, &mut trace) {
             Ok(routed) => routed,
             Err(answer) => {
                 let answer = self.finish(&snapshot, trace, pending, answer);
-                return Box::pin(std::future::ready(Ok(answer)));
+                return tokio_util::either::Either::Left(std::future::ready(deliver(answer)));
             }
         };
         let service = self.clone();
-        Box::pin(async move {
+        tokio_util::either::Either::Right(async move {
             let response = service.proxy(&snapshot, &mut routed, &mut trace).await;
-            Ok(service.finish(&snapshot, trace, pending, response))
+            deliver(service.finish(&snapshot, trace, pending, response))
         })
     }
 }

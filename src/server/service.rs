@@ -42,14 +42,43 @@ impl Drop for Active {
     }
 }
 
-type InnerFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+/// What serves a connection's requests: [`ClockedService::call`] behind hyper's `service_fn` (its future
+/// type has no name to write in a `Service` impl).
+pub trait ConnectionService:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ClockedBody>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
 
-impl hyper::service::Service<Request<Incoming>> for ClockedService {
-    type Response = Response<ClockedBody>;
-    type Error = Infallible;
-    type Future = ClockedFuture;
+impl<S> ConnectionService for S where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ClockedBody>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+impl ClockedService {
+    /// This connection's service for hyper.
+    pub fn into_service(self) -> impl ConnectionService {
+        hyper::service::service_fn(move |request| self.call(request))
+    }
+
+    /// Answers `request`, reporting it to the connection's clock.
+    pub fn call(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ClockedBody>, Infallible>> + Send + 'static {
         let http2 = request.version() == http::Version::HTTP_2;
         let served = self.clock.request_started(http2);
         let limits = self.inner.client_limits();
@@ -58,42 +87,29 @@ impl hyper::service::Service<Request<Incoming>> for ClockedService {
             // The watchdog sends GOAWAY; the streams in flight finish.
             self.clock.poke();
         }
-        ClockedFuture {
-            inner: hyper::service::Service::call(&self.inner, request),
-            active: Some(Active(Arc::clone(&self.clock))),
-            close: last && !http2,
-        }
+        let active = Active(Arc::clone(&self.clock));
+        let close = last && !http2;
+        self.inner.respond(request, move |response| {
+            Ok(clocked(response, active, close))
+        })
     }
 }
 
-/// The response future of [`ClockedService`].
-pub struct ClockedFuture {
-    inner: InnerFuture,
-    active: Option<Active>,
-    close: bool,
-}
-
-impl Future for ClockedFuture {
-    type Output = Result<Response<ClockedBody>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let Poll::Ready(Ok(response)) = this.inner.as_mut().poll(cx) else {
-            return Poll::Pending;
-        };
-        let (mut parts, body) = response.into_parts();
-        if this.close {
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        let body = ClockedBody {
-            inner: body,
-            active: this.active.take(),
-            holding: false,
-        };
-        Poll::Ready(Ok(Response::from_parts(parts, body)))
+/// `response` with its body holding the request active until it ends, and `Connection: close` on the
+/// connection's last response.
+fn clocked(response: Response<ProxyBody>, active: Active, close: bool) -> Response<ClockedBody> {
+    let (mut parts, body) = response.into_parts();
+    if close {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    let body = ClockedBody {
+        inner: body,
+        active: Some(active),
+        holding: false,
+    };
+    Response::from_parts(parts, body)
 }
 
 pin_project_lite::pin_project! {

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::listener::Shared;
-use super::service::ClockedService;
+use super::service::ConnectionService;
 use super::timeouts::{TimedIo, PREFACE_LEN};
 use crate::config::HttpLimits;
 
@@ -69,18 +69,18 @@ type Io<I> = TokioIo<TimedIo<I>>;
 pin_project_lite::pin_project! {
     /// One connection being served: first reading far enough to tell HTTP/2 from HTTP/1, then either.
     #[project = StateProj]
-    enum State<I> {
+    enum State<I, S: ConnectionService> {
         Detecting {
             io: Option<TimedIo<I>>,
-            service: Option<ClockedService>,
+            service: Option<S>,
             shared: Arc<Shared>,
         },
         Http1 {
             #[pin]
-            connection: http1::UpgradeableConnection<Io<I>, ClockedService>,
+            connection: http1::UpgradeableConnection<Io<I>, S>,
         },
         Http2 {
-            connection: Pin<Box<http2::Connection<Io<I>, ClockedService, TokioExecutor>>>,
+            connection: Pin<Box<http2::Connection<Io<I>, S, TokioExecutor>>>,
         },
         Closed,
     }
@@ -88,18 +88,19 @@ pin_project_lite::pin_project! {
 
 pin_project_lite::pin_project! {
     /// The future serving one client connection until it closes; see the module documentation.
-    pub struct Serving<I> {
+    pub struct Serving<I, S: ConnectionService> {
         #[pin]
-        state: State<I>,
+        state: State<I, S>,
     }
 }
 
-impl<I> Serving<I>
+impl<I, S> Serving<I, S>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ConnectionService,
 {
     /// Serves `io` with `service` under the listener's protocol settings.
-    pub fn new(io: TimedIo<I>, service: ClockedService, shared: Arc<Shared>) -> Self {
+    pub fn new(io: TimedIo<I>, service: S, shared: Arc<Shared>) -> Self {
         Self {
             state: State::Detecting {
                 io: Some(io),
@@ -122,9 +123,10 @@ where
     }
 }
 
-impl<I> Future for Serving<I>
+impl<I, S> Future for Serving<I, S>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ConnectionService,
 {
     type Output = Result<(), ServeError>;
 

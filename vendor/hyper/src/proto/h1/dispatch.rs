@@ -46,7 +46,13 @@ cfg_server! {
     use crate::service::HttpService;
 
     pub(crate) struct Server<S: HttpService<B>, B> {
-        in_flight: Pin<Box<Option<S::Future>>>,
+        // fulcrum patch: the slot for the request in flight is allocated with the first request and,
+        // between requests, kept only by a connection in steady use (more than one request, and the
+        // application allows it: `server::conn::http1::keep_idle_buffers`). Stock hyper allocates it
+        // with the connection and keeps it; an application whose service future is large and unboxed
+        // would then pay its size for every idle connection.
+        in_flight: Option<Pin<Box<Option<S::Future>>>>,
+        served: u32,
         pub(crate) service: S,
     }
 }
@@ -570,7 +576,8 @@ cfg_server! {
     {
         pub(crate) fn new(service: S) -> Server<S, B> {
             Server {
-                in_flight: Box::pin(None),
+                in_flight: None,
+                served: 0,
                 service,
             }
         }
@@ -599,7 +606,10 @@ cfg_server! {
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<(Self::PollItem, Self::PollBody), Self::PollError>>> {
             let mut this = self.as_mut();
-            let ret = if let Some(fut) = &mut this.in_flight.as_mut().as_pin_mut() {
+            let Some(slot) = this.in_flight.as_mut() else {
+                unreachable!("poll_msg shouldn't be called if no inflight");
+            };
+            let ret = if let Some(fut) = &mut slot.as_mut().as_pin_mut() {
                 let resp = ready!(fut.as_mut().poll(cx)?);
                 let (parts, body) = resp.into_parts();
                 let head = MessageHead {
@@ -614,7 +624,10 @@ cfg_server! {
             };
 
             // Since in_flight finished, remove it
-            this.in_flight.set(None);
+            slot.set(None);
+            if this.served < 2 || !super::io::keeps_idle_buffers() {
+                this.in_flight = None;
+            }
             ret
         }
 
@@ -627,12 +640,16 @@ cfg_server! {
             *req.version_mut() = msg.version;
             *req.extensions_mut() = msg.extensions;
             let fut = self.service.call(req);
-            self.in_flight.set(Some(fut));
+            self.served = self.served.saturating_add(1);
+            match self.in_flight.as_mut() {
+                Some(slot) => slot.set(Some(fut)),
+                None => self.in_flight = Some(Box::pin(Some(fut))),
+            }
             Ok(())
         }
 
         fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-            if self.in_flight.is_some() {
+            if self.should_poll() {
                 Poll::Pending
             } else {
                 Poll::Ready(Ok(()))
@@ -640,7 +657,7 @@ cfg_server! {
         }
 
         fn should_poll(&self) -> bool {
-            self.in_flight.is_some()
+            self.in_flight.as_ref().is_some_and(|slot| slot.is_some())
         }
     }
 }
