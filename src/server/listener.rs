@@ -331,6 +331,8 @@ impl Connection {
         let mut wake_at = tokio::time::Instant::now();
         let control = ControlWake::new();
         let control_waker = Waker::from(Arc::clone(&control));
+        // The task's waker as last registered with `control`.
+        let mut registered: Option<Waker> = None;
         let result = loop {
             let stop = self.stop.wait_for(|stopped| *stopped);
             let force_close = self.force_close.cancelled();
@@ -343,7 +345,14 @@ impl Connection {
                 if let Poll::Ready(result) = connection.as_mut().poll(cx) {
                     return Poll::Ready(Event::Closed(result));
                 }
-                if !control.take(cx.waker()) {
+                if !registered
+                    .as_ref()
+                    .is_some_and(|known| known.will_wake(cx.waker()))
+                {
+                    control.register(cx.waker());
+                    registered = Some(cx.waker().clone());
+                }
+                if !control.take() {
                     return Poll::Pending;
                 }
                 let mut cx = Context::from_waker(&control_waker);
