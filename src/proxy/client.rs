@@ -16,6 +16,7 @@ use tokio_util::either::Either;
 use super::body::RequestBody;
 use super::error::ProxyError;
 use super::h1conn::ResponseBody;
+use super::headers::Forwarding;
 use crate::config::UpstreamProtocol;
 use crate::tls::UpstreamTls;
 use crate::upstream::Server;
@@ -44,13 +45,17 @@ impl UpstreamClient {
         &'a self,
         (method, uri): (&'a http::Method, &'a http::Uri),
         headers: &'a mut http::HeaderMap,
+        forwarding: Option<&'a Forwarding>,
         body: RequestBody,
         server: &'a Server,
         protocol: UpstreamProtocol,
     ) -> impl Future<Output = Result<http::Response<ResponseBody>, ProxyError>> + Send + 'a {
         match self {
             UpstreamClient::Legacy(client) => {
-                let headers = std::mem::take(headers);
+                let mut headers = std::mem::take(headers);
+                if let Some(forwarding) = forwarding {
+                    forwarding.insert_into(&mut headers);
+                }
                 let sent = client.request(absolute_request(
                     (method, uri),
                     headers,
@@ -65,7 +70,7 @@ impl UpstreamClient {
                 })
             }
             UpstreamClient::Http1(pool) => {
-                Either::Right(pool.request((method, uri), headers, body, &server.addr))
+                Either::Right(pool.request((method, uri), headers, forwarding, body, &server.addr))
             }
         }
     }

@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 use super::body::{BodyLimits, BodySlot, ClientFault, RequestBody};
 use super::error::ProxyError;
 use super::h1conn::ResponseBody;
+use super::headers::Forwarding;
 use super::pick::{Picked, Picker};
 use crate::clock::now_ms;
 use crate::config::{AllUnhealthy, RetryOn};
@@ -22,6 +23,8 @@ pub struct Forward<'a> {
     pub pool: &'a Pool,
     /// Method, URI, headers (already rewritten); the headers are taken by the last attempt there can be.
     pub parts: &'a mut Parts,
+    /// The forwarding fields each attempt sends after the headers.
+    pub forwarding: Option<&'a Forwarding>,
     /// The client's body ([`BodySlot::new`]).
     pub slot: &'a Option<Arc<BodySlot>>,
     /// Client address for balancing.
@@ -82,6 +85,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
     let Forward {
         pool,
         parts,
+        forwarding,
         slot,
         client_ip,
         key_hash,
@@ -124,6 +128,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             pool.client.request(
                 (&parts.method, &parts.uri),
                 headers,
+                forwarding,
                 body,
                 server,
                 pool.protocol,

@@ -8,6 +8,8 @@ use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 
+use super::headers::Forwarding;
+
 /// Most header fields a response head may have (hyper's limit too).
 pub(super) const MAX_HEADERS: usize = 100;
 
@@ -62,17 +64,24 @@ pub fn encode_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    forwarding: Option<&Forwarding>,
     framing: RequestFraming,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    let mut field = |name: &HeaderName, value: &HeaderValue| {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in headers {
+        field(name, value);
+    }
+    for (name, value) in forwarding.into_iter().flat_map(Forwarding::fields) {
+        field(name, value);
     }
     if framing == RequestFraming::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -425,11 +434,35 @@ mod tests {
             &Method::POST,
             "/p?q=1",
             &headers,
+            None,
             RequestFraming::Chunked,
         );
         assert_eq!(
             out,
             b"POST /p?q=1 HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        // The forwarding fields follow the map's.
+        let peer = "10.1.2.3".parse().expect("ip");
+        let host = HeaderValue::from_static("example.com");
+        let forwarding = super::super::headers::forwarding(
+            &mut headers.clone(),
+            &super::super::headers::Peer::new(peer),
+            peer,
+            "https",
+            Some(&host),
+        );
+        out.clear();
+        encode_head(
+            &mut out,
+            &Method::GET,
+            "/",
+            &headers,
+            Some(&forwarding),
+            RequestFraming::Empty,
+        );
+        assert_eq!(
+            out,
+            b"GET / HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\nx-forwarded-for: 10.1.2.3\r\nx-real-ip: 10.1.2.3\r\nx-forwarded-proto: https\r\nx-forwarded-host: example.com\r\n\r\n"
         );
         assert_eq!(request_framing(false, &headers), RequestFraming::Empty);
         assert_eq!(request_framing(true, &headers), RequestFraming::Chunked);

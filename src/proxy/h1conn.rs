@@ -26,6 +26,7 @@ use super::h1codec::{
     self, encode_head, request_framing, CodecError, Head, RequestFraming, ResponseFraming,
 };
 use super::h1pool::Http1Pool;
+use super::headers::Forwarding;
 
 /// An error a body of ours, or hyper's, raises.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -137,11 +138,12 @@ impl Conn {
         method: &Method,
         target: &str,
         headers: &mut HeaderMap,
+        forwarding: Option<&Forwarding>,
         body: &mut RequestBody,
     ) -> Result<(Head, bool), ConnError> {
         let framing = request_framing(!body.is_end_stream(), headers);
         self.out.clear();
-        encode_head(&mut self.out, method, target, headers, framing);
+        encode_head(&mut self.out, method, target, headers, forwarding, framing);
         let whole = if framing == RequestFraming::Empty {
             self.io
                 .write_all(&self.out)

@@ -22,6 +22,7 @@ use tracing::debug;
 use super::body::RequestBody;
 use super::error::{root_cause, ProxyError};
 use super::h1conn::{Conn, H1Body, ResponseBody};
+use super::headers::Forwarding;
 use crate::clock::now_ms;
 
 /// Sends that may go to a fresh connection after a pooled one turned out closed before it answered (the
@@ -100,6 +101,7 @@ impl Http1Pool {
         self: &'a Arc<Self>,
         (method, uri): (&'a Method, &'a Uri),
         headers: &'a mut HeaderMap,
+        forwarding: Option<&'a Forwarding>,
         mut body: RequestBody,
         key: &'a Authority,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
@@ -107,7 +109,11 @@ impl Http1Pool {
             if headers.contains_key(header::UPGRADE) {
                 // Boxed: upgrades are rare, and hyper's client future is large.
                 // A copy: a retry after a failed upgrade sends them again.
-                return Box::pin(self.upgrade((method, uri), headers.clone(), body, key)).await;
+                let mut headers = headers.clone();
+                if let Some(forwarding) = forwarding {
+                    forwarding.insert_into(&mut headers);
+                }
+                return Box::pin(self.upgrade((method, uri), headers, body, key)).await;
             }
             let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
             let has_body = !body.is_end_stream();
@@ -122,7 +128,10 @@ impl Http1Pool {
                         false,
                     ),
                 };
-                match conn.send(method, target, headers, &mut body).await {
+                match conn
+                    .send(method, target, headers, forwarding, &mut body)
+                    .await
+                {
                     Ok((head, whole)) => {
                         let body = H1Body::new(conn, &head, whole);
                         return Ok(head.response.map(|()| http_body_util::Either::Right(body)));

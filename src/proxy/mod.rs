@@ -38,7 +38,8 @@ use body::{ProxyBody, UpstreamBody};
 use error::ProxyError;
 use forward::{forward, Forward};
 
-/// Headers the proxy may add to a request: X-Request-Id and the four of [`headers::add_forwarding`].
+/// Headers the proxy may add to a request's map: X-Request-Id, and the four of [`headers::Forwarding`]
+/// when the upstream's client is not our HTTP/1.1 pool.
 const ADDED_HEADERS: usize = 5;
 
 /// What every connection of one listener shares: kept once per listener (and config), not per connection.
@@ -187,6 +188,7 @@ impl ProxyService {
             route,
             client_upgrade,
             key_hash: None,
+            forwarding: None,
         };
         if routed.route.zones.is_none() {
             self.prepare(snapshot, &mut routed, trace)?;
@@ -195,7 +197,7 @@ impl ProxyService {
     }
 
     /// After the rate limits: the body-size check, the pool's hash key ([`Routed::key_hash`]), and the
-    /// headers rewritten for the upstream (hop-by-hop out, forwarding headers in).
+    /// headers rewritten for the upstream (hop-by-hop out, the forwarding fields made).
     #[expect(
         clippy::result_large_err,
         reason = "the answer is sent as it is; boxing it would add an allocation to every local answer"
@@ -222,13 +224,13 @@ impl ProxyService {
             .as_ref()
             .and_then(|key| keys::key_hash(key, &parts.uri, &parts.headers, routed.client_ip));
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::add_forwarding(
+        routed.forwarding = Some(headers::forwarding(
             &mut parts.headers,
             &self.peer,
             routed.client_ip,
             self.listener.proto,
             routed.host.as_ref(),
-        );
+        ));
         if let Some((protocol, _)) = &routed.client_upgrade {
             upgrade::restore_upgrade_headers(&mut parts.headers, protocol.clone());
         }
@@ -278,6 +280,7 @@ impl ProxyService {
         let result = forward(Forward {
             pool,
             parts: &mut routed.parts,
+            forwarding: routed.forwarding.as_ref(),
             slot: &slot,
             client_ip: routed.client_ip,
             key_hash: routed.key_hash,
@@ -466,6 +469,8 @@ struct Routed {
     client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
     /// The pool's hash of the request's key, when the pool hashes (set by [`ProxyService::prepare`]).
     key_hash: Option<u64>,
+    /// The forwarding fields sent with the request (set by [`ProxyService::prepare`]).
+    forwarding: Option<headers::Forwarding>,
 }
 
 /// What the request path needs of its route, taken out of the snapshot.

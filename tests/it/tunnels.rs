@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fulcrum::demo::Backend;
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,6 +17,15 @@ async fn echo_upgrade_backend() -> Backend {
     backend_with(|mut request: Request<Incoming>| async move {
         if request.headers().get("upgrade").is_none_or(|v| v != "echo") {
             return text(StatusCode::BAD_REQUEST, "upgrade to echo only");
+        }
+        // An upgrade goes through hyper's client: it must carry the forwarding fields all the same.
+        let forwarded = ["x-forwarded-for", "x-real-ip", "x-forwarded-host"]
+            .map(|name| request.headers().get(name).cloned());
+        if forwarded
+            != [Some("127.0.0.1"), Some("127.0.0.1"), Some("tunnel.test")]
+                .map(|v| v.map(HeaderValue::from_static))
+        {
+            return text(StatusCode::BAD_REQUEST, "forwarding fields missing");
         }
         let upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {

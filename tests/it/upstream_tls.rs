@@ -166,19 +166,30 @@ fn grpc_handler() -> Handler {
     Arc::new(|request: Request<Incoming>| {
         Box::pin(async move {
             let version = request.version();
-            let te = request
-                .headers()
-                .get("te")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("none")
-                .to_string();
+            let field = |name: &str| {
+                let values: Vec<&str> = request
+                    .headers()
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                if values.is_empty() {
+                    "none".to_string()
+                } else {
+                    values.join("+")
+                }
+            };
+            let te = field("te");
+            // The forwarding fields reach HTTP/2 upstreams too (they go through hyper's client).
+            let forwarded = ["x-forwarded-for", "x-real-ip", "x-forwarded-proto"].map(field);
+            let forwarded = forwarded.join("|");
             let body = request.into_body().collect().await?.to_bytes();
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
             trailers.insert("grpc-message", HeaderValue::from_static("all good"));
             let frames: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
                 Ok(Frame::data(Bytes::from(format!(
-                    "{version:?} te={te} got={};",
+                    "{version:?} te={te} fwd={forwarded} got={};",
                     body.len()
                 )))),
                 Ok(Frame::data(Bytes::from_static(b"second message"))),
@@ -236,7 +247,10 @@ async fn grpc_through(upstream: &str, backend: &Backend, dir: &Path, ca: &TestCa
     );
     let proxy = TestProxy::start(&toml).await;
     let (body, trailers) = grpc_call(&proxy, ca, dir).await;
-    assert_eq!(body, "HTTP/2.0 te=trailers got=18;second message");
+    assert_eq!(
+        body,
+        "HTTP/2.0 te=trailers fwd=127.0.0.1|127.0.0.1|https got=18;second message"
+    );
     assert_eq!(
         trailers.get("grpc-status").map(|v| v.as_bytes()),
         Some(&b"0"[..])
