@@ -89,9 +89,12 @@ impl ClockedService {
         }
         let active = Active(Arc::clone(&self.clock));
         let close = last && !http2;
-        self.inner.respond(request, move |response| {
+        // Boxed: a box per request measured faster than keeping the ~2.4 KB future in the
+        // connection's slot (fewer instructions, but a slot per connection is cold memory to copy
+        // into at 64 connections and more, where the allocator hands back the chunk just freed).
+        Box::pin(self.inner.respond(request, move |response| {
             Ok(clocked(response, active, close))
-        })
+        }))
     }
 }
 

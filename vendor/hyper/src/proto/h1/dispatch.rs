@@ -46,13 +46,7 @@ cfg_server! {
     use crate::service::HttpService;
 
     pub(crate) struct Server<S: HttpService<B>, B> {
-        // fulcrum patch: the slot for the request in flight is allocated with the first request and,
-        // between requests, kept only by a connection in steady use (more than one request, and the
-        // application allows it: `server::conn::http1::keep_idle_buffers`). Stock hyper allocates it
-        // with the connection and keeps it; an application whose service future is large and unboxed
-        // would then pay its size for every idle connection.
-        in_flight: Option<Pin<Box<Option<S::Future>>>>,
-        served: u32,
+        in_flight: Pin<Box<Option<S::Future>>>,
         pub(crate) service: S,
     }
 }
@@ -576,8 +570,7 @@ cfg_server! {
     {
         pub(crate) fn new(service: S) -> Server<S, B> {
             Server {
-                in_flight: None,
-                served: 0,
+                in_flight: Box::pin(None),
                 service,
             }
         }
@@ -606,10 +599,7 @@ cfg_server! {
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<(Self::PollItem, Self::PollBody), Self::PollError>>> {
             let mut this = self.as_mut();
-            let Some(slot) = this.in_flight.as_mut() else {
-                unreachable!("poll_msg shouldn't be called if no inflight");
-            };
-            let ret = if let Some(fut) = &mut slot.as_mut().as_pin_mut() {
+            let ret = if let Some(fut) = &mut this.in_flight.as_mut().as_pin_mut() {
                 let resp = ready!(fut.as_mut().poll(cx)?);
                 let (parts, body) = resp.into_parts();
                 let head = MessageHead {
@@ -624,10 +614,7 @@ cfg_server! {
             };
 
             // Since in_flight finished, remove it
-            slot.set(None);
-            if this.served < 2 || !super::io::keeps_idle_buffers() {
-                this.in_flight = None;
-            }
+            this.in_flight.set(None);
             ret
         }
 
@@ -640,16 +627,12 @@ cfg_server! {
             *req.version_mut() = msg.version;
             *req.extensions_mut() = msg.extensions;
             let fut = self.service.call(req);
-            self.served = self.served.saturating_add(1);
-            match self.in_flight.as_mut() {
-                Some(slot) => slot.set(Some(fut)),
-                None => self.in_flight = Some(Box::pin(Some(fut))),
-            }
+            self.in_flight.set(Some(fut));
             Ok(())
         }
 
         fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-            if self.should_poll() {
+            if self.in_flight.is_some() {
                 Poll::Pending
             } else {
                 Poll::Ready(Ok(()))
@@ -657,7 +640,7 @@ cfg_server! {
         }
 
         fn should_poll(&self) -> bool {
-            self.in_flight.as_ref().is_some_and(|slot| slot.is_some())
+            self.in_flight.is_some()
         }
     }
 }
