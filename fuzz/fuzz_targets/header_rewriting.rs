@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
-use fulcrum::proxy::headers::{add_forwarding, strip_hop_by_hop, Peer};
+use fulcrum::proxy::headers::{forwarding, strip_hop_by_hop, Peer};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 
@@ -63,13 +63,27 @@ fuzz_target!(|input: Input| {
         .as_deref()
         .and_then(|h| HeaderValue::from_bytes(h).ok());
     let proto = if input.tls { "https" } else { "http" };
-    add_forwarding(
+    let fields = forwarding(
         &mut headers,
         &Peer::new(input.peer),
         input.client,
         proto,
         host.as_ref(),
     );
+    // The client's own forwarding fields are out of the map; the made ones are written after it (our
+    // HTTP/1.1 connections) or put into it (hyper's clients), which is what is checked below.
+    for name in [
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ] {
+        assert!(!headers.contains_key(name), "the client's {name} stayed");
+    }
+    fields.insert_into(&mut headers);
+    for (name, value) in fields.fields() {
+        assert_eq!(headers.get_all(name).iter().collect::<Vec<_>>(), [value]);
+    }
     let client = input.client.to_string();
     assert_eq!(
         headers.get("x-real-ip").map(HeaderValue::as_bytes),
