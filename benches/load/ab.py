@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Paired A/B of two or more fulcrum builds (or environment variants of one) under the same load.
+
+For a step whose instruction count (instructions.py) and CPU time may disagree, e.g. one that trades
+instructions for cache misses. Each variant runs as its own fulcrum process (the load comparison's config,
+one worker, pinned to the proxy core) behind the same three nginx backends; wrk (on the load core) drives
+them in turn, the order alternating every round, and each round's CPU per request (from /proc, as
+compare.py measures it) is compared between variants run seconds apart. On this noisy VM whole runs drift
+by 10-15%; a paired ratio per round, and its median over many rounds, is steadier than two runs' medians.
+
+    python3 benches/load/ab.py --variant target/release/fulcrum --variant /tmp/fulcrum-other
+    python3 benches/load/ab.py --variant target/release/fulcrum --variant target/release/fulcrum,SOME_ENV=1
+
+A variant is a binary path, optionally followed by comma-separated NAME=VALUE environment settings.
+Prints per variant the median CPU us/request, requests/s and p99, and each variant's paired CPU ratio to
+the first.
+"""
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from compare import (LOAD_CORE, PROXY_CORE, cpu_ticks, free_port, make_certificate, parse_duration_ms,
+                     process_tree, render, wait_port, which)
+
+
+def run_wrk(port, connections, seconds):
+    """(requests, p99 ms) of one wrk run against `port`."""
+    url = f"http://127.0.0.1:{port}/"
+    out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+                          "--latency", url], capture_output=True, text=True, check=True).stdout
+    requests = int(next(line for line in out.splitlines() if "requests in" in line).split()[0])
+    p99 = next(line.split()[1] for line in out.splitlines() if line.strip().startswith("99%"))
+    return requests, parse_duration_ms(p99)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", action="append", required=True, help="BINARY[,NAME=VALUE...]")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    if len(args.variant) < 2:
+        ap.error("give at least two --variant")
+    work = Path(tempfile.mkdtemp(prefix="fulcrum-ab-"))
+    work.chmod(0o755)  # nginx's workers (another user) read the files below
+    (work / "www").mkdir()
+    make_certificate(work)
+    ports = [free_port() for _ in range(3)]
+    values = {"dir": str(work), "port1": ports[0], "port2": ports[1], "port3": ports[2],
+              "fulcrum_strategy": "round_robin"}
+    render("nginx-backend.conf", work / "nginx-backend.conf", values)
+    backend = subprocess.Popen(["taskset", "-c", LOAD_CORE, which("nginx"), "-c",
+                                str(work / "nginx-backend.conf"), "-e", str(work / "backend-error.log")],
+                               start_new_session=True)
+    proxies = []
+    try:
+        for port in ports:
+            wait_port(port)
+        for i, variant in enumerate(args.variant):
+            binary, *settings = variant.split(",")
+            env = dict(os.environ, **dict(setting.split("=", 1) for setting in settings))
+            plain, tls = free_port(), free_port()
+            config = render("fulcrum.toml", work / f"fulcrum-{i}.toml", dict(values, plain=plain, tls=tls))
+            proc = subprocess.Popen(["taskset", "-c", PROXY_CORE, binary, "run", "-c", str(config)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+            proxies.append((variant, proc, plain))
+            wait_port(plain)
+        results = {variant: [] for variant in args.variant}
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+        for round_ in range(args.rounds):
+            order = proxies if round_ % 2 == 0 else proxies[::-1]
+            for variant, proc, port in order:
+                run_wrk(port, args.connections, 1)  # warm-up: pooled connections, caches
+                pids = process_tree(proc.pid)
+                user0, sys0 = cpu_ticks(pids)
+                requests, p99 = run_wrk(port, args.connections, args.seconds)
+                user1, sys1 = cpu_ticks(pids)
+                cpu = (user1 - user0 + sys1 - sys0) * tick_us / requests
+                results[variant].append((cpu, requests / args.seconds, p99))
+            print(f"round {round_ + 1}: " + ", ".join(
+                f"{v}: {results[v][-1][0]:.1f} us/req" for v in args.variant), flush=True)
+        first = args.variant[0]
+        for variant in args.variant:
+            runs = results[variant]
+            line = (f"{variant}: CPU {statistics.median(r[0] for r in runs):.2f} us/req, "
+                    f"{statistics.median(r[1] for r in runs):.0f} req/s, p99 {statistics.median(r[2] for r in runs):.2f} ms")
+            if variant != first:
+                ratios = [r[0] / f[0] for r, f in zip(runs, results[first])]
+                line += (f"; paired CPU ratio to the first: median {statistics.median(ratios):.3f}, "
+                         f"{sum(r < 1 for r in ratios)} of {len(ratios)} rounds lower")
+            print(line)
+    finally:
+        for _, proc, _ in proxies:
+            os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(backend.pid, signal.SIGTERM)
+        backend.wait()
+
+
+if __name__ == "__main__":
+    main()
