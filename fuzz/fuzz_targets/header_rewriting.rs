@@ -67,7 +67,7 @@ fuzz_target!(|input: Input| {
         &mut headers,
         &Peer::new(input.peer),
         input.client,
-        proto,
+        &HeaderValue::from_static(proto),
         host.as_ref(),
     );
     // The client's own forwarding fields are out of the map; the made ones are written after it (our

@@ -379,6 +379,7 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::headers::{forwarding, Peer};
 
     fn head(bytes: &[u8], method: Method) -> Result<Option<Head>, CodecError> {
         parse_head(&mut BytesMut::from(bytes), &method, &mut HeaderMap::new())
@@ -444,11 +445,11 @@ mod tests {
         // The forwarding fields follow the map's.
         let peer = "10.1.2.3".parse().expect("ip");
         let host = HeaderValue::from_static("example.com");
-        let forwarding = super::super::headers::forwarding(
+        let forwarding = forwarding(
             &mut headers.clone(),
-            &super::super::headers::Peer::new(peer),
+            &Peer::new(peer),
             peer,
-            "https",
+            &HeaderValue::from_static("https"),
             Some(&host),
         );
         out.clear();

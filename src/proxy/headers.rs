@@ -20,6 +20,14 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// The fields [`Forwarding`] makes, in the order they are sent.
+static FORWARDING_NAMES: [&HeaderName; 4] = [
+    &X_FORWARDED_FOR,
+    &X_REAL_IP,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+];
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names, which hashes nothing, finds what is there; only those are removed (most
@@ -130,14 +138,16 @@ pub struct Forwarding {
 impl Forwarding {
     /// The fields, in the order they are sent.
     pub fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
-        [
-            Some((&X_FORWARDED_FOR, &self.forwarded_for)),
-            self.real_ip.as_ref().map(|value| (&X_REAL_IP, value)),
-            Some((&X_FORWARDED_PROTO, &self.proto)),
-            self.host.as_ref().map(|value| (&X_FORWARDED_HOST, value)),
-        ]
-        .into_iter()
-        .flatten()
+        let values = [
+            Some(&self.forwarded_for),
+            self.real_ip.as_ref(),
+            Some(&self.proto),
+            self.host.as_ref(),
+        ];
+        FORWARDING_NAMES
+            .into_iter()
+            .zip(values)
+            .filter_map(|(name, value)| Some((name, value?)))
     }
 
     /// Puts the fields into `headers` (which holds none of them: [`forwarding`] took the client's out).
@@ -155,16 +165,11 @@ pub fn forwarding(
     headers: &mut HeaderMap,
     peer: &Peer,
     client_ip: IpAddr,
-    proto: &'static str,
+    proto: &HeaderValue,
     host: Option<&HeaderValue>,
 ) -> Forwarding {
     // One pass over the names, which hashes nothing: most requests carry none of these.
-    let carried = headers.keys().any(|name| {
-        *name == X_FORWARDED_FOR
-            || *name == X_REAL_IP
-            || *name == X_FORWARDED_PROTO
-            || *name == X_FORWARDED_HOST
-    });
+    let carried = headers.keys().any(|name| FORWARDING_NAMES.contains(&name));
     let mut forwarded_for = peer.value.clone();
     if carried {
         if let Some(prior) = join_values(headers.get_all(&X_FORWARDED_FOR).iter()) {
@@ -172,12 +177,7 @@ pub fn forwarding(
             forwarded_for = HeaderValue::from_str(&format!("{prior}, {}", peer.text()))
                 .unwrap_or_else(|_| peer.value.clone());
         }
-        for name in [
-            &X_FORWARDED_FOR,
-            &X_REAL_IP,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-        ] {
+        for name in FORWARDING_NAMES {
             headers.remove(name);
         }
     }
@@ -189,7 +189,7 @@ pub fn forwarding(
     Forwarding {
         forwarded_for,
         real_ip,
-        proto: HeaderValue::from_static(proto),
+        proto: proto.clone(),
         host: host.cloned(),
     }
 }
@@ -257,7 +257,8 @@ mod tests {
         let local = "127.0.0.1".parse().expect("ip");
         let client = client.parse().expect("ip");
         let host = host.map(HeaderValue::from_static);
-        let fields = forwarding(h, &Peer::new(local), client, proto, host.as_ref());
+        let proto = HeaderValue::from_static(proto);
+        let fields = forwarding(h, &Peer::new(local), client, &proto, host.as_ref());
         let listed = fields
             .fields()
             .map(|(name, value)| (name.to_string(), value.to_str().expect("ascii").to_string()))

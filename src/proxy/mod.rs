@@ -47,6 +47,8 @@ const ADDED_HEADERS: usize = 5;
 pub struct ListenerContext {
     runtime: Arc<Runtime>,
     proto: &'static str,
+    /// `proto` as the `X-Forwarded-Proto` value, made once.
+    proto_value: HeaderValue,
     client_limits: crate::config::ClientLimits,
     https_redirect: Option<u16>,
 }
@@ -64,6 +66,7 @@ impl ListenerContext {
         Self {
             runtime,
             proto,
+            proto_value: HeaderValue::from_static(proto),
             client_limits,
             https_redirect,
         }
@@ -228,7 +231,7 @@ impl ProxyService {
             &mut parts.headers,
             &self.peer,
             routed.client_ip,
-            self.listener.proto,
+            &self.listener.proto_value,
             routed.host.as_ref(),
         ));
         if let Some((protocol, _)) = &routed.client_upgrade {
@@ -435,8 +438,8 @@ impl ProxyService {
             .as_ref()
             .map(|log| Box::new(access_entry(&request, &id, Arc::clone(log))));
         let mut trace = Trace::new(id);
-        // Everything that needs no waiting is done here, so the future holds only what lives across the
-        // wait for the upstream (every byte of it is moved into the connection's slot).
+        // Everything that needs no waiting is done here, so the boxed future holds only what lives across
+        // the wait for the upstream (every byte of it is copied into the box).
         let mut routed = match self.route(&snapshot, request, &mut trace) {
             Ok(routed) => routed,
             Err(answer) => {

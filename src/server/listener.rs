@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::control::ControlWake;
-use super::service::{ClockedService, ConnectionService};
+use super::service::ClockedService;
 use super::serving::{Protocols, ServeError, Serving};
 use super::timeouts::{ConnectionClock, TimedIo, Verdict};
 use crate::config::{HttpLimits, ListenerConfig, ListenerTls};
@@ -100,7 +100,7 @@ pub async fn accept_loop(
                     };
                     let clock = Arc::new(ConnectionClock::new());
                     let service = ProxyService::new(Arc::clone(&shared.proxy), peer);
-                    let service = ClockedService::new(service, Arc::clone(&clock)).into_service();
+                    let service = ClockedService::new(service, Arc::clone(&clock));
                     let connection = Connection {
                         peer,
                         shared,
@@ -311,10 +311,9 @@ const FINISH_GRACE: Duration = Duration::from_secs(5);
 impl Connection {
     /// HTTP/1.1 or HTTP/2 (by preface) on `io`, boxed: the task then holds a pointer, not the
     /// connection's state and the arguments it was built from.
-    fn serving<I, S>(&self, io: I, service: S) -> Pin<Box<Serving<I, S>>>
+    fn serving<I>(&self, io: I, service: ClockedService) -> Pin<Box<Serving<I>>>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: ConnectionService,
     {
         let io = TimedIo::new(io, Arc::clone(&self.clock));
         Box::pin(Serving::new(io, service, Arc::clone(&self.shared)))
@@ -322,10 +321,9 @@ impl Connection {
 
     /// Drives `connection` until it closes, a client timeout passes, the drain asks it to finish, or the
     /// drain runs out.
-    async fn serve<I, S>(mut self, mut connection: Pin<Box<Serving<I, S>>>)
+    async fn serve<I>(mut self, mut connection: Pin<Box<Serving<I>>>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: ConnectionService,
     {
         let peer = self.peer;
         let mut wake_at = tokio::time::Instant::now();

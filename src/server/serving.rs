@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::listener::Shared;
-use super::service::ConnectionService;
+use super::service::ClockedService;
 use super::timeouts::{TimedIo, PREFACE_LEN};
 use crate::config::HttpLimits;
 
@@ -69,18 +69,18 @@ type Io<I> = TokioIo<TimedIo<I>>;
 pin_project_lite::pin_project! {
     /// One connection being served: first reading far enough to tell HTTP/2 from HTTP/1, then either.
     #[project = StateProj]
-    enum State<I, S: ConnectionService> {
+    enum State<I> {
         Detecting {
             io: Option<TimedIo<I>>,
-            service: Option<S>,
+            service: Option<ClockedService>,
             shared: Arc<Shared>,
         },
         Http1 {
             #[pin]
-            connection: http1::UpgradeableConnection<Io<I>, S>,
+            connection: http1::UpgradeableConnection<Io<I>, ClockedService>,
         },
         Http2 {
-            connection: Pin<Box<http2::Connection<Io<I>, S, TokioExecutor>>>,
+            connection: Pin<Box<http2::Connection<Io<I>, ClockedService, TokioExecutor>>>,
         },
         Closed,
     }
@@ -88,19 +88,18 @@ pin_project_lite::pin_project! {
 
 pin_project_lite::pin_project! {
     /// The future serving one client connection until it closes; see the module documentation.
-    pub struct Serving<I, S: ConnectionService> {
+    pub struct Serving<I> {
         #[pin]
-        state: State<I, S>,
+        state: State<I>,
     }
 }
 
-impl<I, S> Serving<I, S>
+impl<I> Serving<I>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: ConnectionService,
 {
     /// Serves `io` with `service` under the listener's protocol settings.
-    pub fn new(io: TimedIo<I>, service: S, shared: Arc<Shared>) -> Self {
+    pub fn new(io: TimedIo<I>, service: ClockedService, shared: Arc<Shared>) -> Self {
         Self {
             state: State::Detecting {
                 io: Some(io),
@@ -123,10 +122,9 @@ where
     }
 }
 
-impl<I, S> Future for Serving<I, S>
+impl<I> Future for Serving<I>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: ConnectionService,
 {
     type Output = Result<(), ServeError>;
 
