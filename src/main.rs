@@ -153,6 +153,20 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    if config.global.worker_threads == 1 {
+        // One serving thread with a current-thread runtime (tasks run in the order they were woken, as
+        // nginx's loop runs them); the daemon (signals, reloads, admin API, health checks) keeps the main
+        // thread, so loading a config never stalls a request.
+        let serving =
+            fulcrum::server::ServingThread::spawn().context("cannot start the serving thread")?;
+        let control = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?;
+        let handle = serving.handle().clone();
+        control.block_on(fulcrum::daemon::run(path, config, inherited, handle))?;
+        return Ok(());
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.global.worker_threads > 0 {
         builder.worker_threads(config.global.worker_threads);
@@ -161,6 +175,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(fulcrum::daemon::run(path, config, inherited))?;
+    let handle = runtime.handle().clone();
+    runtime.block_on(fulcrum::daemon::run(path, config, inherited, handle))?;
     Ok(())
 }

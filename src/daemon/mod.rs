@@ -36,11 +36,14 @@ pub enum RunError {
 }
 
 /// Serves `config` (loaded from `path`) until told to stop, on `inherited` sockets where they match a
-/// listener (see [`server::inherited_sockets`]).
+/// listener (see [`server::inherited_sockets`]). The listeners run on `serving`'s runtime (a
+/// [`server::ServingThread`], or the caller's own); this future, which loads and applies reloads,
+/// runs wherever the caller polls it.
 pub async fn run(
     path: PathBuf,
     config: Config,
     inherited: Vec<std::net::TcpListener>,
+    serving: tokio::runtime::Handle,
 ) -> Result<Exit, RunError> {
     let watch_config = config.global.watch_config;
     let tls_files = config.tls_files();
@@ -63,7 +66,7 @@ pub async fn run(
         }
         None => None,
     };
-    let mut proxy = server::start_with(config, inherited).await?;
+    let mut proxy = server::start_on(config, inherited, serving).await?;
     if let Some(pid_file) = &pid_file {
         if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
             warn!(pid_file = %pid_file.display(), error = %e, "cannot write the pid file");

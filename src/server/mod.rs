@@ -4,9 +4,11 @@ mod control;
 mod listener;
 mod service;
 mod serving;
+mod thread;
 mod timeouts;
 
 pub use service::{ClockedBody, ClockedService};
+pub use thread::ServingThread;
 pub use timeouts::{ConnectionClock, TimedIo, Verdict};
 
 use std::io;
@@ -15,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -53,6 +56,8 @@ pub struct RunningProxy {
     runtime: Arc<Runtime>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Where the listeners' accept loops (and so their connections) run.
+    serving: Handle,
 }
 
 /// Error binding a listener.
@@ -75,10 +80,14 @@ struct Bound {
     socket: tokio::net::TcpListener,
 }
 
+/// Binds the sockets registered with `serving`'s I/O driver, so their readiness is seen on the thread
+/// that accepts from them.
 fn bind_all<'a>(
     configs: impl Iterator<Item = &'a ListenerConfig>,
     inherited: &mut Vec<std::net::TcpListener>,
+    serving: &Handle,
 ) -> Result<Vec<Bound>, BindError> {
+    let _serving = serving.enter();
     configs
         .map(|config| {
             let error = |source| BindError {
@@ -132,9 +141,19 @@ pub async fn start(config: Config) -> Result<RunningProxy, BindError> {
 /// Like [`start`], using inherited sockets (see [`inherited_sockets`]) for the addresses they listen on.
 pub async fn start_with(
     config: Config,
-    mut inherited: Vec<std::net::TcpListener>,
+    inherited: Vec<std::net::TcpListener>,
 ) -> Result<RunningProxy, BindError> {
-    let bound = bind_all(config.listeners.iter(), &mut inherited)?;
+    start_on(config, inherited, Handle::current()).await
+}
+
+/// Like [`start_with`], with the listeners served on `serving`'s runtime (a [`ServingThread`]) while the
+/// admin API, health checks and the rest run on the caller's.
+pub async fn start_on(
+    config: Config,
+    mut inherited: Vec<std::net::TcpListener>,
+    serving: Handle,
+) -> Result<RunningProxy, BindError> {
+    let bound = bind_all(config.listeners.iter(), &mut inherited, &serving)?;
     let admin = match &config.admin {
         Some(admin) => {
             let socket = tokio::net::TcpListener::bind(admin.listen)
@@ -166,6 +185,7 @@ pub async fn start_with(
         runtime,
         stop,
         tasks: JoinSet::new(),
+        serving,
     };
     for socket in bound {
         let handle = proxy.serve(socket);
@@ -231,7 +251,11 @@ impl RunningProxy {
             }
             kept.push(same);
         }
-        let bound = match bind_all(to_bind.iter().map(|(_, c)| c), &mut Vec::new()) {
+        let bound = match bind_all(
+            to_bind.iter().map(|(_, c)| c),
+            &mut Vec::new(),
+            &self.serving,
+        ) {
             Ok(bound) => bound,
             Err(error) => {
                 // Put everything back as it was.
@@ -314,13 +338,16 @@ impl RunningProxy {
             use std::os::fd::AsFd;
             bound.socket.as_fd().try_clone_to_owned().ok()
         };
-        self.tasks.spawn(listener::accept_loop(
-            bound.config.name.clone(),
-            bound.config.listen,
-            bound.socket,
-            Arc::clone(&self.runtime),
-            stopped,
-        ));
+        self.tasks.spawn_on(
+            listener::accept_loop(
+                bound.config.name.clone(),
+                bound.config.listen,
+                bound.socket,
+                Arc::clone(&self.runtime),
+                stopped,
+            ),
+            &self.serving,
+        );
         ListenerHandle {
             bound: BoundListener {
                 name: bound.config.name,

@@ -265,43 +265,69 @@ async fn wait_for_body(client: &TestClient, url: &str, body: &str) {
     }
 }
 
+/// The `[global]` lines of the two runtime shapes the binary has: the multi-thread runtime (default,
+/// one worker per core) and, with `worker_threads = 1`, a serving thread of its own beside the main
+/// thread's daemon. Lifecycle tests run under both.
+const RUNTIME_SHAPES: [&str; 2] = ["", "worker_threads = 1\n"];
+
+/// Whether the process has a thread called `name` (`/proc/PID/task/*/comm`).
+fn has_thread(process: &FulcrumProcess, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{}/task", process.child.id()))
+        .expect("read /proc/PID/task")
+        .filter_map(Result::ok)
+        .any(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_refuses_new_connections_and_exits_0() {
-    let (slow, gate) = held_backend("finished", None).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("fulcrum.toml");
-    std::fs::write(
-        &path,
-        config_on(
-            "127.0.0.1:0",
-            &format!("servers = [{{ addr = \"{}\" }}]", slow.addr()),
-        ),
-    )
-    .expect("write config");
-    let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
-    let addr = fulcrum.listener_addr("public");
-    let client = TestClient::new();
-    let in_flight = tokio::spawn(async move { client.get(&format!("http://{addr}/")).await });
-    wait_until(
-        Duration::from_secs(5),
-        "the request to reach the backend",
-        || slow.requests() == 1,
-    )
-    .await;
-    fulcrum.signal("TERM");
-    fulcrum.wait_for_line("stopped accepting");
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "a new connection after SIGTERM is refused"
-    );
-    gate.add_permits(1);
-    let reply = in_flight.await.expect("request task");
-    assert_eq!(
-        (reply.status, reply.body.as_str()),
-        (StatusCode::OK, "finished")
-    );
-    let status = fulcrum.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "exit status {status}");
+    for shape in RUNTIME_SHAPES {
+        let (slow, gate) = held_backend("finished", None).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fulcrum.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[global]\n{shape}{}",
+                config_on(
+                    "127.0.0.1:0",
+                    &format!("servers = [{{ addr = \"{}\" }}]", slow.addr()),
+                )
+            ),
+        )
+        .expect("write config");
+        let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+        let addr = fulcrum.listener_addr("public");
+        assert_eq!(
+            has_thread(&fulcrum, "fulcrum-serve"),
+            !shape.is_empty(),
+            "a serving thread of its own exactly when `{shape}`"
+        );
+        let client = TestClient::new();
+        let in_flight = tokio::spawn(async move { client.get(&format!("http://{addr}/")).await });
+        wait_until(
+            Duration::from_secs(5),
+            "the request to reach the backend",
+            || slow.requests() == 1,
+        )
+        .await;
+        fulcrum.signal("TERM");
+        fulcrum.wait_for_line("stopped accepting");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "`{shape}`: a new connection after SIGTERM is refused"
+        );
+        gate.add_permits(1);
+        let reply = in_flight.await.expect("request task");
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "finished"),
+            "`{shape}`"
+        );
+        let status = fulcrum.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "`{shape}`: exit status {status}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,87 +383,93 @@ async fn systemd_hears_ready_reloading_watchdog_and_stopping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_command_and_sighup_only_mode() {
-    let a = named("a").await;
-    let b = named("b").await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("fulcrum.toml");
-    let pid_file = dir.path().join("fulcrum.pid");
-    let listen = refusing_addr();
-    let config = |backend: &Backend| {
-        format!(
-            "[global]\nwatch_config = false\npid_file = \"{}\"\n{}",
-            pid_file.display(),
-            config_on(
-                &listen.to_string(),
-                &format!("servers = [{{ addr = \"{}\" }}]", backend.addr())
+    for shape in RUNTIME_SHAPES {
+        let a = named("a").await;
+        let b = named("b").await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fulcrum.toml");
+        let pid_file = dir.path().join("fulcrum.pid");
+        let listen = refusing_addr();
+        let config = |backend: &Backend| {
+            format!(
+                "[global]\nwatch_config = false\n{shape}pid_file = \"{}\"\n{}",
+                pid_file.display(),
+                config_on(
+                    &listen.to_string(),
+                    &format!("servers = [{{ addr = \"{}\" }}]", backend.addr())
+                )
             )
+        };
+        std::fs::write(&path, config(&a)).expect("write config");
+        let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+        fulcrum.wait_for_line("fulcrum is serving");
+        let client = TestClient::new();
+        let url = format!("http://{listen}/");
+        std::fs::write(&path, config(&b)).expect("write config");
+        // With watch_config = false an edit alone changes nothing, however long we wait for the watcher's
+        // debounce (200 ms) several times over.
+        let until = Instant::now() + Duration::from_millis(800);
+        while Instant::now() < until {
+            assert_eq!(client.get(&url).await.body, "a");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // `fulcrum reload` validates the file and signals the pid in pid_file.
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+            .args(["reload", "-c"])
+            .arg(&path)
+            .output()
+            .expect("run fulcrum reload");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        fulcrum.wait_for_line("config reloaded trigger=\"SIGHUP\"");
+        assert_eq!(client.get(&url).await.body, "b");
+        // A broken file: `fulcrum reload` refuses it without signalling; a SIGHUP logs file, line and key.
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n[upstream.pool.health_check]\ninterval = \"0s\"\n",
+                config(&b)
+            ),
         )
-    };
-    std::fs::write(&path, config(&a)).expect("write config");
-    let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
-    fulcrum.wait_for_line("fulcrum is serving");
-    let client = TestClient::new();
-    let url = format!("http://{listen}/");
-    std::fs::write(&path, config(&b)).expect("write config");
-    // With watch_config = false an edit alone changes nothing, however long we wait for the watcher's
-    // debounce (200 ms) several times over.
-    let until = Instant::now() + Duration::from_millis(800);
-    while Instant::now() < until {
-        assert_eq!(client.get(&url).await.body, "a");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        .expect("write config");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+            .args(["reload", "-c"])
+            .arg(&path)
+            .output()
+            .expect("run fulcrum reload");
+        assert!(!output.status.success());
+        fulcrum.signal("HUP");
+        let refused = fulcrum.wait_for_line("reload refused");
+        assert!(
+            refused.contains(&format!("{}:", path.display()))
+                && refused.contains("upstream.pool.health_check.interval"),
+            "{refused}"
+        );
+        assert_eq!(
+            client.get(&url).await.body,
+            "b",
+            "the old config keeps serving"
+        );
     }
-    // `fulcrum reload` validates the file and signals the pid in pid_file.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
-        .args(["reload", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run fulcrum reload");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    fulcrum.wait_for_line("config reloaded trigger=\"SIGHUP\"");
-    assert_eq!(client.get(&url).await.body, "b");
-    // A broken file: `fulcrum reload` refuses it without signalling; a SIGHUP logs file, line and key.
-    std::fs::write(
-        &path,
-        format!(
-            "{}\n[upstream.pool.health_check]\ninterval = \"0s\"\n",
-            config(&b)
-        ),
-    )
-    .expect("write config");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
-        .args(["reload", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run fulcrum reload");
-    assert!(!output.status.success());
-    fulcrum.signal("HUP");
-    let refused = fulcrum.wait_for_line("reload refused");
-    assert!(
-        refused.contains(&format!("{}:", path.display()))
-            && refused.contains("upstream.pool.health_check.interval"),
-        "{refused}"
-    );
-    assert_eq!(
-        client.get(&url).await.body,
-        "b",
-        "the old config keeps serving"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_sigterm_and_sigquit_exit_at_once() {
-    for (first, second) in [("TERM", Some("TERM")), ("QUIT", None)] {
+    let signals = [("TERM", Some("TERM")), ("QUIT", None)];
+    for (shape, (first, second)) in RUNTIME_SHAPES
+        .into_iter()
+        .flat_map(|shape| signals.map(|s| (shape, s)))
+    {
         let (slow, gate) = held_backend("slow", None).await;
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("fulcrum.toml");
         std::fs::write(
             &path,
             format!(
-                "[global]\nshutdown_timeout = \"60s\"\n{}",
+                "[global]\n{shape}shutdown_timeout = \"60s\"\n{}",
                 config_on(
                     "127.0.0.1:0",
                     &format!("servers = [{{ addr = \"{}\" }}]", slow.addr())
@@ -466,7 +498,7 @@ async fn second_sigterm_and_sigquit_exit_at_once() {
         }
         // shutdown_timeout is 60 s and the request is still held: only an immediate exit ends this soon.
         let status = fulcrum.wait_exit(Duration::from_secs(5));
-        assert!(status.success(), "{first}: exit status {status}");
+        assert!(status.success(), "`{shape}` {first}: exit status {status}");
         held.abort();
         gate.add_permits(1);
     }
