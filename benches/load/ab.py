@@ -10,6 +10,7 @@ by 10-15%; a paired ratio per round, and its median over many rounds, is steadie
 
     python3 benches/load/ab.py --variant target/release/fulcrum --variant /tmp/fulcrum-other
     python3 benches/load/ab.py --variant target/release/fulcrum --variant target/release/fulcrum,SOME_ENV=1
+    python3 benches/load/ab.py --header "Connection: close" --variant A --variant B   # compare.py's close
 
 A variant is a binary path, optionally followed by comma-separated NAME=VALUE environment settings.
 Prints per variant the median CPU us/request, requests/s and p99, and each variant's paired CPU ratio to
@@ -28,11 +29,12 @@ from compare import (LOAD_CORE, PROXY_CORE, cpu_ticks, free_port, make_certifica
                      process_tree, render, wait_port, which)
 
 
-def run_wrk(port, connections, seconds):
-    """(requests, p99 ms) of one wrk run against `port`."""
+def run_wrk(port, connections, seconds, headers=()):
+    """(requests, p99 ms) of one wrk run against `port`, sending `headers` ("Name: value") too."""
     url = f"http://127.0.0.1:{port}/"
+    extra = [arg for header in headers for arg in ("-H", header)]
     out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-                          "--latency", url], capture_output=True, text=True, check=True).stdout
+                          "--latency", *extra, url], capture_output=True, text=True, check=True).stdout
     requests = int(next(line for line in out.splitlines() if "requests in" in line).split()[0])
     p99 = next(line.split()[1] for line in out.splitlines() if line.strip().startswith("99%"))
     return requests, parse_duration_ms(p99)
@@ -44,6 +46,8 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--header", action="append", default=[],
+                    help='a header wrk sends, e.g. "Connection: close" for a new connection per request')
     args = ap.parse_args()
     if len(args.variant) < 2:
         ap.error("give at least two --variant")
@@ -77,10 +81,10 @@ def main():
         for round_ in range(args.rounds):
             order = proxies if round_ % 2 == 0 else proxies[::-1]
             for variant, proc, port in order:
-                run_wrk(port, args.connections, 1)  # warm-up: pooled connections, caches
+                run_wrk(port, args.connections, 1, args.header)  # warm-up: pooled connections, caches
                 pids = process_tree(proc.pid)
                 user0, sys0 = cpu_ticks(pids)
-                requests, p99 = run_wrk(port, args.connections, args.seconds)
+                requests, p99 = run_wrk(port, args.connections, args.seconds, args.header)
                 user1, sys1 = cpu_ticks(pids)
                 cpu = (user1 - user0 + sys1 - sys0) * tick_us / requests
                 results[variant].append((cpu, requests / args.seconds, p99))

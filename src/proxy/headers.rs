@@ -1,6 +1,7 @@
 //! Header rewriting: hop-by-hop headers out both ways (RFC 9110 7.6.1), forwarding headers in.
 
-use std::net::IpAddr;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -111,9 +112,10 @@ pub struct Peer {
 impl Peer {
     /// The peer `ip`, formatted once.
     pub fn new(ip: IpAddr) -> Self {
-        let value = HeaderValue::from_str(&ip.to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { ip, value }
+        Peer {
+            ip,
+            value: ip_value(ip),
+        }
     }
 
     fn text(&self) -> &str {
@@ -184,7 +186,7 @@ pub fn forwarding(
     let real_ip = if client_ip == peer.ip {
         Some(peer.value.clone())
     } else {
-        HeaderValue::from_str(&client_ip.to_string()).ok()
+        Some(ip_value(client_ip))
     };
     Forwarding {
         forwarded_for,
@@ -192,6 +194,44 @@ pub fn forwarding(
         proto: proto.clone(),
         host: host.cloned(),
     }
+}
+
+/// `ip` as a header value, formatted on the stack: one allocation (the value's) per connection instead of
+/// three (a `String` grown twice, then copied), and IPv4 without the formatting machinery.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    // The longest text form: "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255", 45 bytes.
+    let mut text = [0u8; 45];
+    let len = match ip {
+        IpAddr::V4(v4) => write_ipv4(&mut text, v4),
+        IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = write!(cursor, "{ip}");
+            usize::try_from(cursor.position()).unwrap_or(0)
+        }
+    };
+    HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Writes `ip` in dotted decimal at the start of `text`; returns its length (at most 15).
+fn write_ipv4(text: &mut [u8; 45], ip: Ipv4Addr) -> usize {
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    len
 }
 
 /// Values joined with ", " (those that are not text left out), or `None` when there are none.
@@ -208,6 +248,35 @@ fn join_values<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_formatted_as_display_formats_them() {
+        let mut addresses: Vec<IpAddr> = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.0.99.100",
+            "192.168.1.9",
+            "::",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.128",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ]
+        .iter()
+        .map(|text| text.parse().expect("address"))
+        .collect();
+        // Every octet value in every position.
+        addresses
+            .extend((0..=255u8).map(|o| IpAddr::V4(Ipv4Addr::new(o, 255 - o, o / 3, o ^ 0x5a))));
+        for ip in addresses {
+            assert_eq!(
+                ip_value(ip).to_str().ok(),
+                Some(ip.to_string().as_str()),
+                "{ip:?}"
+            );
+        }
+    }
 
     #[test]
     fn strips_fixed_and_connection_named_headers() {
