@@ -60,11 +60,21 @@ fn write_config(
     listen: SocketAddr,
     backend: SocketAddr,
 ) -> std::path::PathBuf {
+    write_config_with(dir, listen, backend, "")
+}
+
+/// The config with `global` as its `[global]` table's lines.
+fn write_config_with(
+    dir: &tempfile::TempDir,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    global: &str,
+) -> std::path::PathBuf {
     let path = dir.path().join("fulcrum.toml");
     std::fs::write(
         &path,
         format!(
-            "[[listener]]\nname = \"public\"\nlisten = \"{listen}\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n[upstream.app]\nservers = [{{ addr = \"{backend}\" }}]\n"
+            "[global]\n{global}[[listener]]\nname = \"public\"\nlisten = \"{listen}\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n[upstream.app]\nservers = [{{ addr = \"{backend}\" }}]\n"
         ),
     )
     .expect("write config");
@@ -117,43 +127,49 @@ async fn sigusr2_upgrade_hands_the_sockets_over_with_no_refused_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_activation_keeps_connections_waiting_across_a_restart() {
-    let backend = named("app").await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    // The test plays systemd: it owns the listening socket and hands it to each fulcrum as fd 3.
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let listen = socket.local_addr().expect("addr");
-    let path = write_config(&dir, listen, backend.addr());
-    let start = || {
-        let mut command = FulcrumProcess::command(&path);
-        command.env("LISTEN_FDS", "1");
-        command
-            .fd_mappings(vec![FdMapping {
-                parent_fd: std::os::fd::OwnedFd::from(socket.try_clone().expect("dup the socket")),
-                child_fd: 3,
-            }])
-            .expect("map fd 3");
-        let mut process = FulcrumProcess::from_command(command);
-        process.wait_for_line("using an inherited socket");
-        process
-    };
-    let mut first = start();
-    first.wait_for_line("fulcrum is serving");
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load(listen, Arc::clone(&stop));
-    std::thread::sleep(Duration::from_millis(200));
-    first.signal("TERM");
-    assert!(first.wait_exit(Duration::from_secs(10)).success());
-    // Between the two processes nobody accepts: connections wait in the socket's queue.
-    let mut second = start();
-    second.wait_for_line("fulcrum is serving");
-    std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = traffic.join().expect("load thread");
-    assert!(
-        failed.is_empty(),
-        "{} requests failed across the restart: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert!(ok > 20, "too little load to mean anything: {ok}");
+    // Both runtime shapes: the inherited socket is registered where it is accepted from (with
+    // `worker_threads = 1`, the serving thread's I/O driver).
+    for shape in ["", "worker_threads = 1\n"] {
+        let backend = named("app").await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The test plays systemd: it owns the listening socket and hands it to each fulcrum as fd 3.
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listen = socket.local_addr().expect("addr");
+        let path = write_config_with(&dir, listen, backend.addr(), shape);
+        let start = || {
+            let mut command = FulcrumProcess::command(&path);
+            command.env("LISTEN_FDS", "1");
+            command
+                .fd_mappings(vec![FdMapping {
+                    parent_fd: std::os::fd::OwnedFd::from(
+                        socket.try_clone().expect("dup the socket"),
+                    ),
+                    child_fd: 3,
+                }])
+                .expect("map fd 3");
+            let mut process = FulcrumProcess::from_command(command);
+            process.wait_for_line("using an inherited socket");
+            process
+        };
+        let mut first = start();
+        first.wait_for_line("fulcrum is serving");
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = load(listen, Arc::clone(&stop));
+        std::thread::sleep(Duration::from_millis(200));
+        first.signal("TERM");
+        assert!(first.wait_exit(Duration::from_secs(10)).success());
+        // Between the two processes nobody accepts: connections wait in the socket's queue.
+        let mut second = start();
+        second.wait_for_line("fulcrum is serving");
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::SeqCst);
+        let (ok, failed) = traffic.join().expect("load thread");
+        assert!(
+            failed.is_empty(),
+            "{} requests failed across the restart: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        assert!(ok > 20, "too little load to mean anything: {ok}");
+    }
 }
