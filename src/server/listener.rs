@@ -171,6 +171,11 @@ fn listener_settings<'a>(
         .or_else(|| listeners.iter().find(|l| l.listen == listen))
 }
 
+/// The timer instant for `at` on the millisecond clock, which reads `now`.
+fn instant_at(at: u64, now: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now))
+}
+
 /// The TLS handshake, in the connection's own task, bounded by `handshake_timeout` (and cut short when the
 /// listener's drain runs out). Failures are counted and logged at debug: scanners make many.
 async fn handshake(
@@ -326,7 +331,14 @@ impl Connection {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
-        let mut wake_at = tokio::time::Instant::now();
+        // The watchdog's first deadline, judged now: a timer set to fire at once cost every new
+        // connection a second pass through the loop (its control futures registered twice) and, often,
+        // a wake-up of the runtime's driver (an eventfd write) for a deadline earlier than any pending.
+        let now = crate::clock::now_ms();
+        let mut wake_at = match self.clock.verdict(self.shared.proxy.client_limits(), now) {
+            Verdict::WaitUntil(at) => instant_at(at, now),
+            _ => tokio::time::Instant::now(),
+        };
         let control = ControlWake::new();
         let control_waker = Waker::from(Arc::clone(&control));
         // The task's waker as last registered with `control`.
@@ -377,10 +389,7 @@ impl Connection {
             let now = crate::clock::now_ms();
             let limits = self.shared.proxy.client_limits();
             match self.clock.verdict(limits, now) {
-                Verdict::WaitUntil(at) => {
-                    wake_at =
-                        tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now));
-                }
+                Verdict::WaitUntil(at) => wake_at = instant_at(at, now),
                 Verdict::Finish => {
                     connection.as_mut().graceful_shutdown();
                     let finished = tokio::time::timeout(FINISH_GRACE, connection.as_mut()).await;
