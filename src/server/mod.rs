@@ -80,8 +80,8 @@ struct Bound {
     socket: tokio::net::TcpListener,
 }
 
-/// Binds the sockets registered with `serving`'s I/O driver, so their readiness is seen on the thread
-/// that accepts from them.
+/// Binds the listeners' sockets (or takes inherited ones), registered with `serving`'s I/O driver so their
+/// readiness is seen on the thread that accepts from them.
 fn bind_all<'a>(
     configs: impl Iterator<Item = &'a ListenerConfig>,
     inherited: &mut Vec<std::net::TcpListener>,
