@@ -66,6 +66,10 @@ pub async fn accept_loop(
     let refused = RefusalLog::default();
     let open_connections = runtime.metrics().connections(&name);
     let tls_failures = runtime.metrics().tls_handshake_failures(&name);
+    // Connections get their own receiver; the loop waits on one `changed` future for its whole life
+    // (made per accept, it registered with the channel and left it again for every connection).
+    let connection_stop = stop.clone();
+    let mut stopping = std::pin::pin!(stop.changed());
     loop {
         tokio::select! {
             accepted = socket.accept() => match accepted {
@@ -105,7 +109,7 @@ pub async fn accept_loop(
                         peer,
                         shared,
                         clock,
-                        stop: stop.clone(),
+                        stop: connection_stop.clone(),
                         force_close: force_close.clone(),
                     };
                     // Dropped when the task ends, by return or by a panic unwinding it.
@@ -141,7 +145,7 @@ pub async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = stop.changed() => break,
+            _ = &mut stopping => break,
         }
     }
     drop(socket);
