@@ -46,8 +46,7 @@ const ADDED_HEADERS: usize = 5;
 #[derive(Debug)]
 pub struct ListenerContext {
     runtime: Arc<Runtime>,
-    proto: &'static str,
-    /// `proto` as the `X-Forwarded-Proto` value, made once.
+    /// `http` or `https`, as the `X-Forwarded-Proto` value, made once.
     proto_value: HeaderValue,
     client_limits: crate::config::ClientLimits,
     https_redirect: Option<u16>,
@@ -65,7 +64,6 @@ impl ListenerContext {
     ) -> Self {
         Self {
             runtime,
-            proto,
             proto_value: HeaderValue::from_static(proto),
             client_limits,
             https_redirect,
@@ -84,7 +82,7 @@ impl ListenerContext {
         client_limits: &crate::config::ClientLimits,
         https_redirect: Option<u16>,
     ) -> bool {
-        self.proto == proto
+        self.proto_value == proto
             && self.client_limits == *client_limits
             && self.https_redirect == https_redirect
     }

@@ -79,6 +79,12 @@ mod tests {
         assert_eq!(name.as_deref(), Some("fulcrum-serve"));
         // A task that never ends does not keep the thread alive past the drop.
         serving.handle().spawn(std::future::pending::<()>());
-        drop(serving);
+        let (dropped, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(serving);
+            let _ = dropped.send(());
+        });
+        done.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the drop stopped the thread and returned");
     }
 }

@@ -73,9 +73,13 @@ async fn a_client_trickling_its_header_is_cut_off_at_client_header_timeout() {
     trickle.abort();
     assert_eq!(backend.requests(), 0, "a partial head reached the upstream");
 
-    // A connection that sends nothing at all is closed too.
+    // A connection that sends nothing at all is closed too, at client_header_timeout, not before.
     let mut silent = proxy.connect().await;
-    closed_within(&mut silent, Duration::from_secs(5)).await;
+    let took = closed_within(&mut silent, Duration::from_secs(5)).await;
+    assert!(
+        took >= Duration::from_millis(800),
+        "a silent connection closed after {took:?}, before client_header_timeout (1s)"
+    );
 
     // A prompt client on the same listener is served.
     let mut prompt = proxy.connect().await;

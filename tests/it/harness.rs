@@ -421,6 +421,11 @@ impl http_body::Body for ChunkedBody {
     }
 }
 
+/// The `[global]` lines of the two runtime shapes the binary has: the multi-thread runtime (default,
+/// one worker per core) and, with `worker_threads = 1`, a serving thread of its own beside the main
+/// thread's daemon. Lifecycle tests run under both.
+pub const RUNTIME_SHAPES: [&str; 2] = ["", "worker_threads = 1\n"];
+
 /// The release-or-debug `fulcrum` binary running as a child process, stopped (SIGKILL) when dropped.
 pub struct FulcrumProcess {
     /// The child process.
@@ -505,6 +510,17 @@ impl FulcrumProcess {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
             .map(|dir| dir.count())
             .expect("read /proc/PID/fd")
+    }
+
+    /// Whether the process has a thread called `name` (`/proc/PID/task/*/comm`).
+    pub fn has_thread(&self, name: &str) -> bool {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .expect("read /proc/PID/task")
+            .filter_map(Result::ok)
+            .any(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim() == name)
+            })
     }
 
     /// The process's resident memory now, in KiB.

@@ -16,6 +16,11 @@ fn config_on(listen: &str, upstream_body: &str) -> String {
     )
 }
 
+/// A pool of the one server at `addr`.
+fn one_server(addr: std::net::SocketAddr) -> String {
+    format!("servers = [{{ addr = \"{addr}\" }}]")
+}
+
 fn list(backends: &[&Backend], weights: &[u32]) -> String {
     let entries: Vec<String> = backends
         .iter()
@@ -86,10 +91,7 @@ async fn bad_file_keeps_the_old_config_serving_and_counts_the_failure() {
     let a = named("a").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("fulcrum.toml");
-    let good = config_on(
-        "127.0.0.1:0",
-        &format!("servers = [{{ addr = \"{}\" }}]", a.addr()),
-    );
+    let good = config_on("127.0.0.1:0", &one_server(a.addr()));
     std::fs::write(&path, &good).expect("write config");
     let mut proxy = TestProxy::start(&good).await;
     std::fs::write(&path, format!("{good}\nbroken = [\n")).expect("write broken config");
@@ -148,7 +150,7 @@ async fn passive_down_and_in_flight_survive_a_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_adds_and_removes_listeners() {
     let a = named("a").await;
-    let servers = format!("servers = [{{ addr = \"{}\" }}]", a.addr());
+    let servers = one_server(a.addr());
     let first = refusing_addr();
     let second = refusing_addr();
     let mut proxy = TestProxy::start(&config_on(&first.to_string(), &servers)).await;
@@ -185,17 +187,10 @@ async fn reload_that_cannot_bind_changes_nothing() {
     let a = named("a").await;
     let b = named("b").await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let mut proxy = TestProxy::start(&config_on(
-        "127.0.0.1:0",
-        &format!("servers = [{{ addr = \"{}\" }}]", a.addr()),
-    ))
-    .await;
+    let mut proxy = TestProxy::start(&config_on("127.0.0.1:0", &one_server(a.addr()))).await;
     let text = format!(
         "{}[[listener]]\nname = \"clash\"\nlisten = \"{}\"\n",
-        config_on(
-            "127.0.0.1:0",
-            &format!("servers = [{{ addr = \"{}\" }}]", b.addr())
-        ),
+        config_on("127.0.0.1:0", &one_server(b.addr())),
         taken.local_addr().expect("addr")
     );
     let config = fulcrum::Config::parse(&text, Path::new("r.toml")).expect("a valid config");
@@ -214,12 +209,7 @@ async fn file_changes_reload_the_binary_for_rename_and_symlink_swaps() {
     let c = named("c").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let listen = refusing_addr();
-    let pool = |backend: &Backend| {
-        config_on(
-            &listen.to_string(),
-            &format!("servers = [{{ addr = \"{}\" }}]", backend.addr()),
-        )
-    };
+    let pool = |backend: &Backend| config_on(&listen.to_string(), &one_server(backend.addr()));
     // A Kubernetes ConfigMap volume: fulcrum.toml -> ..data/fulcrum.toml, ..data -> a versioned directory.
     let v1 = dir.path().join("..v1");
     std::fs::create_dir(&v1).expect("mkdir");
@@ -265,21 +255,6 @@ async fn wait_for_body(client: &TestClient, url: &str, body: &str) {
     }
 }
 
-/// The `[global]` lines of the two runtime shapes the binary has: the multi-thread runtime (default,
-/// one worker per core) and, with `worker_threads = 1`, a serving thread of its own beside the main
-/// thread's daemon. Lifecycle tests run under both.
-const RUNTIME_SHAPES: [&str; 2] = ["", "worker_threads = 1\n"];
-
-/// Whether the process has a thread called `name` (`/proc/PID/task/*/comm`).
-fn has_thread(process: &FulcrumProcess, name: &str) -> bool {
-    std::fs::read_dir(format!("/proc/{}/task", process.child.id()))
-        .expect("read /proc/PID/task")
-        .filter_map(Result::ok)
-        .any(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
-        })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_refuses_new_connections_and_exits_0() {
     for shape in RUNTIME_SHAPES {
@@ -290,17 +265,14 @@ async fn sigterm_lets_the_request_in_flight_finish_refuses_new_connections_and_e
             &path,
             format!(
                 "[global]\n{shape}{}",
-                config_on(
-                    "127.0.0.1:0",
-                    &format!("servers = [{{ addr = \"{}\" }}]", slow.addr()),
-                )
+                config_on("127.0.0.1:0", &one_server(slow.addr()),)
             ),
         )
         .expect("write config");
         let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
         let addr = fulcrum.listener_addr("public");
         assert_eq!(
-            has_thread(&fulcrum, "fulcrum-serve"),
+            fulcrum.has_thread("fulcrum-serve"),
             !shape.is_empty(),
             "a serving thread of its own exactly when `{shape}`"
         );
@@ -340,14 +312,7 @@ async fn systemd_hears_ready_reloading_watchdog_and_stopping() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let path = dir.path().join("fulcrum.toml");
-    std::fs::write(
-        &path,
-        config_on(
-            "127.0.0.1:0",
-            &format!("servers = [{{ addr = \"{}\" }}]", a.addr()),
-        ),
-    )
-    .expect("write config");
+    std::fs::write(&path, config_on("127.0.0.1:0", &one_server(a.addr()))).expect("write config");
     let notify_socket = socket_path.to_string_lossy().into_owned();
     let mut fulcrum = FulcrumProcess::spawn(
         &path,
@@ -394,11 +359,15 @@ async fn reload_command_and_sighup_only_mode() {
             format!(
                 "[global]\nwatch_config = false\n{shape}pid_file = \"{}\"\n{}",
                 pid_file.display(),
-                config_on(
-                    &listen.to_string(),
-                    &format!("servers = [{{ addr = \"{}\" }}]", backend.addr())
-                )
+                config_on(&listen.to_string(), &one_server(backend.addr()))
             )
+        };
+        let reload_command = || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+                .args(["reload", "-c"])
+                .arg(&path)
+                .output()
+                .expect("run fulcrum reload")
         };
         std::fs::write(&path, config(&a)).expect("write config");
         let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
@@ -414,11 +383,7 @@ async fn reload_command_and_sighup_only_mode() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // `fulcrum reload` validates the file and signals the pid in pid_file.
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
-            .args(["reload", "-c"])
-            .arg(&path)
-            .output()
-            .expect("run fulcrum reload");
+        let output = reload_command();
         assert!(
             output.status.success(),
             "{}",
@@ -435,11 +400,7 @@ async fn reload_command_and_sighup_only_mode() {
             ),
         )
         .expect("write config");
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
-            .args(["reload", "-c"])
-            .arg(&path)
-            .output()
-            .expect("run fulcrum reload");
+        let output = reload_command();
         assert!(!output.status.success());
         fulcrum.signal("HUP");
         let refused = fulcrum.wait_for_line("reload refused");
@@ -470,10 +431,7 @@ async fn second_sigterm_and_sigquit_exit_at_once() {
             &path,
             format!(
                 "[global]\n{shape}shutdown_timeout = \"60s\"\n{}",
-                config_on(
-                    "127.0.0.1:0",
-                    &format!("servers = [{{ addr = \"{}\" }}]", slow.addr())
-                )
+                config_on("127.0.0.1:0", &one_server(slow.addr()))
             ),
         )
         .expect("write config");

@@ -55,16 +55,8 @@ impl Drop for TermOnDrop {
     }
 }
 
+/// The config for one listener on `listen` in front of `backend`, with `global` as its `[global]` lines.
 fn write_config(
-    dir: &tempfile::TempDir,
-    listen: SocketAddr,
-    backend: SocketAddr,
-) -> std::path::PathBuf {
-    write_config_with(dir, listen, backend, "")
-}
-
-/// The config with `global` as its `[global]` table's lines.
-fn write_config_with(
     dir: &tempfile::TempDir,
     listen: SocketAddr,
     backend: SocketAddr,
@@ -86,7 +78,7 @@ async fn sigusr2_upgrade_hands_the_sockets_over_with_no_refused_connection() {
     let backend = named("app").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let listen = refusing_addr();
-    let path = write_config(&dir, listen, backend.addr());
+    let path = write_config(&dir, listen, backend.addr(), "");
     let mut old = FulcrumProcess::spawn(&path, &[]);
     old.wait_for_line("fulcrum is serving");
     let stop = Arc::new(AtomicBool::new(false));
@@ -129,13 +121,13 @@ async fn sigusr2_upgrade_hands_the_sockets_over_with_no_refused_connection() {
 async fn socket_activation_keeps_connections_waiting_across_a_restart() {
     // Both runtime shapes: the inherited socket is registered where it is accepted from (with
     // `worker_threads = 1`, the serving thread's I/O driver).
-    for shape in ["", "worker_threads = 1\n"] {
+    for shape in RUNTIME_SHAPES {
         let backend = named("app").await;
         let dir = tempfile::tempdir().expect("temp dir");
         // The test plays systemd: it owns the listening socket and hands it to each fulcrum as fd 3.
         let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let listen = socket.local_addr().expect("addr");
-        let path = write_config_with(&dir, listen, backend.addr(), shape);
+        let path = write_config(&dir, listen, backend.addr(), shape);
         let start = || {
             let mut command = FulcrumProcess::command(&path);
             command.env("LISTEN_FDS", "1");
