@@ -8,6 +8,7 @@ use http::{Method, Response};
 use tracing::{error, info, warn};
 
 use super::body::{BodyLimits, BodySlot, ClientFault, RequestBody};
+use super::deadline::{Deadlined, TimedOut, UpstreamWatch};
 use super::error::ProxyError;
 use super::h1conn::ResponseBody;
 use super::headers::Forwarding;
@@ -35,6 +36,10 @@ pub struct Forward<'a> {
     pub body_limits: BodyLimits,
     /// Where the answering server and its time are noted, for the access log.
     pub trace: &'a mut super::Trace,
+    /// When the request was handed to [`forward`]: the first attempt's send time unless picking waited.
+    pub started: std::time::Instant,
+    /// The client connection's watchdog, when it enforces the attempts' `read_timeout` (HTTP/1).
+    pub watch: Option<&'a dyn UpstreamWatch>,
 }
 
 /// An answer from a server and the in-flight guard that must live as long as its body (or tunnel).
@@ -91,6 +96,8 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         key_hash,
         body_limits,
         trace,
+        started,
+        watch,
     } = request;
     let replayable_method =
         is_idempotent(&parts.method) || pool.retry_on.has(RetryOn::NON_IDEMPOTENT);
@@ -121,10 +128,14 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             copy.insert(parts.headers.clone())
         };
         let body = RequestBody::new(slot.clone(), body_limits);
-        let sent_at = tokio::time::Instant::now();
-        // The deadline from the clock read just made (`timeout` would read it again).
-        let sent = tokio::time::timeout_at(
-            sent_at + pool.read_timeout,
+        // The clock read when the request was handed over serves the first attempt, unless picking
+        // waited (a queue at `max_conns`).
+        let sent_at = if attempt == 1 && !picker.waited() {
+            started
+        } else {
+            std::time::Instant::now()
+        };
+        let sent = Deadlined::new(
             pool.client.request(
                 (&parts.method, &parts.uri),
                 headers,
@@ -133,14 +144,19 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                 server,
                 pool.protocol,
             ),
+            watch,
+            sent_at,
+            pool.read_timeout,
         )
         .await;
         let outcome = match sent {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
-                let took = sent_at.elapsed();
+                let answered_at = std::time::Instant::now();
+                let took = answered_at.saturating_duration_since(sent_at);
                 trace.upstream = Some(server.addr.clone());
                 trace.upstream_time = Some(took);
+                trace.answered_at = Some(answered_at);
                 server.metrics.count_status(status);
                 server.metrics.upstream_response.observe(took.as_secs_f64());
                 if !pool.retry_on.status_counts(status) {
@@ -168,7 +184,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                 warn!(id = trace.id(), pool = %pool.name, server = %server.addr, %error, attempt, "upstream attempt failed");
                 Outcome::Failed(error)
             }
-            Err(_elapsed) => {
+            Err(TimedOut) => {
                 warn!(id = trace.id(), pool = %pool.name, server = %server.addr, timeout = ?pool.read_timeout, attempt, "upstream timed out");
                 Outcome::Failed(ProxyError::Timeout)
             }

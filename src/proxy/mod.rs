@@ -3,6 +3,7 @@
 pub mod body;
 pub mod client;
 pub mod client_ip;
+pub mod deadline;
 pub mod error;
 mod forward;
 mod framing;
@@ -251,6 +252,7 @@ impl ProxyService {
         snapshot: &Arc<Snapshot>,
         routed: &mut Routed,
         trace: &mut Trace,
+        watch: Option<&dyn deadline::UpstreamWatch>,
     ) -> Response<ProxyBody> {
         let mut quota = None;
         if let Some(zones) = routed.route.zones.clone() {
@@ -290,8 +292,15 @@ impl ProxyService {
                 timeout: self.listener.client_limits.body_timeout,
             },
             trace,
+            started,
+            watch,
         })
         .await;
+        // An answer's time was read when its headers arrived; only a failure needs the clock again.
+        let ended = match (&result, trace.answered_at) {
+            (Ok(_), Some(at)) => at,
+            _ => std::time::Instant::now(),
+        };
         let mut response = self.answer(
             result,
             routed.client_upgrade.take(),
@@ -301,7 +310,7 @@ impl ProxyService {
         );
         pool.metrics
             .request_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe(ended.saturating_duration_since(started).as_secs_f64());
         if let Some(quota) = quota {
             quota.add_to(response.headers_mut());
         }
@@ -416,15 +425,11 @@ impl ProxyService {
     /// Answers `request`, handing the response to `deliver` (the connection's wrapping) inside the same
     /// future: it is built once, not built and then moved into a wrapper (every move copies all of its
     /// ~2.4 KB). The caller boxes it.
-    pub fn respond<T, D>(
+    pub fn respond<D: Deliver>(
         &self,
         mut request: Request<Incoming>,
         deliver: D,
-    ) -> impl Future<Output = T> + Send + 'static
-    where
-        T: Send + 'static,
-        D: FnOnce(Response<ProxyBody>) -> T + Send + 'static,
-    {
+    ) -> impl Future<Output = D::Output> + Send + 'static {
         // Room for what the proxy adds (request id, forwarding headers) in one step. The patched hyper
         // makes an HTTP/1 request's new map that size already; an HTTP/2 request's map, or a reused one,
         // may be sized for the client's headers only.
@@ -442,15 +447,31 @@ impl ProxyService {
             Ok(routed) => routed,
             Err(answer) => {
                 let answer = self.finish(&snapshot, trace, pending, answer);
-                return tokio_util::either::Either::Left(std::future::ready(deliver(answer)));
+                return tokio_util::either::Either::Left(std::future::ready(
+                    deliver.deliver(answer),
+                ));
             }
         };
         let service = self.clone();
         tokio_util::either::Either::Right(async move {
-            let response = service.proxy(&snapshot, &mut routed, &mut trace).await;
-            deliver(service.finish(&snapshot, trace, pending, response))
+            let watch = deliver.upstream_watch();
+            let response = service
+                .proxy(&snapshot, &mut routed, &mut trace, watch)
+                .await;
+            deliver.deliver(service.finish(&snapshot, trace, pending, response))
         })
     }
+}
+
+/// What a client connection does with the answer to a request, and what it offers the request meanwhile.
+pub trait Deliver: Send + 'static {
+    /// What the connection's service returns.
+    type Output: Send + 'static;
+    /// Hands the answer over (wrapped for the connection).
+    fn deliver(self, response: Response<ProxyBody>) -> Self::Output;
+    /// The connection's watchdog, when it enforces this request's upstream `read_timeout` (see
+    /// [`deadline`]); `None` gives each attempt a timer of its own.
+    fn upstream_watch(&self) -> Option<&dyn deadline::UpstreamWatch>;
 }
 
 /// A request that passed the checks and found its route, taken apart to be forwarded.
@@ -490,6 +511,8 @@ pub struct Trace {
     pub upstream: Option<http::uri::Authority>,
     /// Its time to response headers.
     pub upstream_time: Option<std::time::Duration>,
+    /// When the last attempt's response headers arrived (the clock read `upstream_time` came from).
+    pub answered_at: Option<std::time::Instant>,
     /// The rate-limit outcome.
     pub rate_limit: &'static str,
     /// The matched route's index.
@@ -505,6 +528,7 @@ impl Trace {
             client: None,
             upstream: None,
             upstream_time: None,
+            answered_at: None,
             rate_limit: "none",
             route: None,
             id,

@@ -95,6 +95,11 @@ impl<'a> Picker<'a> {
         }
     }
 
+    /// Whether picking has waited in the pool's queue (a server at its `max_conns`).
+    pub fn waited(&self) -> bool {
+        self.queued_until.is_some()
+    }
+
     fn server(&self, kind: TierKind, index: usize) -> Option<&'a crate::upstream::Server> {
         self.pool.tier(kind)?.servers.get(index)
     }

@@ -340,7 +340,10 @@ impl Connection {
         // a wake-up of the runtime's driver (an eventfd write) for a deadline earlier than any pending.
         let now = crate::clock::now_ms();
         let mut wake_at = match self.clock.verdict(self.shared.proxy.client_limits(), now) {
-            Verdict::WaitUntil(at) => instant_at(at, now),
+            Verdict::WaitUntil(at) => {
+                self.clock.watchdog_set(at);
+                instant_at(at, now)
+            }
             _ => tokio::time::Instant::now(),
         };
         let control = ControlWake::new();
@@ -393,7 +396,10 @@ impl Connection {
             let now = crate::clock::now_ms();
             let limits = self.shared.proxy.client_limits();
             match self.clock.verdict(limits, now) {
-                Verdict::WaitUntil(at) => wake_at = instant_at(at, now),
+                Verdict::WaitUntil(at) => {
+                    self.clock.watchdog_set(at);
+                    wake_at = instant_at(at, now);
+                }
                 Verdict::Finish => {
                     connection.as_mut().graceful_shutdown();
                     let finished = tokio::time::timeout(FINISH_GRACE, connection.as_mut()).await;

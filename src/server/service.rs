@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 
 use super::timeouts::ConnectionClock;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::ProxyService;
+use crate::proxy::deadline::UpstreamWatch;
+use crate::proxy::{Deliver, ProxyService};
 
 /// [`ProxyService`] reporting to a connection's clock.
 #[derive(Debug, Clone)]
@@ -59,14 +60,40 @@ impl hyper::service::Service<Request<Incoming>> for ClockedService {
             // The watchdog sends GOAWAY; the streams in flight finish.
             self.clock.poke();
         }
-        let active = Active(Arc::clone(&self.clock));
-        let close = last && !http2;
+        let delivery = Delivery {
+            active: Active(Arc::clone(&self.clock)),
+            close: last && !http2,
+            http2,
+        };
         // One box per request, the wrapping inside it: a box measured faster than keeping the ~2.4 KB
         // future in hyper's per-connection slot (fewer instructions, but the slot is cold memory to copy
         // into at 64 connections and more, where the allocator hands back the block just freed).
-        Box::pin(self.inner.respond(request, move |response| {
-            Ok(clocked(response, active, close))
-        }))
+        Box::pin(self.inner.respond(request, delivery))
+    }
+}
+
+/// A request's way back to its connection.
+#[derive(Debug)]
+struct Delivery {
+    active: Active,
+    close: bool,
+    http2: bool,
+}
+
+impl Deliver for Delivery {
+    type Output = Result<Response<ClockedBody>, Infallible>;
+
+    fn deliver(self, response: Response<ProxyBody>) -> Self::Output {
+        Ok(clocked(response, self.active, self.close))
+    }
+
+    /// HTTP/1: one request in flight, so the connection's watchdog times its upstream attempts.
+    fn upstream_watch(&self) -> Option<&dyn UpstreamWatch> {
+        if self.http2 {
+            None
+        } else {
+            Some(&*self.active.0)
+        }
     }
 }
 

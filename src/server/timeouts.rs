@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::clock::now_ms;
 use crate::config::ClientLimits;
+use crate::proxy::deadline::UpstreamWatch;
 
 /// "Not running" for the timestamps below ([`now_ms`] is never 0).
 const NEVER: u64 = 0;
@@ -36,12 +37,31 @@ pub struct ConnectionClock {
     sending: AtomicU32,
     /// When the last of those chunks was handed out.
     last_sent: AtomicU64,
+    /// When the answer the request in flight waits for from an upstream is due (HTTP/1: one at a time).
+    upstream_due: AtomicU64,
+    /// The time the watchdog's timer is set to (it looks then, or when poked).
+    watchdog_at: AtomicU64,
     /// The connection speaks HTTP/2 (its streams, not bytes, say when a request starts).
     http2: AtomicBool,
     /// Wakes the drain when the first request arrives.
     first: tokio::sync::Notify,
     /// Wakes the watchdog (its requests are used up).
     poke: tokio::sync::Notify,
+}
+
+/// The watchdog times an HTTP/1 request's upstream attempts: their due time is kept here, and the
+/// watchdog is poked only when it is set to look later than that (see [`crate::proxy::deadline`]).
+impl UpstreamWatch for ConnectionClock {
+    fn answer_due(&self, due: u64) {
+        self.upstream_due.store(due, Ordering::Relaxed);
+        if due < self.watchdog_at.load(Ordering::Relaxed) {
+            self.poke();
+        }
+    }
+
+    fn answer_settled(&self) {
+        self.upstream_due.store(NEVER, Ordering::Relaxed);
+    }
 }
 
 /// What the watchdog should do with a connection.
@@ -78,6 +98,9 @@ impl ConnectionClock {
             write_blocked_since: AtomicU64::new(NEVER),
             sending: AtomicU32::new(0),
             last_sent: AtomicU64::new(NEVER),
+            upstream_due: AtomicU64::new(NEVER),
+            // Until the watchdog sets its timer, any due time is earlier.
+            watchdog_at: AtomicU64::new(u64::MAX),
             http2: AtomicBool::new(false),
             first: tokio::sync::Notify::new(),
             poke: tokio::sync::Notify::new(),
@@ -102,6 +125,11 @@ impl ConnectionClock {
     pub fn request_ended(&self) {
         self.idle_since.store(now_ms(), Ordering::Relaxed);
         self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The watchdog's timer is set to `at` (a [`now_ms`] time).
+    pub fn watchdog_set(&self, at: u64) {
+        self.watchdog_at.store(at, Ordering::Relaxed);
     }
 
     /// Requests started on this connection.
@@ -195,6 +223,12 @@ impl ConnectionClock {
             next = next.min(expires);
         }
         if self.active.load(Ordering::Acquire) > 0 {
+            let due = self.upstream_due.load(Ordering::Relaxed);
+            if due != NEVER {
+                // The attempt itself answers 504 when polled past this; the look only has to wake it
+                // (never in the past: a look that came early looks again a millisecond later).
+                next = next.min(due.max(now.saturating_add(1)));
+            }
             return Verdict::WaitUntil(next);
         }
         let head = self.head_since.load(Ordering::Relaxed);
@@ -366,6 +400,51 @@ mod tests {
             send_timeout: Duration::from_secs(30),
             ..ClientLimits::default()
         }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_due_time_wakes_the_watchdog_only_when_it_is_earlier_than_its_timer() {
+        let clock = ConnectionClock::new();
+        clock.request_started(false);
+        let now = now_ms();
+        clock.watchdog_set(now + 10_000);
+        // Later than the watchdog's timer: no poke, and the watchdog's next look is unchanged.
+        clock.answer_due(now + 20_000);
+        let poked = clock.poked();
+        tokio::pin!(poked);
+        assert!(futures_ready(poked.as_mut()).await.is_none(), "poked");
+        assert_eq!(
+            clock.verdict(&limits(), now),
+            Verdict::WaitUntil(now + 10_000)
+        );
+        // Earlier: poked, and the look is set to the due time (never to the past).
+        clock.answer_due(now + 500);
+        assert!(futures_ready(poked.as_mut()).await.is_some(), "not poked");
+        assert_eq!(clock.verdict(&limits(), now), Verdict::WaitUntil(now + 500));
+        assert_eq!(
+            clock.verdict(&limits(), now + 600),
+            Verdict::WaitUntil(now + 601)
+        );
+        // Settled: the due time no longer counts.
+        clock.answer_settled();
+        assert_eq!(
+            clock.verdict(&limits(), now),
+            Verdict::WaitUntil(now + 10_000)
+        );
+    }
+
+    /// `Some` if `future` is ready at its first poll.
+    async fn futures_ready<T>(
+        future: std::pin::Pin<&mut impl std::future::Future<Output = T>>,
+    ) -> Option<T> {
+        let mut future = Some(future);
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match future.take().map(|f| f.poll(cx)) {
+                Some(Poll::Ready(value)) => Some(value),
+                _ => None,
+            })
+        })
+        .await
     }
 
     #[test]

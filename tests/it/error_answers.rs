@@ -158,6 +158,82 @@ async fn slow_upstream_past_read_timeout_answers_504() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_timeout_holds_for_every_request_of_a_keep_alive_connection_over_http1_and_http2() {
+    // HTTP/1 connections time their upstream attempts with the connection's watchdog, which sleeps
+    // for up to the client timeouts (60 s here) unless an attempt's due time is earlier; HTTP/2
+    // streams have a timer each. Either way each slow request gets its 504 after read_timeout, not
+    // before, and the connection keeps serving.
+    let backend = backend_with(|request: Request<hyper::body::Incoming>| async move {
+        if request.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        text(StatusCode::OK, "answered")
+    })
+    .await;
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "read_timeout = \"300ms\"\nmax_fails = 0\nservers = [{{ addr = \"{}\" }}]",
+        backend.addr()
+    )))
+    .await;
+    for (protocol, client) in [
+        ("HTTP/1.1", TestClient::new()),
+        ("HTTP/2", TestClient::h2c()),
+    ] {
+        let fast = client.get(&proxy.url("/fast")).await;
+        assert_eq!(fast.status, StatusCode::OK, "{protocol}: {}", fast.body);
+        for round in 1..=2 {
+            let started = std::time::Instant::now();
+            let slow = client.get(&proxy.url("/slow")).await;
+            let took = started.elapsed();
+            assert_eq!(
+                slow.status,
+                StatusCode::GATEWAY_TIMEOUT,
+                "{protocol}, slow request {round}: {}",
+                slow.body
+            );
+            assert!(
+                took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+                "{protocol}, slow request {round}: the 504 came after {took:?}"
+            );
+        }
+        let fast = client.get(&proxy.url("/fast")).await;
+        assert_eq!(fast.status, StatusCode::OK, "{protocol}: {}", fast.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_past_read_timeout_is_retried_on_another_server() {
+    let slow = backend_with(|_| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        text(StatusCode::OK, "late")
+    })
+    .await;
+    let fast = named("fast").await;
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "strategy = \"round_robin\"\nread_timeout = \"300ms\"\nmax_fails = 0\nretry_on = [\"timeout\"]\nservers = [{{ addr = \"{}\" }}, {{ addr = \"{}\" }}]",
+        slow.addr(),
+        fast.addr()
+    )))
+    .await;
+    let client = TestClient::new();
+    // Round robin sends at least one of the two requests to the slow server first.
+    let mut timed = Vec::new();
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let reply = client.get(&proxy.url("/")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        timed.push(started.elapsed());
+    }
+    assert!(slow.requests() >= 1, "the slow server was never tried");
+    assert_eq!(fast.requests(), 2);
+    let slowest = timed.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest >= Duration::from_millis(300) && slowest < Duration::from_secs(5),
+        "the retried request took {slowest:?}"
+    );
+}
+
 /// Sends raw bytes to the proxy and returns the status line it answered.
 async fn raw_status(proxy: &TestProxy, bytes: &[u8]) -> String {
     let addr = proxy.url("").trim_start_matches("http://").to_string();

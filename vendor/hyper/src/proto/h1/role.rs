@@ -524,7 +524,9 @@ impl Http1Transaction for Server {
     }
 
     fn update_date() {
-        date::update();
+        // fulcrum patch: the cached date is checked when a `Date` field is written (`encode`), not on
+        // every poll of every connection: a proxy's responses usually carry their upstream's `Date`,
+        // and each check read the precise clock (twice per request).
     }
 }
 
@@ -994,6 +996,8 @@ impl Server {
         if !wrote_date && msg.date_header {
             dst.reserve(date::DATE_VALUE_LENGTH + 8);
             header_name_writer.write_header_name_with_colon(dst, "date: ", header::DATE);
+            // fulcrum patch: the check `update_date` made on every poll.
+            date::update();
             date::extend(dst);
             extend(dst, b"\r\n\r\n");
         } else {
