@@ -431,12 +431,43 @@ impl Connection {
                 }
                 connection.as_mut().graceful_shutdown();
                 tokio::select! {
-                    result = connection.as_mut() => result,
+                    result = until_closed(connection.as_mut(), &self.clock) => result,
                     () = self.force_close.cancelled() => return,
                 }
             }
         };
         log_end(peer, result);
+    }
+}
+
+/// Drives `connection` to its end once its watchdog loop has stopped (draining): a request in flight that
+/// waits for an upstream still needs the wake-up at its due time the watchdog gave it (its `read_timeout`,
+/// see [`crate::proxy::deadline`]).
+async fn until_closed<I>(
+    mut connection: Pin<&mut Serving<I>>,
+    clock: &ConnectionClock,
+) -> Result<(), ServeError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // No timer is set now: every due time pokes.
+    clock.watchdog_set(u64::MAX);
+    loop {
+        let now = crate::clock::now_ms();
+        let wake = clock
+            .upstream_due()
+            .map(|due| instant_at(due.max(now.saturating_add(1)), now));
+        let due = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = due => {}
+            () = clock.poked() => {}
+        }
     }
 }
 

@@ -132,6 +132,11 @@ impl ConnectionClock {
         self.watchdog_at.store(at, Ordering::Relaxed);
     }
 
+    /// When the answer the request in flight waits for is due, if it waits for one.
+    pub fn upstream_due(&self) -> Option<u64> {
+        Some(self.upstream_due.load(Ordering::Relaxed)).filter(|&due| due != NEVER)
+    }
+
     /// Requests started on this connection.
     pub fn served(&self) -> u32 {
         self.served.load(Ordering::Acquire)

@@ -303,6 +303,55 @@ async fn sigterm_lets_the_request_in_flight_finish_refuses_new_connections_and_e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_while_draining_still_gets_its_504_at_read_timeout() {
+    // The upstream never answers; SIGTERM comes while the request waits. The drain (shutdown_timeout
+    // 20 s) must not stretch the request's read_timeout: its 504 comes at 1 s, then fulcrum exits.
+    for shape in RUNTIME_SHAPES {
+        let (stuck, _gate) = held_backend("never", None).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fulcrum.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[global]\n{shape}shutdown_timeout = \"20s\"\n{}",
+                config_on(
+                    "127.0.0.1:0",
+                    &format!("read_timeout = \"1s\"\n{}", one_server(stuck.addr()))
+                )
+            ),
+        )
+        .expect("write config");
+        let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+        let addr = fulcrum.listener_addr("public");
+        let client = TestClient::new();
+        let started = Instant::now();
+        let in_flight = tokio::spawn(async move { client.get(&format!("http://{addr}/")).await });
+        wait_until(
+            Duration::from_secs(5),
+            "the request to reach the backend",
+            || stuck.requests() == 1,
+        )
+        .await;
+        fulcrum.signal("TERM");
+        fulcrum.wait_for_line("stopped accepting");
+        let reply = in_flight.await.expect("request task");
+        let took = started.elapsed();
+        assert_eq!(
+            reply.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "`{shape}`: {}",
+            reply.body
+        );
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(8),
+            "`{shape}`: the 504 came after {took:?}"
+        );
+        let status = fulcrum.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "`{shape}`: exit status {status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_reloading_watchdog_and_stopping() {
     let a = named("a").await;
     let dir = tempfile::tempdir().expect("temp dir");
