@@ -228,8 +228,7 @@ impl ConnectionClock {
             next = next.min(expires);
         }
         if self.active.load(Ordering::Acquire) > 0 {
-            let due = self.upstream_due.load(Ordering::Relaxed);
-            if due != NEVER {
+            if let Some(due) = self.upstream_due() {
                 // The attempt itself answers 504 when polled past this; the look only has to wake it
                 // (never in the past: a look that came early looks again a millisecond later).
                 next = next.min(due.max(now.saturating_add(1)));
@@ -397,6 +396,7 @@ impl<I: AsyncWrite> AsyncWrite for TimedIo<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     fn limits() -> ClientLimits {
         ClientLimits {
@@ -407,8 +407,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_upstream_due_time_wakes_the_watchdog_only_when_it_is_earlier_than_its_timer() {
+    #[test]
+    fn an_upstream_due_time_wakes_the_watchdog_only_when_it_is_earlier_than_its_timer() {
         let clock = ConnectionClock::new();
         clock.request_started(false);
         let now = now_ms();
@@ -417,14 +417,15 @@ mod tests {
         clock.answer_due(now + 20_000);
         let poked = clock.poked();
         tokio::pin!(poked);
-        assert!(futures_ready(poked.as_mut()).await.is_none(), "poked");
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(poked.as_mut().poll(&mut cx).is_pending(), "poked");
         assert_eq!(
             clock.verdict(&limits(), now),
             Verdict::WaitUntil(now + 10_000)
         );
         // Earlier: poked, and the look is set to the due time (never to the past).
         clock.answer_due(now + 500);
-        assert!(futures_ready(poked.as_mut()).await.is_some(), "not poked");
+        assert!(poked.as_mut().poll(&mut cx).is_ready(), "not poked");
         assert_eq!(clock.verdict(&limits(), now), Verdict::WaitUntil(now + 500));
         assert_eq!(
             clock.verdict(&limits(), now + 600),
@@ -436,20 +437,6 @@ mod tests {
             clock.verdict(&limits(), now),
             Verdict::WaitUntil(now + 10_000)
         );
-    }
-
-    /// `Some` if `future` is ready at its first poll.
-    async fn futures_ready<T>(
-        future: std::pin::Pin<&mut impl std::future::Future<Output = T>>,
-    ) -> Option<T> {
-        let mut future = Some(future);
-        std::future::poll_fn(|cx| {
-            Poll::Ready(match future.take().map(|f| f.poll(cx)) {
-                Some(Poll::Ready(value)) => Some(value),
-                _ => None,
-            })
-        })
-        .await
     }
 
     #[test]
