@@ -36,32 +36,23 @@ pub struct TimedOut;
 const COARSE_SLACK_MS: u64 = 10;
 
 pin_project_lite::pin_project! {
-    /// `attempt`, answered with [`TimedOut`] once `timeout` has passed.
+    /// `attempt`, answered with [`TimedOut`] once `timeout` has passed: checked against the watchdog's
+    /// due time when there is a watch, else by a timer of its own.
     pub struct Deadlined<'w, F> {
         #[pin]
         attempt: F,
-        guard: Guard<'w>,
+        watched: Option<(&'w dyn UpstreamWatch, u64)>,
         #[pin]
         timer: Option<Sleep>,
     }
 
     impl<'w, F> PinnedDrop for Deadlined<'w, F> {
         fn drop(this: Pin<&mut Self>) {
-            if let Guard::Watched { watch, .. } = this.project().guard {
+            if let Some((watch, _)) = this.project().watched {
                 watch.answer_settled();
             }
         }
     }
-}
-
-enum Guard<'w> {
-    /// The connection's watchdog wakes the task by `due`.
-    Watched {
-        watch: &'w dyn UpstreamWatch,
-        due: u64,
-    },
-    /// A timer of the attempt's own (in `timer`).
-    Timer,
 }
 
 impl<'w, F: Future> Deadlined<'w, F> {
@@ -81,13 +72,13 @@ impl<'w, F: Future> Deadlined<'w, F> {
                 watch.answer_due(due);
                 Self {
                     attempt,
-                    guard: Guard::Watched { watch, due },
+                    watched: Some((watch, due)),
                     timer: None,
                 }
             }
             None => Self {
                 attempt,
-                guard: Guard::Timer,
+                watched: None,
                 timer: Some(tokio::time::sleep_until(
                     tokio::time::Instant::from_std(sent_at) + timeout,
                 )),
@@ -104,10 +95,9 @@ impl<F: Future> Future for Deadlined<'_, F> {
         if let Poll::Ready(answer) = this.attempt.poll(cx) {
             return Poll::Ready(Ok(answer));
         }
-        let expired = match (&*this.guard, this.timer.as_pin_mut()) {
-            (Guard::Watched { due, .. }, _) => now_ms() >= *due,
-            (Guard::Timer, Some(timer)) => timer.poll(cx).is_ready(),
-            (Guard::Timer, None) => false,
+        let expired = match this.timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).is_ready(),
+            None => this.watched.is_some_and(|(_, due)| now_ms() >= due),
         };
         if expired {
             Poll::Ready(Err(TimedOut))

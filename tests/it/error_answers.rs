@@ -133,11 +133,7 @@ async fn malformed_upstream_response_answers_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_past_read_timeout_answers_504() {
-    let backend = backend_with(|_| async {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        text(StatusCode::OK, "late")
-    })
-    .await;
+    let (backend, _gate) = held_backend("never", None).await;
     let proxy = TestProxy::start(&one_pool(&format!(
         "read_timeout = \"200ms\"\nservers = [{{ addr = \"{}\" }}]",
         backend.addr()
@@ -162,15 +158,9 @@ async fn slow_upstream_past_read_timeout_answers_504() {
 async fn read_timeout_holds_for_every_request_of_a_keep_alive_connection_over_http1_and_http2() {
     // HTTP/1 connections time their upstream attempts with the connection's watchdog, which sleeps
     // for up to the client timeouts (60 s here) unless an attempt's due time is earlier; HTTP/2
-    // streams have a timer each. Either way each slow request gets its 504 after read_timeout, not
-    // before, and the connection keeps serving.
-    let backend = backend_with(|request: Request<hyper::body::Incoming>| async move {
-        if request.uri().path() == "/slow" {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-        }
-        text(StatusCode::OK, "answered")
-    })
-    .await;
+    // streams have a timer each. Either way each request the backend holds gets its 504 after
+    // read_timeout, not before, and the connection keeps serving.
+    let (backend, _gate) = held_backend("answered", Some("/slow")).await;
     let proxy = TestProxy::start(&one_pool(&format!(
         "read_timeout = \"300ms\"\nmax_fails = 0\nservers = [{{ addr = \"{}\" }}]",
         backend.addr()
@@ -204,11 +194,7 @@ async fn read_timeout_holds_for_every_request_of_a_keep_alive_connection_over_ht
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_past_read_timeout_is_retried_on_another_server() {
-    let slow = backend_with(|_| async {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        text(StatusCode::OK, "late")
-    })
-    .await;
+    let (slow, _gate) = held_backend("never", None).await;
     let fast = named("fast").await;
     let proxy = TestProxy::start(&one_pool(&format!(
         "strategy = \"round_robin\"\nread_timeout = \"300ms\"\nmax_fails = 0\nretry_on = [\"timeout\"]\nservers = [{{ addr = \"{}\" }}, {{ addr = \"{}\" }}]",

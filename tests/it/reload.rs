@@ -255,37 +255,86 @@ async fn wait_for_body(client: &TestClient, url: &str, body: &str) {
     }
 }
 
+/// The binary with `[global]` keys `shape` and `global` and [`config_on`] a free port with
+/// `upstream_body`; the directory holds its config.
+fn spawn_with_global(
+    shape: &str,
+    global: &str,
+    upstream_body: &str,
+) -> (FulcrumProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fulcrum.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[global]\n{shape}{global}{}",
+            config_on("127.0.0.1:0", upstream_body)
+        ),
+    )
+    .expect("write config");
+    (FulcrumProcess::spawn(&path, &[]), dir)
+}
+
+/// A fulcrum process sent SIGTERM while a request waits on its backend.
+struct Draining {
+    fulcrum: FulcrumProcess,
+    addr: std::net::SocketAddr,
+    /// The client's request, sent at `sent`.
+    in_flight: tokio::task::JoinHandle<Reply>,
+    sent: Instant,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts fulcrum under `shape` and the `global` keys, in front of one pool (`upstream_body`), sends one
+/// request that `backend` holds, and sends SIGTERM; returns once the listener has stopped accepting, with
+/// the request still waiting (checked: otherwise the drain would not be what a test sees).
+async fn draining_with_request_in_flight(
+    shape: &str,
+    global: &str,
+    upstream_body: &str,
+    backend: &Backend,
+) -> Draining {
+    let (mut fulcrum, dir) = spawn_with_global(shape, global, upstream_body);
+    let addr = fulcrum.listener_addr("public");
+    assert_eq!(
+        fulcrum.has_thread("fulcrum-serve"),
+        !shape.is_empty(),
+        "a serving thread of its own exactly when `{shape}`"
+    );
+    let client = TestClient::new();
+    let sent = Instant::now();
+    let in_flight = tokio::spawn(async move { client.get(&format!("http://{addr}/")).await });
+    wait_until(
+        Duration::from_secs(5),
+        "the request to reach the backend",
+        || backend.requests() == 1,
+    )
+    .await;
+    fulcrum.signal("TERM");
+    fulcrum.wait_for_line("stopped accepting");
+    assert!(
+        !in_flight.is_finished(),
+        "`{shape}`: the request was answered before the drain began"
+    );
+    Draining {
+        fulcrum,
+        addr,
+        in_flight,
+        sent,
+        _dir: dir,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_refuses_new_connections_and_exits_0() {
     for shape in RUNTIME_SHAPES {
         let (slow, gate) = held_backend("finished", None).await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("fulcrum.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[global]\n{shape}{}",
-                config_on("127.0.0.1:0", &one_server(slow.addr()),)
-            ),
-        )
-        .expect("write config");
-        let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
-        let addr = fulcrum.listener_addr("public");
-        assert_eq!(
-            fulcrum.has_thread("fulcrum-serve"),
-            !shape.is_empty(),
-            "a serving thread of its own exactly when `{shape}`"
-        );
-        let client = TestClient::new();
-        let in_flight = tokio::spawn(async move { client.get(&format!("http://{addr}/")).await });
-        wait_until(
-            Duration::from_secs(5),
-            "the request to reach the backend",
-            || slow.requests() == 1,
-        )
-        .await;
-        fulcrum.signal("TERM");
-        fulcrum.wait_for_line("stopped accepting");
+        let Draining {
+            mut fulcrum,
+            addr,
+            in_flight,
+            ..
+        } = draining_with_request_in_flight(shape, "", &one_server(slow.addr()), &slow).await;
         assert!(
             std::net::TcpStream::connect(addr).is_err(),
             "`{shape}`: a new connection after SIGTERM is refused"
@@ -308,34 +357,20 @@ async fn a_request_in_flight_while_draining_still_gets_its_504_at_read_timeout()
     // 20 s) must not stretch the request's read_timeout: its 504 comes at 1 s, then fulcrum exits.
     for shape in RUNTIME_SHAPES {
         let (stuck, _gate) = held_backend("never", None).await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("fulcrum.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[global]\n{shape}shutdown_timeout = \"20s\"\n{}",
-                config_on(
-                    "127.0.0.1:0",
-                    &format!("read_timeout = \"1s\"\n{}", one_server(stuck.addr()))
-                )
-            ),
-        )
-        .expect("write config");
-        let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
-        let addr = fulcrum.listener_addr("public");
-        let client = TestClient::new();
-        let started = Instant::now();
-        let in_flight = tokio::spawn(async move { client.get(&format!("http://{addr}/")).await });
-        wait_until(
-            Duration::from_secs(5),
-            "the request to reach the backend",
-            || stuck.requests() == 1,
+        let Draining {
+            mut fulcrum,
+            in_flight,
+            sent,
+            ..
+        } = draining_with_request_in_flight(
+            shape,
+            "shutdown_timeout = \"20s\"\n",
+            &format!("read_timeout = \"1s\"\n{}", one_server(stuck.addr())),
+            &stuck,
         )
         .await;
-        fulcrum.signal("TERM");
-        fulcrum.wait_for_line("stopped accepting");
         let reply = in_flight.await.expect("request task");
-        let took = started.elapsed();
+        let took = sent.elapsed();
         assert_eq!(
             reply.status,
             StatusCode::GATEWAY_TIMEOUT,
@@ -474,17 +509,11 @@ async fn second_sigterm_and_sigquit_exit_at_once() {
         .flat_map(|shape| signals.map(|s| (shape, s)))
     {
         let (slow, gate) = held_backend("slow", None).await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("fulcrum.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[global]\n{shape}shutdown_timeout = \"60s\"\n{}",
-                config_on("127.0.0.1:0", &one_server(slow.addr()))
-            ),
-        )
-        .expect("write config");
-        let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
+        let (mut fulcrum, _dir) = spawn_with_global(
+            shape,
+            "shutdown_timeout = \"60s\"\n",
+            &one_server(slow.addr()),
+        );
         let addr = fulcrum.listener_addr("public");
         let client = TestClient::new();
         let held = tokio::spawn(async move {
