@@ -110,6 +110,16 @@ async fn serve(mut stream: TcpStream) {
             seen.drain(..head_end + length);
             continue;
         }
+        if let Some(framing) = path.strip_prefix("/mixed-") {
+            if write_mixed(&mut stream, framing == "chunked")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            seen.drain(..head_end);
+            continue;
+        }
         // `/bytewise/...` answers as `/...` does, one byte per write, so every head and chunk arrives
         // split at every place it can be.
         let (path, bytewise) = match path.strip_prefix("/bytewise") {
@@ -144,6 +154,45 @@ async fn serve(mut stream: TcpStream) {
         }
         seen.drain(..head_end + length);
     }
+}
+
+/// The pieces of the `/mixed-chunked` and `/mixed-length` answers: small ones (which the proxy copies
+/// behind the bytes it has not written yet, while nothing is queued) between large ones (which it
+/// queues).
+const MIXED_PIECES: [usize; 8] = [3, 20_000, 7, 1, 9_000, 2, 70_000, 5];
+
+/// The body [`MIXED_PIECES`] make: piece `i` is its size in copies of the letter `a + i`.
+fn mixed_body() -> String {
+    MIXED_PIECES
+        .iter()
+        .zip(b'a'..)
+        .map(|(&size, letter)| char::from(letter).to_string().repeat(size))
+        .collect()
+}
+
+/// Writes the mixed answer. Chunked: in one write, so the proxy reads the chunks together and has them
+/// all to send at once (a small one after a queued large one must wait its turn). With a length: a
+/// piece per write, with a yield between, so pieces also come when the last is already sent.
+async fn write_mixed(stream: &mut TcpStream, chunked: bool) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    if chunked {
+        let mut answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for (&size, letter) in MIXED_PIECES.iter().zip(b'a'..) {
+            answer.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+            answer.extend(std::iter::repeat_n(letter, size));
+            answer.extend_from_slice(b"\r\n");
+        }
+        answer.extend_from_slice(b"0\r\n\r\n");
+        return stream.write_all(&answer).await;
+    }
+    let length: usize = MIXED_PIECES.iter().sum();
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    for (&size, letter) in MIXED_PIECES.iter().zip(b'a'..) {
+        stream.write_all(&vec![letter; size]).await?;
+        tokio::task::yield_now().await;
+    }
+    Ok(())
 }
 
 fn config(upstream: SocketAddr) -> String {
@@ -209,6 +258,30 @@ async fn every_response_framing_reaches_the_client_intact_and_reuses_the_connect
         accepted.load(Ordering::Acquire),
         3,
         "a connection the server closed is not reused"
+    );
+}
+
+#[tokio::test]
+async fn bodies_of_small_and_large_pieces_reach_the_client_whole_and_in_order() {
+    let (upstream, accepted) = raw_upstream().await;
+    let proxy = TestProxy::start(&config(upstream)).await;
+    let client = TestClient::new();
+    let want = mixed_body();
+    for round in 0..3 {
+        for path in ["/mixed-chunked", "/mixed-length"] {
+            let reply = client.get(&proxy.url(path)).await;
+            assert_eq!(reply.status, StatusCode::OK, "round {round}: {path}");
+            assert_eq!(reply.body.len(), want.len(), "round {round}: {path}");
+            assert!(
+                reply.body == want,
+                "round {round}: {path}: pieces out of order"
+            );
+        }
+    }
+    assert_eq!(
+        accepted.load(Ordering::Acquire),
+        1,
+        "one kept-alive upstream connection"
     );
 }
 

@@ -366,7 +366,11 @@ where
         } else if self.write_buf.remaining() == 0 {
             Pin::new(&mut self.io).poll_flush(cx)
         } else {
+            // fulcrum patch: with nothing queued (a short response copied after its head, see
+            // `WriteBuf::buffer`) one plain write, without the 64 I/O slices made for a vectored one.
             if let WriteStrategy::Flatten = self.write_buf.strategy {
+                return self.poll_flush_flattened(cx);
+            } else if !self.write_buf.queue.has_remaining() {
                 return self.poll_flush_flattened(cx);
             }
 
@@ -659,6 +663,22 @@ impl<B: Buf> WriteBuf<B> {
                 }
             }
             WriteStrategy::Queue => {
+                // fulcrum patch: a buffer that fits in the room the head buffer already has (a
+                // short response's body behind its head) is copied there rather than queued: no queue
+                // bookkeeping, and the message leaves in one contiguous write. Only while nothing is
+                // queued, so the bytes keep their order; never grows the head buffer.
+                let head = &mut self.headers;
+                if !self.queue.has_remaining()
+                    && buf.remaining() <= head.bytes.capacity() - head.bytes.len()
+                {
+                    while buf.has_remaining() {
+                        let slice = buf.chunk();
+                        let len = slice.len();
+                        head.bytes.extend_from_slice(slice);
+                        buf.advance(len);
+                    }
+                    return;
+                }
                 trace!(
                     self.len = self.remaining(),
                     buf.len = buf.remaining(),
@@ -939,6 +959,9 @@ mod tests {
 
 
         buffered.headers_buf().extend(b"hello ");
+        // fulcrum patch: no room left in the head buffer, so the buffers below are queued (small ones
+        // that fit are copied behind the head).
+        buffered.write_buf.headers.bytes.shrink_to_fit();
         buffered.buffer(Cursor::new(b"world, ".to_vec()));
         buffered.buffer(Cursor::new(b"it's ".to_vec()));
         buffered.buffer(Cursor::new(b"hyper!".to_vec()));
@@ -962,6 +985,9 @@ mod tests {
         buffered.write_buf.set_strategy(WriteStrategy::Flatten);
 
         buffered.headers_buf().extend(b"hello ");
+        // fulcrum patch: no room left in the head buffer, so the buffers below are queued (small ones
+        // that fit are copied behind the head).
+        buffered.write_buf.headers.bytes.shrink_to_fit();
         buffered.buffer(Cursor::new(b"world, ".to_vec()));
         buffered.buffer(Cursor::new(b"it's ".to_vec()));
         buffered.buffer(Cursor::new(b"hyper!".to_vec()));
@@ -1026,6 +1052,9 @@ mod tests {
         // don't try to auto detect (via setting strategy above)
 
         buffered.headers_buf().extend(b"hello ");
+        // fulcrum patch: no room left in the head buffer, so the buffers below are queued (small ones
+        // that fit are copied behind the head).
+        buffered.write_buf.headers.bytes.shrink_to_fit();
         buffered.buffer(Cursor::new(b"world, ".to_vec()));
         buffered.buffer(Cursor::new(b"it's ".to_vec()));
         buffered.buffer(Cursor::new(b"hyper!".to_vec()));
