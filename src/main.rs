@@ -153,29 +153,25 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    if config.global.worker_threads == 1 {
-        // One serving thread with a current-thread runtime (tasks run in the order they were woken, as
-        // nginx's loop runs them); the daemon (signals, reloads, admin API, health checks) keeps the main
-        // thread, so loading a config never stalls a request.
-        let serving =
-            fulcrum::server::ServingThread::spawn().context("cannot start the serving thread")?;
-        let control = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the tokio runtime")?;
-        let handle = serving.handle().clone();
-        control.block_on(fulcrum::daemon::run(path, config, inherited, handle))?;
-        return Ok(());
-    }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.global.worker_threads > 0 {
-        builder.worker_threads(config.global.worker_threads);
-    }
-    let runtime = builder
+    // Serving threads, each with a current-thread runtime of its own (tasks run in the order they were
+    // woken, as nginx's loop runs them) and its own accept loop per listener; the daemon (signals,
+    // reloads, admin API, health checks) keeps the main thread, so loading a config never stalls a
+    // request.
+    let threads = fulcrum::server::serving_threads(config.global.worker_threads);
+    let serving = (0..threads)
+        .map(fulcrum::server::ServingThread::spawn)
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot start the serving threads")?;
+    let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let handle = runtime.handle().clone();
-    runtime.block_on(fulcrum::daemon::run(path, config, inherited, handle))?;
+    let handles = serving
+        .iter()
+        .map(|thread| thread.handle().clone())
+        .collect();
+    control.block_on(fulcrum::daemon::run(path, config, inherited, handles))?;
+    // The serving threads stop when `serving` is dropped, after the drain.
+    drop(serving);
     Ok(())
 }

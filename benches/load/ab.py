@@ -11,6 +11,11 @@ by 10-15%; a paired ratio per round, and its median over many rounds, is steadie
     python3 benches/load/ab.py --variant target/release/fulcrum --variant /tmp/fulcrum-other
     python3 benches/load/ab.py --variant target/release/fulcrum --variant target/release/fulcrum,SOME_ENV=1
     python3 benches/load/ab.py --header "Connection: close" --variant A --variant B   # compare.py's close
+    python3 benches/load/ab.py --worker-threads 2 --unpinned --variant A --variant B
+
+`--worker-threads N` runs each fulcrum with that many serving threads; `--unpinned` lets every process
+(fulcrum, wrk, the backends) run on any core, as a proxy with a thread per core does in production (its
+CPU per request then includes what sharing the cores with the load costs it).
 
 A variant is a binary path, optionally followed by comma-separated NAME=VALUE environment settings.
 Prints per variant the median CPU us/request, requests/s and p99, and each variant's paired CPU ratio to
@@ -29,11 +34,16 @@ from compare import (LOAD_CORE, PROXY_CORE, cpu_ticks, free_port, make_certifica
                      process_tree, render, wait_port, which)
 
 
-def run_wrk(port, connections, seconds, headers=()):
+def pinned(cores, unpinned):
+    """The command prefix that runs a process on `cores`, or nothing when `unpinned`."""
+    return [] if unpinned else ["taskset", "-c", cores]
+
+
+def run_wrk(port, connections, seconds, headers=(), unpinned=False):
     """(requests, p99 ms) of one wrk run against `port`, sending `headers` ("Name: value") too."""
     url = f"http://127.0.0.1:{port}/"
     extra = [arg for header in headers for arg in ("-H", header)]
-    out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+    out = subprocess.run([*pinned(LOAD_CORE, unpinned), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
                           "--latency", *extra, url], capture_output=True, text=True, check=True).stdout
     requests = int(next(line for line in out.splitlines() if "requests in" in line).split()[0])
     p99 = next(line.split()[1] for line in out.splitlines() if line.strip().startswith("99%"))
@@ -46,6 +56,8 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--worker-threads", type=int, default=1)
+    ap.add_argument("--unpinned", action="store_true", help="no taskset: every process on any core")
     ap.add_argument("--header", action="append", default=[],
                     help='a header wrk sends, e.g. "Connection: close" for a new connection per request')
     args = ap.parse_args()
@@ -59,7 +71,7 @@ def main():
     values = {"dir": str(work), "port1": ports[0], "port2": ports[1], "port3": ports[2],
               "fulcrum_strategy": "round_robin"}
     render("nginx-backend.conf", work / "nginx-backend.conf", values)
-    backend = subprocess.Popen(["taskset", "-c", LOAD_CORE, which("nginx"), "-c",
+    backend = subprocess.Popen([*pinned(LOAD_CORE, args.unpinned), which("nginx"), "-c",
                                 str(work / "nginx-backend.conf"), "-e", str(work / "backend-error.log")],
                                start_new_session=True)
     proxies = []
@@ -71,7 +83,10 @@ def main():
             env = dict(os.environ, **dict(setting.split("=", 1) for setting in settings))
             plain, tls = free_port(), free_port()
             config = render("fulcrum.toml", work / f"fulcrum-{i}.toml", dict(values, plain=plain, tls=tls))
-            proc = subprocess.Popen(["taskset", "-c", PROXY_CORE, binary, "run", "-c", str(config)], env=env,
+            config.write_text(config.read_text().replace(
+                "worker_threads = 1", f"worker_threads = {args.worker_threads}"))
+            proc = subprocess.Popen([*pinned(PROXY_CORE, args.unpinned), binary, "run", "-c", str(config)],
+                                    env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     start_new_session=True)
             proxies.append((variant, proc, plain))
@@ -81,10 +96,10 @@ def main():
         for round_ in range(args.rounds):
             order = proxies if round_ % 2 == 0 else proxies[::-1]
             for variant, proc, port in order:
-                run_wrk(port, args.connections, 1, args.header)  # warm-up: pooled connections, caches
+                run_wrk(port, args.connections, 1, args.header, args.unpinned)  # warm-up: pools, caches
                 pids = process_tree(proc.pid)
                 user0, sys0 = cpu_ticks(pids)
-                requests, p99 = run_wrk(port, args.connections, args.seconds, args.header)
+                requests, p99 = run_wrk(port, args.connections, args.seconds, args.header, args.unpinned)
                 user1, sys1 = cpu_ticks(pids)
                 cpu = (user1 - user0 + sys1 - sys0) * tick_us / requests
                 results[variant].append((cpu, requests / args.seconds, p99))

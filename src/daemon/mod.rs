@@ -36,14 +36,14 @@ pub enum RunError {
 }
 
 /// Serves `config` (loaded from `path`) until told to stop, on `inherited` sockets where they match a
-/// listener (see [`server::inherited_sockets`]). The listeners run on `serving`'s runtime (a
-/// [`server::ServingThread`], or the caller's own); this future, which loads and applies reloads,
-/// runs wherever the caller polls it.
+/// listener (see [`server::inherited_sockets`]). The listeners run on `serving`'s runtimes (the
+/// [`server::ServingThread`]s, each accepting on every listener, or the caller's own); this future,
+/// which loads and applies reloads, runs wherever the caller polls it.
 pub async fn run(
     path: PathBuf,
     config: Config,
     inherited: Vec<std::net::TcpListener>,
-    serving: tokio::runtime::Handle,
+    serving: Vec<tokio::runtime::Handle>,
 ) -> Result<Exit, RunError> {
     let watch_config = config.global.watch_config;
     let tls_files = config.tls_files();

@@ -24,20 +24,28 @@ use super::error::{root_cause, ProxyError};
 use super::h1conn::{Conn, H1Body, ResponseBody};
 use super::headers::Forwarding;
 use crate::clock::now_ms;
+use crate::server::{serving_thread_count, worker_index};
 
 /// Sends that may go to a fresh connection after a pooled one turned out closed before it answered (the
 /// server closed it while it sat idle).
 const STALE_RETRIES: usize = 2;
 
-/// Idle connections per server address (its `host:port`).
+/// Idle connections per server address (its `host:port`), kept per serving thread.
 #[derive(Debug)]
 pub struct Http1Pool {
     connect_timeout: Duration,
     keepalive_timeout: Duration,
     keepalive: usize,
-    idle: Mutex<HashMap<String, Vec<Idle>, BuildHasherDefault<KeyHasher>>>,
+    /// One set per serving thread ([`worker_index`]): a connection is reused by the thread that opened
+    /// it, whose I/O driver it is registered with (from another thread its readiness would come through
+    /// the first one's driver and a cross-thread wake-up). `keepalive` holds per thread, as nginx's
+    /// `keepalive` does per worker process.
+    idle: Box<[Mutex<IdleSet>]>,
     sweeping: AtomicBool,
 }
+
+/// One serving thread's idle connections, by server address.
+type IdleSet = HashMap<String, Vec<Idle>, BuildHasherDefault<KeyHasher>>;
 
 /// The pool's key hash: xxh3 of the server address's text. std's SipHash cost ~240 instructions per
 /// lookup, two lookups per request; the keys come from the config, so there is no flooding to resist.
@@ -78,7 +86,9 @@ impl Http1Pool {
             connect_timeout,
             keepalive_timeout,
             keepalive,
-            idle: Mutex::new(HashMap::default()),
+            idle: (0..serving_thread_count())
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             sweeping: AtomicBool::new(false),
         }
     }
@@ -188,7 +198,7 @@ impl Http1Pool {
 
     /// A pooled connection to `key` that can take a request now, if there is one.
     fn checkout(&self, key: &Authority) -> Option<Box<Conn>> {
-        let mut idle = self.idle.lock();
+        let mut idle = self.idle_here().lock();
         let list = idle.get_mut(key.as_str())?;
         while let Some(mut idle) = list.pop() {
             if idle.is_usable(self.keepalive_timeout) {
@@ -203,7 +213,7 @@ impl Http1Pool {
     pub fn put(self: &Arc<Self>, conn: Box<Conn>) {
         {
             let since = now_ms();
-            let mut idle = self.idle.lock();
+            let mut idle = self.idle_here().lock();
             // Looked up by `&str` (one hash of the text; `Authority`'s own hash feeds it byte by byte),
             // so a key is only allocated for a server's first idle connection.
             if let Some(list) = idle.get_mut(conn.key().as_str()) {
@@ -219,6 +229,13 @@ impl Http1Pool {
         if !self.sweeping.load(Ordering::Acquire) && !self.sweeping.swap(true, Ordering::AcqRel) {
             tokio::spawn(sweep(Arc::downgrade(self)));
         }
+    }
+
+    /// This serving thread's idle connections.
+    fn idle_here(&self) -> &Mutex<IdleSet> {
+        // Never past the last set (there is at least one): a thread index the pool was not sized for
+        // shares it.
+        &self.idle[worker_index().min(self.idle.len() - 1)]
     }
 
     async fn connect(&self, key: &Authority) -> Result<TcpStream, ProxyError> {
@@ -255,10 +272,11 @@ async fn sweep(pool: Weak<Http1Pool>) {
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        let mut idle = pool.idle.lock();
-        idle.retain(|_, list| {
-            list.retain_mut(|idle| idle.is_usable(pool.keepalive_timeout));
-            !list.is_empty()
-        });
+        for set in &pool.idle {
+            set.lock().retain(|_, list| {
+                list.retain_mut(|idle| idle.is_usable(pool.keepalive_timeout));
+                !list.is_empty()
+            });
+        }
     }
 }

@@ -28,8 +28,9 @@ use crate::runtime::Runtime;
 const BACKLOG: u32 = 1024;
 
 /// Binds `addr`; with `reuseport`, another process may bind the same address (a new binary during an
-/// upgrade) and the kernel spreads new connections over both.
-pub fn bind(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
+/// upgrade) and the kernel spreads new connections over both. The socket is returned unregistered, for
+/// each serving runtime to register a duplicate of; call within a tokio runtime (any).
+pub fn bind(addr: SocketAddr, reuseport: bool) -> io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -41,7 +42,28 @@ pub fn bind(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
         socket.set_reuseport(true)?;
     }
     socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    socket.listen(BACKLOG)?.into_std()
+}
+
+/// One of a listener's accept loops (one per serving thread).
+pub struct Accepting {
+    /// The listener's configured name.
+    pub name: String,
+    /// Its address as configured.
+    pub listen: SocketAddr,
+    /// This loop's duplicate of the listening socket.
+    pub socket: TcpListener,
+    /// What the listener's loops count together.
+    pub counts: Arc<ListenerCounts>,
+}
+
+/// What all of a listener's accept loops count together: `max_connections`, `max_connections_per_client`
+/// and the warning about refusals hold for the listener, not per serving thread.
+#[derive(Debug, Default)]
+pub struct ListenerCounts {
+    per_client: Arc<PerClient>,
+    open: Arc<OpenConnections>,
+    refused: RefusalLog,
 }
 
 /// On shutdown, a connection that has not yet sent its first request gets this long to do so before it
@@ -52,18 +74,24 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// serving and closes (idle keep-alive connections at once, new ones after their first request), for up to
 /// the current `shutdown_timeout`; then the rest are closed.
 pub async fn accept_loop(
-    name: String,
-    listen: SocketAddr,
-    socket: TcpListener,
+    accepting: Accepting,
     runtime: Arc<Runtime>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Accepting {
+        name,
+        listen,
+        socket,
+        counts,
+    } = accepting;
+    let ListenerCounts {
+        per_client,
+        open,
+        refused,
+    } = &*counts;
     let mut shared: Option<Arc<Shared>> = None;
     let connections = TaskTracker::new();
     let force_close = CancellationToken::new();
-    let per_client = Arc::new(PerClient::default());
-    let open = Arc::new(OpenConnections::default());
-    let refused = RefusalLog::default();
     let open_connections = runtime.metrics().connections(&name);
     let tls_failures = runtime.metrics().tls_handshake_failures(&name);
     // Connections get their own receiver; the loop waits on one `changed` future for its whole life

@@ -8,7 +8,7 @@ mod thread;
 mod timeouts;
 
 pub use service::{ClockedBody, ClockedService};
-pub use thread::ServingThread;
+pub use thread::{serving_thread_count, serving_threads, worker_index, ServingThread};
 pub use timeouts::{ConnectionClock, TimedIo, Verdict};
 
 use std::io;
@@ -56,8 +56,8 @@ pub struct RunningProxy {
     runtime: Arc<Runtime>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    /// Where the listeners' accept loops (and so their connections) run.
-    serving: Handle,
+    /// Where the listeners' accept loops (and so their connections) run: one loop per listener on each.
+    serving: Vec<Handle>,
 }
 
 /// Error binding a listener.
@@ -77,17 +77,18 @@ pub struct BindError {
 struct Bound {
     config: ListenerConfig,
     addr: SocketAddr,
-    socket: tokio::net::TcpListener,
+    /// The socket once per serving runtime (duplicates of one socket, so they share its queue of
+    /// pending connections), each registered with that runtime's I/O driver: its readiness is seen on
+    /// the thread that accepts from it.
+    sockets: Vec<(tokio::net::TcpListener, Handle)>,
 }
 
-/// Binds the listeners' sockets (or takes inherited ones), registered with `serving`'s I/O driver so their
-/// readiness is seen on the thread that accepts from them.
+/// Binds the listeners' sockets (or takes inherited ones), one duplicate per runtime of `serving`.
 fn bind_all<'a>(
     configs: impl Iterator<Item = &'a ListenerConfig>,
     inherited: &mut Vec<std::net::TcpListener>,
-    serving: &Handle,
+    serving: &[Handle],
 ) -> Result<Vec<Bound>, BindError> {
-    let _serving = serving.enter();
     configs
         .map(|config| {
             let error = |source| BindError {
@@ -98,16 +99,25 @@ fn bind_all<'a>(
             let socket = match take_inherited(inherited, config.listen) {
                 Some(socket) => {
                     info!(listener = %config.name, addr = %config.listen, "using an inherited socket");
-                    socket.set_nonblocking(true).map_err(error)?;
-                    tokio::net::TcpListener::from_std(socket).map_err(error)?
+                    socket
                 }
                 None => listener::bind(config.listen, config.reuseport).map_err(error)?,
             };
+            socket.set_nonblocking(true).map_err(error)?;
             let addr = socket.local_addr().map_err(error)?;
+            let sockets = serving
+                .iter()
+                .map(|handle| {
+                    let _entered = handle.enter();
+                    let socket = socket.try_clone()?;
+                    Ok((tokio::net::TcpListener::from_std(socket)?, handle.clone()))
+                })
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(error)?;
             Ok(Bound {
                 config: config.clone(),
                 addr,
-                socket,
+                sockets,
             })
         })
         .collect()
@@ -143,15 +153,15 @@ pub async fn start_with(
     config: Config,
     inherited: Vec<std::net::TcpListener>,
 ) -> Result<RunningProxy, BindError> {
-    start_on(config, inherited, Handle::current()).await
+    start_on(config, inherited, vec![Handle::current()]).await
 }
 
-/// Like [`start_with`], with the listeners served on `serving`'s runtime (a [`ServingThread`]) while the
-/// admin API, health checks and the rest run on the caller's.
+/// Like [`start_with`], with the listeners served on `serving`'s runtimes (the [`ServingThread`]s: each
+/// accepts on every listener) while the admin API, health checks and the rest run on the caller's.
 pub async fn start_on(
     config: Config,
     mut inherited: Vec<std::net::TcpListener>,
-    serving: Handle,
+    serving: Vec<Handle>,
 ) -> Result<RunningProxy, BindError> {
     let bound = bind_all(config.listeners.iter(), &mut inherited, &serving)?;
     let admin = match &config.admin {
@@ -334,20 +344,27 @@ impl RunningProxy {
     fn serve(&mut self, bound: Bound) -> ListenerHandle {
         info!(listener = %bound.config.name, addr = %bound.addr, "listening");
         let (stop, stopped) = watch::channel(false);
-        let socket = {
+        let socket = bound.sockets.first().and_then(|(socket, _)| {
             use std::os::fd::AsFd;
-            bound.socket.as_fd().try_clone_to_owned().ok()
-        };
-        self.tasks.spawn_on(
-            listener::accept_loop(
-                bound.config.name.clone(),
-                bound.config.listen,
-                bound.socket,
-                Arc::clone(&self.runtime),
-                stopped,
-            ),
-            &self.serving,
-        );
+            socket.as_fd().try_clone_to_owned().ok()
+        });
+        // What the listener's accept loops count together (its connection limits).
+        let counts = Arc::new(listener::ListenerCounts::default());
+        for (socket, handle) in bound.sockets {
+            self.tasks.spawn_on(
+                listener::accept_loop(
+                    listener::Accepting {
+                        name: bound.config.name.clone(),
+                        listen: bound.config.listen,
+                        socket,
+                        counts: Arc::clone(&counts),
+                    },
+                    Arc::clone(&self.runtime),
+                    stopped.clone(),
+                ),
+                &handle,
+            );
+        }
         ListenerHandle {
             bound: BoundListener {
                 name: bound.config.name,

@@ -1,17 +1,51 @@
-//! The serving thread used when `worker_threads = 1`: its own current-thread tokio runtime, so the
-//! listeners' tasks run there while the daemon (signals, reloads, the admin API, health checks) runs
-//! on the main thread's runtime and never stalls a request.
+//! The serving threads: each runs a current-thread tokio runtime of its own with an accept loop per
+//! listener and the connections it accepts, while the daemon (signals, reloads, the admin API, health
+//! checks) runs on the main thread's runtime and never stalls a request. `worker_threads` says how many
+//! (`0`: one per core).
 //!
 //! A current-thread runtime runs its tasks in the order they were woken, as nginx's event loop does;
 //! the multi-thread scheduler's "LIFO slot" runs the task woken last first, which makes our writes
 //! follow a different order from the sockets' readiness and wakes the load generator and the backends
-//! more often (docs/benchmarks.md, "Wake-ups, counted").
+//! more often (docs/benchmarks.md, "Wake-ups, counted"). One such runtime per thread, as nginx runs one
+//! event loop per worker process: a connection stays on the thread that accepted it, and so do the
+//! upstream connections it checks out (the pool keeps idle connections per serving thread,
+//! [`worker_index`]), so their readiness is seen by the I/O driver of the thread that uses them.
 
+use std::cell::Cell;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
+
+thread_local! {
+    /// This thread's serving-thread index; 0 on any other thread.
+    static WORKER_INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Serving threads started so far in this process (the highest index plus one).
+static STARTED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many serving threads this process has started: what per-thread state is sized for (at least 1,
+/// for a proxy run on its caller's runtime).
+pub fn serving_thread_count() -> usize {
+    STARTED.load(Ordering::Acquire).max(1)
+}
+
+/// The index of the serving thread this runs on (0 to `worker_threads - 1`), or 0 off the serving
+/// threads: what per-thread state (the upstream pool's idle connections) is kept under.
+pub fn worker_index() -> usize {
+    WORKER_INDEX.with(Cell::get)
+}
+
+/// How many serving threads `worker_threads` asks for: itself, or one per core for 0.
+pub fn serving_threads(worker_threads: usize) -> usize {
+    match worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
 
 /// A thread running a current-thread tokio runtime until it is stopped or dropped.
 #[derive(Debug)]
@@ -22,14 +56,17 @@ pub struct ServingThread {
 }
 
 impl ServingThread {
-    /// Starts the thread and its runtime (I/O and timers enabled).
-    pub fn spawn() -> io::Result<ServingThread> {
+    /// Starts serving thread number `index` (`fulcrum-serve-{index}`) and its runtime (I/O and timers
+    /// enabled).
+    pub fn spawn(index: usize) -> io::Result<ServingThread> {
         let runtime = Builder::new_current_thread().enable_all().build()?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
+        STARTED.fetch_max(index + 1, Ordering::AcqRel);
         let thread = std::thread::Builder::new()
-            .name("fulcrum-serve".to_string())
+            .name(format!("fulcrum-serve-{index}"))
             .spawn(move || {
+                WORKER_INDEX.with(|cell| cell.set(index));
                 // Runs the spawned tasks until told to stop (or until the sender is dropped); dropping
                 // the runtime then drops whatever is left.
                 runtime.block_on(async {
@@ -66,17 +103,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn zero_threads_means_one_per_core() {
+        assert_eq!(serving_threads(3), 3);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(serving_threads(0), cores);
+    }
+
+    #[test]
     fn runs_spawned_tasks_on_its_own_thread_and_stops_when_dropped() {
-        let serving = ServingThread::spawn().expect("runtime");
+        let serving = ServingThread::spawn(3).expect("runtime");
         let (tx, rx) = std::sync::mpsc::channel();
         serving.handle().spawn(async move {
             let name = std::thread::current().name().map(str::to_owned);
-            let _ = tx.send(name);
+            let _ = tx.send((name, worker_index()));
         });
-        let name = rx
+        let (name, index) = rx
             .recv_timeout(std::time::Duration::from_secs(5))
             .expect("the task ran");
-        assert_eq!(name.as_deref(), Some("fulcrum-serve"));
+        assert_eq!(name.as_deref(), Some("fulcrum-serve-3"));
+        assert_eq!(index, 3, "the thread knows its index");
+        assert_eq!(worker_index(), 0, "off the serving threads the index is 0");
+        assert!(serving_thread_count() >= 4, "counted up to its index");
         // A task that never ends does not keep the thread alive past the drop.
         serving.handle().spawn(std::future::pending::<()>());
         let (dropped, done) = std::sync::mpsc::channel();

@@ -12,7 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::{
-    backend_with, endless_backend, named, one_pool, proxy_with, read_raw_response, text, wait_until,
+    backend_with, binary_with_global, endless_backend, named, one_pool, proxy_with,
+    read_raw_response, text, wait_until,
 };
 
 /// Reads one response from `stream`: its status and head; `None` when the proxy closed first.
@@ -221,6 +222,39 @@ async fn max_connections_refuses_the_excess_and_frees_slots_as_connections_close
     })
     .await;
     assert_eq!(served.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_for_the_listener_across_serving_threads() {
+    // Three serving threads, each with its own accept loop on the listener: the limit is the
+    // listener's, not each loop's, whichever threads the connections land on.
+    let backend = named("ok").await;
+    let (_fulcrum, addr, _dir) = binary_with_global(
+        "worker_threads = 3",
+        backend.addr(),
+        "max_connections = 2",
+        "",
+    );
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(GET).await.expect("write");
+        assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
+        held.push(stream);
+    }
+    for attempt in 0..6 {
+        let mut excess = TcpStream::connect(addr).await.expect("connect");
+        let _ = excess.write_all(GET).await;
+        assert_eq!(
+            read_response(&mut excess).await,
+            None,
+            "attempt {attempt}: a third connection was served"
+        );
+    }
+    for stream in &mut held {
+        stream.write_all(GET).await.expect("write");
+        assert_eq!(read_response(stream).await.map(|r| r.0), Some(200));
+    }
 }
 
 #[tokio::test]

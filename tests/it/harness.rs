@@ -421,10 +421,19 @@ impl http_body::Body for ChunkedBody {
     }
 }
 
-/// The `[global]` lines of the two runtime shapes the binary has: the multi-thread runtime (default,
-/// one worker per core) and, with `worker_threads = 1`, a serving thread of its own beside the main
-/// thread's daemon. Lifecycle tests run under both.
-pub const RUNTIME_SHAPES: [&str; 2] = ["", "worker_threads = 1\n"];
+/// The `[global]` lines of two runtime shapes: one serving thread, and three (each with its own
+/// runtime and accept loops, beside the main thread's daemon; the default is one per core). Lifecycle
+/// tests run under both.
+pub const RUNTIME_SHAPES: [&str; 2] = ["worker_threads = 1\n", "worker_threads = 3\n"];
+
+/// The number of serving threads a [`RUNTIME_SHAPES`] entry asks for.
+pub fn serving_threads_of(shape: &str) -> usize {
+    shape
+        .trim()
+        .strip_prefix("worker_threads = ")
+        .and_then(|n| n.parse().ok())
+        .expect("a worker_threads line")
+}
 
 /// The release-or-debug `fulcrum` binary running as a child process, stopped (SIGKILL) when dropped.
 pub struct FulcrumProcess {
@@ -585,10 +594,21 @@ pub fn binary_in_front(
     listener_keys: &str,
     upstream_keys: &str,
 ) -> (FulcrumProcess, SocketAddr, tempfile::TempDir) {
+    binary_with_global("", backend, listener_keys, upstream_keys)
+}
+
+/// [`binary_in_front`] with `[global]` keys `global`.
+pub fn binary_with_global(
+    global: &str,
+    backend: SocketAddr,
+    listener_keys: &str,
+    upstream_keys: &str,
+) -> (FulcrumProcess, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("fulcrum.toml");
     let toml = format!(
-        "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n{listener_keys}\n\n\
+        "[global]\n{global}\n\n\
+         [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n{listener_keys}\n\n\
          [[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
          [upstream.app]\n{upstream_keys}\nservers = [{{ addr = \"{backend}\" }}]\n"
     );

@@ -296,10 +296,11 @@ async fn draining_with_request_in_flight(
 ) -> Draining {
     let (mut fulcrum, dir) = spawn_with_global(shape, global, upstream_body);
     let addr = fulcrum.listener_addr("public");
-    assert_eq!(
-        fulcrum.has_thread("fulcrum-serve"),
-        !shape.is_empty(),
-        "a serving thread of its own exactly when `{shape}`"
+    let threads = serving_threads_of(shape);
+    assert!(
+        fulcrum.has_thread(&format!("fulcrum-serve-{}", threads - 1))
+            && !fulcrum.has_thread(&format!("fulcrum-serve-{threads}")),
+        "`{shape}`: that many serving threads"
     );
     let client = TestClient::new();
     let sent = Instant::now();

@@ -11,7 +11,9 @@ use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::{binary_in_front, one_pool, wait_until, TestClient, TestProxy};
+use crate::harness::{
+    binary_in_front, binary_with_global, one_pool, wait_until, TestClient, TestProxy,
+};
 
 /// A raw HTTP/1.1 backend answering `200 ok` to bodiless requests, counting connections.
 struct CountingBackend {
@@ -132,6 +134,34 @@ async fn the_binary_closes_an_idle_upstream_connection_after_keepalive_timeout()
     backend
         .wait_closed_by_proxy(1, "the proxy closes its idle upstream connection")
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_three_serving_threads_sequential_requests_reuse_at_most_one_upstream_connection_each()
+{
+    // Each serving thread keeps its own idle upstream connections; one request at a time, each on a
+    // new client connection (which any thread may accept), needs at most one per thread.
+    let backend = CountingBackend::start(AfterAnswer::KeepOpen, 0).await;
+    let (_fulcrum, addr, _config) = binary_with_global("worker_threads = 3", backend.addr, "", "");
+    for round in 0..30 {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.expect("read");
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "round {round}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let accepted = backend.accepted.load(Ordering::Acquire);
+    assert!(
+        (1..=3).contains(&accepted),
+        "{accepted} upstream connections for 30 requests one at a time"
+    );
 }
 
 #[tokio::test]
