@@ -11,9 +11,7 @@ use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::{
-    binary_in_front, binary_with_global, one_pool, wait_until, TestClient, TestProxy,
-};
+use crate::harness::{binary_with_global, one_pool, wait_until, TestClient, TestProxy};
 
 /// A raw HTTP/1.1 backend answering `200 ok` to bodiless requests, counting connections.
 struct CountingBackend {
@@ -122,7 +120,14 @@ async fn sequential_requests_reuse_one_upstream_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_closes_an_idle_upstream_connection_after_keepalive_timeout() {
     let backend = CountingBackend::start(AfterAnswer::KeepOpen, 0).await;
-    let (_fulcrum, addr, _config) = binary_in_front(backend.addr, "", "keepalive_timeout = \"1s\"");
+    // One serving thread: the client may open a second connection, which another thread (with idle
+    // connections of its own) could accept.
+    let (_fulcrum, addr, _config) = binary_with_global(
+        "worker_threads = 1",
+        backend.addr,
+        "",
+        "keepalive_timeout = \"1s\"",
+    );
     let client = TestClient::new();
     for _ in 0..3 {
         assert_eq!(
