@@ -428,6 +428,7 @@ def markdown(results):
                 str(errors),
             ]
             lines.append(f"| {scenario} | {name} | " + " | ".join(cells) + " |")
+    lines += paired(results)
     if results["memory"]:
         lines += ["", "| proxy | idle RSS MB | idle keep-alive client connections held | RSS with them MB |",
                   "| --- | --- | --- | --- |"]
@@ -439,6 +440,32 @@ def markdown(results):
                 f"{held:.1f}{ratio(held, ref['rss_10k_idle_conns_mb']) if ref else ''} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def paired(results):
+    """Fulcrum against each reference round by round (they ran seconds apart, in the same state of this
+    noisy host): the median of the per-round ratios, and in how many rounds fulcrum met the target."""
+    lines = ["", "Paired by round (fulcrum / reference per round; median, and rounds where fulcrum's figure is "
+             "lower for CPU and p99, not lower for req/s):", "",
+             "| scenario | against | CPU us/req | p99 ms | req/s |", "| --- | --- | --- | --- | --- |"]
+    rows = 0
+    for scenario, by_proxy in results["runs"].items():
+        ours = by_proxy.get("fulcrum")
+        for ref_name in ("nginx", "haproxy"):
+            ref = by_proxy.get(ref_name)
+            if not ours or not ref or len(ours) != len(ref):
+                continue
+            cells = []
+            for key, better in (("cpu_us_per_req", lambda r: r < 1), ("p99_ms", lambda r: r <= 1),
+                                ("rps", lambda r: r >= 1)):
+                ratios = [a[key] / b[key] for a, b in zip(ours, ref) if b[key]]
+                if not ratios:
+                    cells.append("-")
+                    continue
+                cells.append(f"{statistics.median(ratios):.3f}x ({sum(map(better, ratios))} of {len(ratios)})")
+            lines.append(f"| {scenario} | {ref_name} | " + " | ".join(cells) + " |")
+            rows += 1
+    return lines if rows else []
 
 
 if __name__ == "__main__":

@@ -179,12 +179,14 @@ pub async fn accept_loop(
     drop(socket);
     connections.close();
     let grace = runtime.snapshot().config.global.shutdown_timeout;
-    info!(listener = %name, open = connections.len(), "stopped accepting; draining connections");
+    // One line per serving thread: each drains the connections it accepted.
+    let thread = super::worker_index();
+    info!(listener = %name, thread, open = connections.len(), "stopped accepting; draining connections");
     if tokio::time::timeout(grace, connections.wait())
         .await
         .is_err()
     {
-        warn!(listener = %name, "shutdown_timeout passed with connections still open; closing them");
+        warn!(listener = %name, thread, "shutdown_timeout passed with connections still open; closing them");
         force_close.cancel();
         connections.wait().await;
     }
