@@ -506,6 +506,21 @@ impl FulcrumProcess {
         }
     }
 
+    /// Waits (bounded) until `count` log lines contain `text` (one per serving thread, say).
+    pub fn wait_for_lines(&mut self, text: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log.iter().filter(|l| l.contains(text)).count() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "not {count} log lines with `{text}`; log so far: {:#?}",
+                    self.log
+                )
+            });
+            self.log.push(line);
+        }
+    }
+
     /// Moves the lines logged so far into [`Self::log`] without waiting; returns how many there are.
     pub fn read_log(&mut self) -> usize {
         while let Ok(line) = self.lines.try_recv() {

@@ -286,8 +286,8 @@ struct Draining {
 }
 
 /// Starts fulcrum under `shape` and the `global` keys, in front of one pool (`upstream_body`), sends one
-/// request that `backend` holds, and sends SIGTERM; returns once the listener has stopped accepting, with
-/// the request still waiting (checked: otherwise the drain would not be what a test sees).
+/// request that `backend` holds, and sends SIGTERM; returns once the listener has stopped accepting on
+/// every serving thread, with the request still waiting (checked: otherwise the drain would not be what a test sees).
 async fn draining_with_request_in_flight(
     shape: &str,
     global: &str,
@@ -297,10 +297,14 @@ async fn draining_with_request_in_flight(
     let (mut fulcrum, dir) = spawn_with_global(shape, global, upstream_body);
     let addr = fulcrum.listener_addr("public");
     let threads = serving_threads_of(shape);
-    assert!(
+    // A thread takes its name once it runs, which on a busy machine may be after the listener is up.
+    wait_until(Duration::from_secs(5), "the last serving thread", || {
         fulcrum.has_thread(&format!("fulcrum-serve-{}", threads - 1))
-            && !fulcrum.has_thread(&format!("fulcrum-serve-{threads}")),
-        "`{shape}`: that many serving threads"
+    })
+    .await;
+    assert!(
+        !fulcrum.has_thread(&format!("fulcrum-serve-{threads}")),
+        "`{shape}`: no more serving threads than asked for"
     );
     let client = TestClient::new();
     let sent = Instant::now();
@@ -312,7 +316,8 @@ async fn draining_with_request_in_flight(
     )
     .await;
     fulcrum.signal("TERM");
-    fulcrum.wait_for_line("stopped accepting");
+    // Every serving thread stops its own accept loop (and closes its duplicate of the socket).
+    fulcrum.wait_for_lines("stopped accepting", threads);
     assert!(
         !in_flight.is_finished(),
         "`{shape}`: the request was answered before the drain began"
