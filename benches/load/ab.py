@@ -39,9 +39,10 @@ def pinned(cores, unpinned):
     return [] if unpinned else ["taskset", "-c", cores]
 
 
-def run_wrk(port, connections, seconds, headers=(), unpinned=False):
-    """(requests, p99 ms) of one wrk run against `port`, sending `headers` ("Name: value") too."""
-    url = f"http://127.0.0.1:{port}/"
+def run_wrk(port, connections, seconds, headers=(), unpinned=False, path="/"):
+    """(requests, p99 ms) of one wrk run against `port` for `path`, sending `headers` ("Name: value")
+    too."""
+    url = f"http://127.0.0.1:{port}{path}"
     extra = [arg for header in headers for arg in ("-H", header)]
     out = subprocess.run([*pinned(LOAD_CORE, unpinned), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
                           "--latency", *extra, url], capture_output=True, text=True, check=True).stdout
@@ -57,6 +58,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--worker-threads", type=int, default=1)
+    ap.add_argument("--path", default="/", help="what wrk asks for: / (a short answer), /10k.bin or /1m.bin")
     ap.add_argument("--unpinned", action="store_true", help="no taskset: every process on any core")
     ap.add_argument("--header", action="append", default=[],
                     help='a header wrk sends, e.g. "Connection: close" for a new connection per request')
@@ -66,6 +68,8 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="fulcrum-ab-"))
     work.chmod(0o755)  # nginx's workers (another user) read the files below
     (work / "www").mkdir()
+    (work / "www/10k.bin").write_bytes(os.urandom(10 * 1024))
+    (work / "www/1m.bin").write_bytes(os.urandom(1024 * 1024))
     make_certificate(work)
     ports = [free_port() for _ in range(3)]
     values = {"dir": str(work), "port1": ports[0], "port2": ports[1], "port3": ports[2],
@@ -96,10 +100,12 @@ def main():
         for round_ in range(args.rounds):
             order = proxies if round_ % 2 == 0 else proxies[::-1]
             for variant, proc, port in order:
-                run_wrk(port, args.connections, 1, args.header, args.unpinned)  # warm-up: pools, caches
+                # Warm-up: pooled connections, caches.
+                run_wrk(port, args.connections, 1, args.header, args.unpinned, args.path)
                 pids = process_tree(proc.pid)
                 user0, sys0 = cpu_ticks(pids)
-                requests, p99 = run_wrk(port, args.connections, args.seconds, args.header, args.unpinned)
+                requests, p99 = run_wrk(port, args.connections, args.seconds, args.header, args.unpinned,
+                                        args.path)
                 user1, sys1 = cpu_ticks(pids)
                 cpu = (user1 - user0 + sys1 - sys0) * tick_us / requests
                 results[variant].append((cpu, requests / args.seconds, p99))

@@ -457,9 +457,14 @@ impl Body for H1Body {
                 _ => {}
             }
             let room = match this.remaining {
+                // One byte more than the body has left: a read that takes the rest is then short of the
+                // room, which tokio takes as the socket drained (it clears the readiness). A read that
+                // filled the room exactly left it set, and the next response's first read was a
+                // `recvfrom` that only returned EAGAIN (one per 10 KB response, `strace -c`).
                 Remaining::Length(left) => usize::try_from(left)
                     .unwrap_or(usize::MAX)
-                    .min(this.read_size),
+                    .min(this.read_size)
+                    .saturating_add(1),
                 _ => this.read_size,
             };
             conn.buf.reserve(room);
