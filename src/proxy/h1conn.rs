@@ -459,8 +459,9 @@ impl Body for H1Body {
             let room = match this.remaining {
                 // One byte more than the body has left: a read that takes the rest is then short of the
                 // room, which tokio takes as the socket drained (it clears the readiness). A read that
-                // filled the room exactly left it set, and the next response's first read was a
-                // `recvfrom` that only returned EAGAIN (one per 10 KB response, `strace -c`).
+                // filled the room exactly left it set, and the connection's next checkout
+                // (`Conn::is_usable`, which reads when the socket looks readable) made a `recvfrom` that
+                // only returned EAGAIN (one per 10 KB response, `strace -c`).
                 Remaining::Length(left) => usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(this.read_size)

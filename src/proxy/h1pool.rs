@@ -24,7 +24,7 @@ use super::error::{root_cause, ProxyError};
 use super::h1conn::{Conn, H1Body, ResponseBody};
 use super::headers::Forwarding;
 use crate::clock::now_ms;
-use crate::server::{serving_thread_count, worker_index};
+use crate::server::{serving_threads_started, worker_index};
 
 /// Sends that may go to a fresh connection after a pooled one turned out closed before it answered (the
 /// server closed it while it sat idle).
@@ -86,7 +86,7 @@ impl Http1Pool {
             connect_timeout,
             keepalive_timeout,
             keepalive,
-            idle: (0..serving_thread_count())
+            idle: (0..serving_threads_started())
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             sweeping: AtomicBool::new(false),

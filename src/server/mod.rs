@@ -8,7 +8,7 @@ mod thread;
 mod timeouts;
 
 pub use service::{ClockedBody, ClockedService};
-pub use thread::{serving_thread_count, serving_threads, worker_index, ServingThread};
+pub use thread::{serving_threads, serving_threads_started, worker_index, ServingThread};
 pub use timeouts::{ConnectionClock, TimedIo, Verdict};
 
 use std::io;

@@ -29,7 +29,7 @@ static STARTED: AtomicUsize = AtomicUsize::new(0);
 
 /// How many serving threads this process has started: what per-thread state is sized for (at least 1,
 /// for a proxy run on its caller's runtime).
-pub fn serving_thread_count() -> usize {
+pub fn serving_threads_started() -> usize {
     STARTED.load(Ordering::Acquire).max(1)
 }
 
@@ -123,7 +123,7 @@ mod tests {
         assert_eq!(name.as_deref(), Some("fulcrum-serve-3"));
         assert_eq!(index, 3, "the thread knows its index");
         assert_eq!(worker_index(), 0, "off the serving threads the index is 0");
-        assert!(serving_thread_count() >= 4, "counted up to its index");
+        assert!(serving_threads_started() >= 4, "counted up to its index");
         // A task that never ends does not keep the thread alive past the drop.
         serving.handle().spawn(std::future::pending::<()>());
         let (dropped, done) = std::sync::mpsc::channel();

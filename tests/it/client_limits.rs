@@ -23,6 +23,25 @@ async fn read_response(stream: &mut TcpStream) -> Option<(u16, String)> {
         .map(|answer| (answer.status, answer.head))
 }
 
+/// `count` new connections to `addr`, each with one GET answered 200, held open.
+async fn served_connections(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(GET).await.expect("write");
+        assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
+        held.push(stream);
+    }
+    held
+}
+
+/// A new connection to `addr` whose GET gets no answer: the proxy closes it.
+async fn assert_refused(addr: std::net::SocketAddr, what: &str) {
+    let mut excess = TcpStream::connect(addr).await.expect("connect");
+    let _ = excess.write_all(GET).await;
+    assert_eq!(read_response(&mut excess).await, None, "{what}");
+}
+
 /// Waits (up to `limit`) for the proxy to close `stream`; returns how long it took.
 async fn closed_within(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
@@ -186,20 +205,8 @@ async fn max_connections_refuses_the_excess_and_frees_slots_as_connections_close
     let backend = named("ok").await;
     let proxy = proxy_with("max_connections = 2", backend.addr()).await;
     let addr = proxy.addr();
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(GET).await.expect("write");
-        assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
-        held.push(stream);
-    }
-    let mut excess = TcpStream::connect(addr).await.expect("connect");
-    let _ = excess.write_all(GET).await;
-    assert_eq!(
-        read_response(&mut excess).await,
-        None,
-        "a third connection was served"
-    );
+    let mut held = served_connections(addr, 2).await;
+    assert_refused(addr, "a third connection was served").await;
 
     // The held ones still work; closing one lets a new one in.
     held[0].write_all(GET).await.expect("write");
@@ -235,21 +242,13 @@ async fn max_connections_holds_for_the_listener_across_serving_threads() {
         "max_connections = 2",
         "",
     );
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(GET).await.expect("write");
-        assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
-        held.push(stream);
-    }
+    let mut held = served_connections(addr, 2).await;
     for attempt in 0..6 {
-        let mut excess = TcpStream::connect(addr).await.expect("connect");
-        let _ = excess.write_all(GET).await;
-        assert_eq!(
-            read_response(&mut excess).await,
-            None,
-            "attempt {attempt}: a third connection was served"
-        );
+        assert_refused(
+            addr,
+            &format!("attempt {attempt}: a third connection was served"),
+        )
+        .await;
     }
     for stream in &mut held {
         stream.write_all(GET).await.expect("write");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::{one_pool, sample, wait_until, FulcrumProcess, TestProxy};
+use crate::harness::{closing_get, one_pool, sample, wait_until, FulcrumProcess, TestProxy};
 
 /// How a raw upstream misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,42 +90,6 @@ async fn fail(mut stream: TcpStream, failure: Failure) {
     drop(stream);
 }
 
-/// Sends one GET on a new connection; the status (0 if none) and whether the whole body arrived.
-pub async fn get(addr: SocketAddr) -> (u16, bool) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 8192];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(
-        read.is_ok(),
-        "the proxy neither finished nor closed within 10s"
-    );
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(head)) = response.parse(&answer) else {
-        return (0, false);
-    };
-    let length: Option<usize> = response
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok());
-    let complete = length.is_some_and(|length| answer.len() - head == length);
-    (response.code.unwrap_or(0), complete)
-}
-
 #[tokio::test]
 async fn each_failing_upstream_gives_a_clean_502_or_a_cut_stream_and_counts_as_a_failure() {
     for failure in Failure::ALL {
@@ -139,7 +103,7 @@ async fn each_failing_upstream_gives_a_clean_502_or_a_cut_stream_and_counts_as_a
         .await;
         let addr = proxy.addr();
         for _ in 0..3 {
-            let (status, complete) = get(addr).await;
+            let (status, complete) = closing_get(addr).await;
             if failure.after_headers() {
                 assert_eq!(status, 200, "{failure:?}");
                 assert!(!complete, "{failure:?}: the cut body looked complete");

@@ -682,3 +682,41 @@ pub async fn read_raw_response(
         pending.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// Sends one GET (`Connection: close`) on a new connection and reads until the close; the status (0 if
+/// none) and whether the whole body arrived.
+pub async fn closing_get(addr: SocketAddr) -> (u16, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the proxy neither finished nor closed within 10s"
+    );
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(head)) = response.parse(&answer) else {
+        return (0, false);
+    };
+    let length: Option<usize> = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok());
+    let complete = length.is_some_and(|length| answer.len() - head == length);
+    (response.code.unwrap_or(0), complete)
+}

@@ -11,7 +11,9 @@ use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::{binary_with_global, one_pool, wait_until, TestClient, TestProxy};
+use crate::harness::{
+    binary_with_global, closing_get, one_pool, wait_until, TestClient, TestProxy,
+};
 
 /// A raw HTTP/1.1 backend answering `200 ok` to bodiless requests, counting connections.
 struct CountingBackend {
@@ -149,18 +151,7 @@ async fn with_three_serving_threads_sequential_requests_reuse_at_most_one_upstre
     let backend = CountingBackend::start(AfterAnswer::KeepOpen, 0).await;
     let (_fulcrum, addr, _config) = binary_with_global("worker_threads = 3", backend.addr, "", "");
     for round in 0..30 {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.expect("read");
-        assert!(
-            answer.starts_with(b"HTTP/1.1 200"),
-            "round {round}: {}",
-            String::from_utf8_lossy(&answer)
-        );
+        assert_eq!(closing_get(addr).await, (200, true), "round {round}");
     }
     let accepted = backend.accepted.load(Ordering::Acquire);
     assert!(

@@ -1,6 +1,7 @@
 //! Our own HTTP/1.1 upstream connections (src/proxy/h1conn.rs) against a raw upstream that writes its
 //! answers byte for byte: every way a response body can be delimited, interim answers, a custom reason
-//! phrase, an answer that comes before the request body was read, and heads that must be refused.
+//! phrase, an answer that comes before the request body was read, bytes past a body's end, and heads
+//! that must be refused.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,7 +11,9 @@ use hyper::{Method, Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::{empty, one_pool, read_raw_response, TestClient, TestProxy};
+use crate::harness::{
+    binary_with_global, empty, one_pool, read_raw_response, TestClient, TestProxy,
+};
 
 /// What the raw upstream answers to a path, and whether it closes the connection after.
 fn answer(path: &str) -> (&'static [u8], bool) {
@@ -110,6 +113,23 @@ async fn serve(mut stream: TcpStream) {
             seen.drain(..head_end + length);
             continue;
         }
+        if path == "/extra" {
+            // The head, then a moment later (so the proxy reads it on its own) a body larger than its
+            // first read buffer, with one byte too many; the connection stays open.
+            let _ = stream.set_nodelay(true);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {EXTRA_BODY}\r\n\r\n");
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut body = vec![b'a'; EXTRA_BODY];
+            body.push(b'X');
+            if stream.write_all(&body).await.is_err() {
+                return;
+            }
+            seen.drain(..head_end);
+            continue;
+        }
         if let Some(framing) = path.strip_prefix("/mixed-") {
             if write_mixed(&mut stream, framing == "chunked")
                 .await
@@ -155,6 +175,10 @@ async fn serve(mut stream: TcpStream) {
         seen.drain(..head_end + length);
     }
 }
+
+/// The length of `/extra`'s body, which comes with one byte more: larger than the 8 KiB a response's
+/// first read reserves, so reading the body takes a buffer of its own.
+const EXTRA_BODY: usize = 10 * 1024;
 
 /// The pieces of the `/mixed-chunked` and `/mixed-length` answers: small ones (which the proxy copies
 /// behind the bytes it has not written yet, while nothing is queued) between large ones (which it
@@ -283,6 +307,37 @@ async fn bodies_of_small_and_large_pieces_reach_the_client_whole_and_in_order() 
         1,
         "one kept-alive upstream connection"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_past_the_end_of_a_body_closes_the_upstream_connection_instead_of_reaching_the_next_answer(
+) {
+    // The binary with one serving thread (one pool of idle connections). A byte read with the body's
+    // end closes the connection (`H1Body::finish`); one still in the socket makes the pooled connection
+    // unusable at checkout (`Conn::is_usable`). Were it kept, the stray byte would be read as the start
+    // of the next request's answer (a 502).
+    let (upstream, accepted) = raw_upstream().await;
+    let (_fulcrum, addr, _dir) =
+        binary_with_global("worker_threads = 1", upstream, "", "retries = 0");
+    let client = TestClient::new();
+    for round in 0..3 {
+        let reply = client.get(&format!("http://{addr}/extra")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "round {round}: {}",
+            reply.body
+        );
+        assert!(
+            reply.body.len() == EXTRA_BODY && reply.body.bytes().all(|b| b == b'a'),
+            "round {round}: the body as its length says, without the stray byte"
+        );
+        assert_eq!(
+            accepted.load(Ordering::Acquire),
+            round + 1,
+            "round {round}: each answer came on a new upstream connection"
+        );
+    }
 }
 
 #[tokio::test]
