@@ -177,6 +177,8 @@ def main():
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--path", default="/", help="what wrk asks for: / (a short answer), /10k.bin or /1m.bin")
     ap.add_argument("--proxy", choices=["fulcrum", "nginx"], default="fulcrum")
+    ap.add_argument("--header", action="append", default=[],
+                    help='a header wrk sends, e.g. "Connection: close" for a new connection per request')
     ap.add_argument("--cache", action="store_true", help="simulate caches and branches; misses per request")
     ap.add_argument("--atomics", action="store_true", help="count locked instructions per request")
     args = ap.parse_args()
@@ -218,7 +220,7 @@ def main():
             wait_port(port)
         wait_port(values["plain"], timeout=60)
         url = f"http://127.0.0.1:{values['plain']}{args.path}"
-        wrk = [which("wrk"), "-t1", f"-c{args.connections}"]
+        wrk = [which("wrk"), "-t1", f"-c{args.connections}", *(a for h in args.header for a in ("-H", h))]
         subprocess.run([*wrk, "-d3s", url], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True, capture_output=True)
         run = subprocess.run([*wrk, f"-d{args.seconds}s", url], check=True, capture_output=True, text=True)

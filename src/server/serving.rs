@@ -197,22 +197,98 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
-    /// Sends `sent` over a real loopback connection (then closes it); returns what the other end decided
-    /// and everything it then read.
-    async fn detect(sent: &[u8]) -> (bool, Vec<u8>) {
+    /// A real socket that counts the reads made on it.
+    struct CountedReads {
+        inner: TcpStream,
+        reads: usize,
+    }
+
+    impl AsyncRead for CountedReads {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.reads += 1;
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    /// A loopback connection that has received `sent` (and, with `close`, its end); returns the
+    /// server's side, wrapped as a serving connection wraps it.
+    async fn received(sent: &[u8], close: bool) -> (TimedIo<CountedReads>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let mut client = TcpStream::connect(addr).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
         client.write_all(sent).await.expect("write");
-        client.shutdown().await.expect("shutdown");
-        let mut io = TimedIo::new(server, Arc::new(ConnectionClock::new()));
+        if close {
+            client.shutdown().await.expect("shutdown");
+        }
+        let inner = CountedReads {
+            inner: server,
+            reads: 0,
+        };
+        (
+            TimedIo::new(inner, Arc::new(ConnectionClock::new())),
+            client,
+        )
+    }
+
+    /// Sends `sent` over a real loopback connection (then closes it); returns what the other end decided
+    /// and everything it then read, `chunk` bytes at a time.
+    async fn detect_in_chunks(sent: &[u8], chunk: usize) -> (bool, Vec<u8>) {
+        let (mut io, _client) = received(sent, true).await;
         let http2 = std::future::poll_fn(|cx| read_preface(&mut io, cx))
             .await
             .expect("read");
         let mut read = Vec::new();
-        io.read_to_end(&mut read).await.expect("read again");
+        let mut room = vec![0; chunk];
+        loop {
+            let n = io.read(&mut room).await.expect("read again");
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&room[..n]);
+        }
         (http2, read)
+    }
+
+    async fn detect(sent: &[u8]) -> (bool, Vec<u8>) {
+        detect_in_chunks(sent, 8192).await
+    }
+
+    #[tokio::test]
+    async fn a_first_request_head_that_arrived_whole_is_read_from_the_socket_once() {
+        let head = b"GET /a/longer/path HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\n\r\n";
+        let (mut io, _client) = received(head, false).await;
+        let http2 = std::future::poll_fn(|cx| read_preface(&mut io, cx))
+            .await
+            .expect("read");
+        assert!(!http2);
+        let mut room = [0; 8192];
+        let n = io.read(&mut room).await.expect("read again");
+        assert_eq!(&room[..n], head);
+        // The preface check's read took the whole head; hyper's first read is answered from it (one
+        // read for the preface and another for the rest cost a system call per new connection).
+        assert_eq!(io.get_ref().reads, 1);
+    }
+
+    #[tokio::test]
+    async fn what_the_first_read_kept_is_replayed_into_small_buffers_and_past_its_room() {
+        let mut long = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 20_000));
+        long.extend_from_slice(b"\r\n\r\n");
+        let mut h2 = H2_PREFACE.to_vec();
+        h2.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        for chunk in [1, 7, 24, 25, 100, 8192, 30_000] {
+            for (sent, want) in [(&long, false), (&h2, true)] {
+                let (http2, read) = detect_in_chunks(sent, chunk).await;
+                assert_eq!(http2, want, "chunks of {chunk}");
+                assert_eq!(read.len(), sent.len(), "chunks of {chunk}");
+                assert!(read == *sent, "chunks of {chunk}: bytes differ");
+            }
+        }
     }
 
     #[tokio::test]

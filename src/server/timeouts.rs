@@ -268,6 +268,10 @@ impl ConnectionClock {
 /// The length of the HTTP/2 connection preface, the most a connection reads before choosing its protocol.
 pub const PREFACE_LEN: usize = 24;
 
+/// The room of a connection's first read (hyper's first read buffer's size): a first request head that has
+/// arrived whole is read by that one read, not by one for the preface and another for the rest.
+const FIRST_READ: usize = 8192;
+
 pin_project_lite::pin_project! {
     /// A client connection's I/O that tells its [`ConnectionClock`] when request bytes arrive and when
     /// writes block. It also keeps the first bytes read to tell HTTP/2 from HTTP/1
@@ -280,6 +284,11 @@ pin_project_lite::pin_project! {
         preface: [u8; PREFACE_LEN],
         preface_len: u8,
         replayed: u8,
+        // Whether the read that completed the preface filled its room (more may be waiting).
+        first_read_full: bool,
+        // What that read brought past the preface's length, replayed after it, then dropped.
+        first_rest: Option<Box<[u8]>>,
+        rest_replayed: u16,
     }
 }
 
@@ -292,30 +301,48 @@ impl<I> TimedIo<I> {
             preface: [0; PREFACE_LEN],
             preface_len: 0,
             replayed: 0,
+            first_read_full: false,
+            first_rest: None,
+            rest_replayed: 0,
         }
     }
 
-    /// The bytes [`TimedIo::read_preface`] has read so far.
+    /// The connection's I/O.
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    /// The first bytes [`TimedIo::read_preface`] has read so far (at most [`PREFACE_LEN`]).
     pub fn preface(&self) -> &[u8] {
         &self.preface[..usize::from(self.preface_len)]
     }
 }
 
 impl<I: AsyncRead + Unpin> TimedIo<I> {
-    /// Reads more of the connection's first [`PREFACE_LEN`] bytes into [`TimedIo::preface`], to be
-    /// replayed by `poll_read` before anything else; `Ok(0)` at end of stream or when all are read.
+    /// Reads what has arrived (up to 8 KiB) while fewer than [`PREFACE_LEN`] bytes have: the first of
+    /// them go to [`TimedIo::preface`], the rest are kept; `poll_read` replays all of it before reading
+    /// anything else. `Ok(0)` at end of stream or once the preface's length is read.
     pub fn read_preface(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let start = usize::from(self.preface_len);
-        let mut buf = ReadBuf::new(&mut self.preface[start..]);
-        if buf.remaining() == 0 {
+        if start == PREFACE_LEN {
             return Poll::Ready(Ok(0));
         }
+        let mut room = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = ReadBuf::uninit(&mut room);
         ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
-        let n = buf.filled().len();
+        let read = buf.filled();
+        let n = read.len();
         if n > 0 {
             self.clock.bytes_read();
+            let inline = n.min(PREFACE_LEN - start);
+            self.preface[start..start + inline].copy_from_slice(&read[..inline]);
             // At most PREFACE_LEN (24) in all, so it fits.
-            self.preface_len += n as u8;
+            self.preface_len += inline as u8;
+            if n > inline {
+                // Only the read that completes the preface's length has more: there is one such read.
+                self.first_rest = Some(read[inline..].into());
+            }
+            self.first_read_full = n == FIRST_READ;
         }
         Poll::Ready(Ok(n))
     }
@@ -338,9 +365,25 @@ impl<I: AsyncRead> AsyncRead for TimedIo<I> {
             if buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            // The rest of what has arrived in the same read, so the first request head is parsed in one
-            // go; an error or nothing more waits for the next read.
-            let _ = this.inner.poll_read(cx, buf);
+        }
+        if let Some(rest) = this.first_rest.as_ref() {
+            let unread = &rest[usize::from(*this.rest_replayed)..];
+            let n = unread.len().min(buf.remaining());
+            buf.put_slice(&unread[..n]);
+            if n < unread.len() {
+                // n < unread.len() <= FIRST_READ, which fits a u16.
+                *this.rest_replayed += n as u16;
+                return Poll::Ready(Ok(()));
+            }
+            *this.first_rest = None;
+        }
+        if buf.filled().len() > before {
+            // Room left means everything kept has been replayed.
+            if buf.remaining() > 0 && std::mem::take(this.first_read_full) {
+                // The first read filled its room: take what else has arrived, so the first request
+                // head is parsed in one go; an error or nothing more waits for the next read.
+                let _ = this.inner.poll_read(cx, buf);
+            }
             return Poll::Ready(Ok(()));
         }
         let polled = this.inner.poll_read(cx, buf);
