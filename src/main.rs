@@ -7,6 +7,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fulcrum::Config;
 
+/// jemalloc serves the binary's allocations (docs/benchmarks.md, "Steps taken"): glibc's malloc takes a slow
+/// path for the 128-byte-aligned blocks tokio allocates twice per connection (a task, an I/O registration)
+/// and for blocks over 1 KiB; jemalloc's size classes serve both from its thread cache. The library (tests,
+/// benches) keeps the system allocator.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Fulcrum: a reverse-proxy load balancer configured by one TOML file.
 ///
 /// Start with `fulcrum check -c config/fulcrum.toml`, then `fulcrum run -c config/fulcrum.toml`.
