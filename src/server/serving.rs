@@ -254,10 +254,6 @@ mod tests {
         (http2, read)
     }
 
-    async fn detect(sent: &[u8]) -> (bool, Vec<u8>) {
-        detect_in_chunks(sent, 8192).await
-    }
-
     #[tokio::test]
     async fn a_first_request_head_that_arrived_whole_is_read_from_the_socket_once() {
         let head = b"GET /a/longer/path HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\n\r\n";
@@ -304,7 +300,7 @@ mod tests {
             (b"", false),
         ];
         for (sent, want) in cases {
-            let (http2, read) = detect(sent).await;
+            let (http2, read) = detect_in_chunks(sent, 8192).await;
             assert_eq!(http2, want, "{:?}", String::from_utf8_lossy(sent));
             assert_eq!(read, sent, "{:?}", String::from_utf8_lossy(sent));
         }

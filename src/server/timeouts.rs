@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::clock::now_ms;
@@ -286,9 +287,8 @@ pin_project_lite::pin_project! {
         replayed: u8,
         // Whether the read that completed the preface filled its room (more may be waiting).
         first_read_full: bool,
-        // What that read brought past the preface's length, replayed after it, then dropped.
-        first_rest: Option<Box<[u8]>>,
-        rest_replayed: u16,
+        // What that read brought past the preface's length and `poll_read` has not replayed yet.
+        first_rest: Bytes,
     }
 }
 
@@ -302,8 +302,7 @@ impl<I> TimedIo<I> {
             preface_len: 0,
             replayed: 0,
             first_read_full: false,
-            first_rest: None,
-            rest_replayed: 0,
+            first_rest: Bytes::new(),
         }
     }
 
@@ -340,7 +339,7 @@ impl<I: AsyncRead + Unpin> TimedIo<I> {
             self.preface_len += inline as u8;
             if n > inline {
                 // Only the read that completes the preface's length has more: there is one such read.
-                self.first_rest = Some(read[inline..].into());
+                self.first_rest = Bytes::copy_from_slice(&read[inline..]);
             }
             self.first_read_full = n == FIRST_READ;
         }
@@ -366,16 +365,15 @@ impl<I: AsyncRead> AsyncRead for TimedIo<I> {
                 return Poll::Ready(Ok(()));
             }
         }
-        if let Some(rest) = this.first_rest.as_ref() {
-            let unread = &rest[usize::from(*this.rest_replayed)..];
-            let n = unread.len().min(buf.remaining());
-            buf.put_slice(&unread[..n]);
-            if n < unread.len() {
-                // n < unread.len() <= FIRST_READ, which fits a u16.
-                *this.rest_replayed += n as u16;
+        if !this.first_rest.is_empty() {
+            let n = this.first_rest.len().min(buf.remaining());
+            buf.put_slice(&this.first_rest[..n]);
+            if n < this.first_rest.len() {
+                this.first_rest.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            *this.first_rest = None;
+            // All replayed: the allocation goes too (an empty `Bytes` would keep it for the connection's life).
+            *this.first_rest = Bytes::new();
         }
         if buf.filled().len() > before {
             // Room left means everything kept has been replayed.

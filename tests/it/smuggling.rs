@@ -427,3 +427,37 @@ async fn the_binary_refuses_a_header_named_like_a_framing_header() {
     assert_eq!(send_raw(addr, plain).await, 200);
     assert_eq!(backend.requests().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_a_first_head_longer_than_its_first_read_and_the_request_behind_it() {
+    // A new connection's first read takes up to 8 KiB to tell HTTP/2 from HTTP/1 and replays it: a
+    // 20 KB first head, with a second request in the same write, must reach the upstream byte for byte.
+    let backend = RawBackend::start().await;
+    let (mut fulcrum, addr, _config) = binary_in_front(backend.addr, "", "");
+    fulcrum.wait_for_line("fulcrum is serving");
+    let long = "b".repeat(20_000);
+    let sent = format!(
+        "GET /first HTTP/1.1\r\nHost: x\r\nX-Long: {long}\r\n\r\n\
+         GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(sent.as_bytes()).await.expect("write");
+    let mut pending = Vec::new();
+    for path in ["/first", "/second"] {
+        let answer = read_raw_response(&mut stream, &mut pending)
+            .await
+            .unwrap_or_else(|| panic!("no answer for {path}"));
+        assert_eq!(answer.status, 200, "{path}: {}", answer.head);
+    }
+    let requests = backend.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests[0].head.starts_with("GET /first HTTP/1.1\r\n"));
+    assert!(
+        requests[0]
+            .head
+            .contains(&format!("\r\nx-long: {long}\r\n")),
+        "the long field arrived whole"
+    );
+    assert!(requests[1].head.starts_with("GET /second HTTP/1.1\r\n"));
+    assert!(backend.malformed().is_empty(), "{:?}", backend.malformed());
+}
