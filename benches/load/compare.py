@@ -244,11 +244,46 @@ def make_certificate(workdir):
     (workdir / "combined.pem").write_text(cert.read_text() + key.read_text())
 
 
-def find_tools():
-    missing = [t for t in ("nginx", "haproxy", "wrk", "taskset", "openssl") if not shutil.which(t)
-               and not Path(f"/usr/sbin/{t}").exists()]
+# The tools the comparison runs, and the Debian package each comes from.
+TOOL_PACKAGES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "taskset": "util-linux",
+                 "openssl": "openssl"}
+
+
+def missing_tools():
+    return [t for t in TOOL_PACKAGES if not shutil.which(t) and not Path(f"/usr/sbin/{t}").exists()]
+
+
+def find_tools(install=True):
+    """Finds nginx, HAProxy, wrk, taskset and openssl; installs the missing ones from Debian's packages
+    (`apt-get`, as root) unless `install` is false, and exits with the command to run if it cannot."""
+    missing = missing_tools()
+    if not missing:
+        return
+    packages = sorted({TOOL_PACKAGES[t] for t in missing})
+    command = ["apt-get", "install", "-y", "-qq", *packages]
+    if install and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {', '.join(packages)} (missing {', '.join(missing)})", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        # A fresh machine's package lists may be empty or stale: update once, then install.
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
+        subprocess.run(command, env=env, check=False)
+        # Debian starts an installed nginx as a service on port 80; the comparison runs its own.
+        if "nginx" in missing and shutil.which("service"):
+            subprocess.run(["service", "nginx", "stop"], capture_output=True, check=False)
+        missing = missing_tools()
     if missing:
-        sys.exit(f"missing {', '.join(missing)}: apt-get install -y nginx haproxy wrk util-linux openssl")
+        sys.exit(f"missing {', '.join(missing)}: {' '.join(command)}")
+
+
+def build_release(binary):
+    """Builds the release binary when `binary` is this repository's and not there yet."""
+    if Path(binary).exists():
+        return
+    if Path(binary).resolve() != (REPO / "target/release/fulcrum").resolve():
+        sys.exit(f"{binary} not found")
+    print("building target/release/fulcrum (cargo build --release; a few minutes)", flush=True)
+    if subprocess.run(["cargo", "build", "--release", "--bin", "fulcrum"], cwd=REPO).returncode != 0:
+        sys.exit("cargo build --release failed")
 
 
 def which(tool):
@@ -301,11 +336,12 @@ def main():
                     help="nginx's upstream keepalive cache (64 is the figure the performance issue quotes)")
     ap.add_argument("--binary", default=str(REPO / "target/release/fulcrum"))
     ap.add_argument("--out", default=str(REPO / "target/load"))
+    ap.add_argument("--no-install", action="store_true",
+                    help="do not apt-get install missing tools; print the command and stop")
     args = ap.parse_args()
 
-    find_tools()
-    if not Path(args.binary).exists():
-        sys.exit(f"{args.binary} not found: cargo build --release")
+    find_tools(install=not args.no_install)
+    build_release(args.binary)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
     workdir = Path(args.out)
