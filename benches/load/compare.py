@@ -8,6 +8,9 @@ rounds; the table shows medians and each figure as a ratio to nginx measured in 
 Per run: requests/s and p50/p99 latency (wrk --latency), proxy CPU microseconds per request (utime+stime of
 every process of the proxy from /proc, before and after), and the proxy's peak RSS during the run (sampled).
 Separately: RSS at idle and with 10,000 idle keep-alive client connections.
+
+Missing nginx, HAProxy or wrk are installed from Debian's packages (as root; `--no-install` only prints the
+command), and a missing target/release/fulcrum is built first.
 """
 
 import argparse
