@@ -253,7 +253,7 @@ TOOL_PACKAGES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "taskset"
 
 
 def missing_tools():
-    return [t for t in TOOL_PACKAGES if not shutil.which(t) and not Path(f"/usr/sbin/{t}").exists()]
+    return [t for t in TOOL_PACKAGES if not Path(which(t)).exists()]
 
 
 def find_tools(install=True):
@@ -270,9 +270,6 @@ def find_tools(install=True):
         # A fresh machine's package lists may be empty or stale: update once, then install.
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
         subprocess.run(command, env=env, check=False)
-        # Debian starts an installed nginx as a service on port 80; the comparison runs its own.
-        if "nginx" in missing and shutil.which("service"):
-            subprocess.run(["service", "nginx", "stop"], capture_output=True, check=False)
         missing = missing_tools()
     if missing:
         sys.exit(f"missing {', '.join(missing)}: {' '.join(command)}")
