@@ -12,18 +12,24 @@ by 10-15%; a paired ratio per round, and its median over many rounds, is steadie
     python3 benches/load/ab.py --variant target/release/fulcrum --variant target/release/fulcrum,SOME_ENV=1
     python3 benches/load/ab.py --header "Connection: close" --variant A --variant B   # compare.py's close
     python3 benches/load/ab.py --worker-threads 2 --unpinned --variant A --variant B
+    python3 benches/load/ab.py --variant target/release/fulcrum --variant target/release/fulcrum,@protocol=h2c
 
 `--worker-threads N` runs each fulcrum with that many serving threads; `--unpinned` lets every process
 (fulcrum, wrk, the backends) run on any core, as a proxy with a thread per core does in production (its
 CPU per request then includes what sharing the cores with the load costs it).
 
-A variant is a binary path, optionally followed by comma-separated NAME=VALUE environment settings.
-Prints per variant the median CPU us/request, requests/s and p99, and each variant's paired CPU ratio to
-the first.
+A variant is a binary path, optionally followed by comma-separated NAME=VALUE environment settings and
+@KEY=VALUE settings of its upstream pool (`[upstream.app]` in its config; a string value is quoted). With
+`@protocol=h2c` (or `h2`) the variant's servers are the backends' HTTP/2 (prior knowledge) ports: the
+backend nginx listens on three more ports with `http2` for it.
+
+Prints per variant the median CPU us/request (and its user part), requests/s and p99, and each
+variant's paired CPU ratio to the first.
 """
 
 import argparse
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -51,6 +57,35 @@ def run_wrk(port, connections, seconds, headers=(), unpinned=False, path="/"):
     return requests, parse_duration_ms(p99)
 
 
+def add_http2_listeners(config, ports):
+    """Makes the backend nginx config at `config` also listen on `ports` for HTTP/2 by prior knowledge."""
+    text = config.read_text()
+    last_listen = text.rindex("        listen ")
+    end = text.index("\n", last_listen) + 1
+    extra = "".join(f"        listen 127.0.0.1:{port} http2 reuseport backlog=4096;\n" for port in ports)
+    config.write_text(text[:end] + extra + text[end:])
+
+
+def with_pool_settings(config, pool):
+    """`config` (the rendered fulcrum.toml) with each KEY=VALUE of `pool` set in `[upstream.app]`: a key the
+    template already has is replaced, any other added."""
+    head, section = config.split("[upstream.app]\n", 1)
+    for key, value in pool.items():
+        line = f"{key} = {toml_value(value)}"
+        section, replaced = re.subn(rf"^{re.escape(key)} = .*$", lambda _: line, section, count=1,
+                                    flags=re.MULTILINE)
+        if not replaced:
+            section = line + "\n" + section
+    return head + "[upstream.app]\n" + section
+
+
+def toml_value(value):
+    """`value` as written in TOML: numbers and booleans as they are, anything else a quoted string."""
+    if value in ("true", "false") or value.lstrip("-").isdigit():
+        return value
+    return '"' + value.replace('"', '\\"') + '"'
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", action="append", required=True, help="BINARY[,NAME=VALUE...]")
@@ -75,26 +110,37 @@ def main():
     values = {"dir": str(work), "port1": ports[0], "port2": ports[1], "port3": ports[2],
               "fulcrum_strategy": "round_robin"}
     render("nginx-backend.conf", work / "nginx-backend.conf", values)
+    h2_ports = [free_port() for _ in range(3)]
+    add_http2_listeners(work / "nginx-backend.conf", h2_ports)
     backend = subprocess.Popen([*pinned(LOAD_CORE, args.unpinned), which("nginx"), "-c",
                                 str(work / "nginx-backend.conf"), "-e", str(work / "backend-error.log")],
                                start_new_session=True)
     proxies = []
     try:
-        for port in ports:
+        for port in ports + h2_ports:
             wait_port(port)
         for i, variant in enumerate(args.variant):
             binary, *settings = variant.split(",")
-            env = dict(os.environ, **dict(setting.split("=", 1) for setting in settings))
+            pool = dict(setting[1:].split("=", 1) for setting in settings if setting.startswith("@"))
+            env = dict(os.environ, **dict(setting.split("=", 1) for setting in settings
+                                          if not setting.startswith("@")))
             plain, tls = free_port(), free_port()
-            config = render("fulcrum.toml", work / f"fulcrum-{i}.toml", dict(values, plain=plain, tls=tls))
-            config.write_text(config.read_text().replace(
-                "worker_threads = 1", f"worker_threads = {args.worker_threads}"))
-            proc = subprocess.Popen([*pinned(PROXY_CORE, args.unpinned), binary, "run", "-c", str(config)],
-                                    env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True)
+            variant_values = dict(values, plain=plain, tls=tls)
+            if pool.get("protocol") in ("h2", "h2c"):
+                variant_values.update(port1=h2_ports[0], port2=h2_ports[1], port3=h2_ports[2])
+            config = render("fulcrum.toml", work / f"fulcrum-{i}.toml", variant_values)
+            config.write_text(with_pool_settings(config.read_text().replace(
+                "worker_threads = 1", f"worker_threads = {args.worker_threads}"), pool))
+            log = work / f"fulcrum-{i}.log"
+            with log.open("w") as stderr:
+                proc = subprocess.Popen([*pinned(PROXY_CORE, args.unpinned), binary, "run", "-c",
+                                         str(config)], env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                        start_new_session=True)
             proxies.append((variant, proc, plain))
-            wait_port(plain)
+            try:
+                wait_port(plain)
+            except RuntimeError as error:
+                raise RuntimeError(f"{variant} did not start ({error}); its log:\n{log.read_text()}") from None
         results = {variant: [] for variant in args.variant}
         tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
         for round_ in range(args.rounds):
@@ -108,13 +154,15 @@ def main():
                                         args.path)
                 user1, sys1 = cpu_ticks(pids)
                 cpu = (user1 - user0 + sys1 - sys0) * tick_us / requests
-                results[variant].append((cpu, requests / args.seconds, p99))
+                user = (user1 - user0) * tick_us / requests
+                results[variant].append((cpu, requests / args.seconds, p99, user))
             print(f"round {round_ + 1}: " + ", ".join(
                 f"{v}: {results[v][-1][0]:.1f} us/req" for v in args.variant), flush=True)
         first = args.variant[0]
         for variant in args.variant:
             runs = results[variant]
-            line = (f"{variant}: CPU {statistics.median(r[0] for r in runs):.2f} us/req, "
+            line = (f"{variant}: CPU {statistics.median(r[0] for r in runs):.2f} us/req "
+                    f"(user {statistics.median(r[3] for r in runs):.2f}), "
                     f"{statistics.median(r[1] for r in runs):.0f} req/s, p99 {statistics.median(r[2] for r in runs):.2f} ms")
             if variant != first:
                 ratios = [r[0] / f[0] for r, f in zip(runs, results[first])]
