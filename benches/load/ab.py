@@ -88,7 +88,8 @@ def toml_value(value):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", action="append", required=True, help="BINARY[,NAME=VALUE...]")
+    ap.add_argument("--variant", action="append", required=True,
+                    help="BINARY[,NAME=VALUE...][,@KEY=VALUE...]")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seconds", type=int, default=5)
