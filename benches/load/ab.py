@@ -36,8 +36,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from compare import (LOAD_CORE, PROXY_CORE, cpu_ticks, free_port, make_certificate, parse_duration_ms,
-                     process_tree, render, wait_port, which)
+from compare import (LOAD_CORE, Proxy, cpu_ticks, free_port, make_certificate, parse_duration_ms, render,
+                     wait_port, which)
 
 
 def pinned(cores, unpinned):
@@ -132,24 +132,18 @@ def main():
             config = render("fulcrum.toml", work / f"fulcrum-{i}.toml", variant_values)
             config.write_text(with_pool_settings(config.read_text().replace(
                 "worker_threads = 1", f"worker_threads = {args.worker_threads}"), pool))
-            log = work / f"fulcrum-{i}.log"
-            with log.open("w") as stderr:
-                proc = subprocess.Popen([*pinned(PROXY_CORE, args.unpinned), binary, "run", "-c",
-                                         str(config)], env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-                                        start_new_session=True)
-            proxies.append((variant, proc, plain))
-            try:
-                wait_port(plain)
-            except RuntimeError as error:
-                raise RuntimeError(f"{variant} did not start ({error}); its log:\n{log.read_text()}") from None
+            proxy = Proxy(f"fulcrum-{i}", [binary, "run", "-c", str(config)], plain, tls, work, env=env,
+                          pinned=not args.unpinned)
+            proxies.append((variant, proxy, plain))
+            proxy.start()
         results = {variant: [] for variant in args.variant}
         tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
         for round_ in range(args.rounds):
             order = proxies if round_ % 2 == 0 else proxies[::-1]
-            for variant, proc, port in order:
+            for variant, proxy, port in order:
                 # Warm-up: pooled connections, caches.
                 run_wrk(port, args.connections, 1, args.header, args.unpinned, args.path)
-                pids = process_tree(proc.pid)
+                pids = proxy.pids()
                 user0, sys0 = cpu_ticks(pids)
                 requests, p99 = run_wrk(port, args.connections, args.seconds, args.header, args.unpinned,
                                         args.path)
@@ -171,8 +165,8 @@ def main():
                          f"{sum(r < 1 for r in ratios)} of {len(ratios)} rounds lower")
             print(line)
     finally:
-        for _, proc, _ in proxies:
-            os.killpg(proc.pid, signal.SIGTERM)
+        for _, proxy, _ in proxies:
+            proxy.stop()
         os.killpg(backend.pid, signal.SIGTERM)
         backend.wait()
 

@@ -114,20 +114,31 @@ def rss_bytes(pids):
 
 
 class Proxy:
-    def __init__(self, name, argv, plain, tls, workdir):
+    """A proxy process pinned to the proxy core (unless `pinned` is false), its output in NAME.log."""
+
+    def __init__(self, name, argv, plain, tls, workdir, env=None, pinned=True):
         self.name, self.argv, self.plain, self.tls = name, argv, plain, tls
-        self.log = open(workdir / f"{name}.log", "w")
+        self.env, self.pinned = env, pinned
+        self.log_path = workdir / f"{name}.log"
+        self.log = open(self.log_path, "w")
         self.proc = None
 
     def start(self):
+        """Starts it and waits for both its ports; if it does not listen, the error carries its log."""
         self.proc = subprocess.Popen(
-            ["taskset", "-c", PROXY_CORE, *self.argv],
+            [*(["taskset", "-c", PROXY_CORE] if self.pinned else []), *self.argv],
             stdout=self.log,
             stderr=self.log,
+            env=self.env,
             start_new_session=True,
         )
-        wait_port(self.plain)
-        wait_port(self.tls)
+        try:
+            wait_port(self.plain)
+            wait_port(self.tls)
+        except RuntimeError as error:
+            self.log.flush()
+            raise RuntimeError(f"{self.name} did not start ({error}); {self.log_path}:\n"
+                               f"{self.log_path.read_text()}") from None
         time.sleep(0.3)  # let worker processes settle before the idle reading
         return self
 
