@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::acceptor::Acceptor;
 use super::control::ControlWake;
 use super::service::ClockedService;
 use super::serving::{Protocols, ServeError, Serving};
@@ -52,7 +53,7 @@ pub struct Accepting {
     /// Its address as configured.
     pub listen: SocketAddr,
     /// This loop's duplicate of the listening socket.
-    pub socket: TcpListener,
+    pub socket: Acceptor,
     /// What the listener's loops count together.
     pub counts: Arc<ListenerCounts>,
 }

@@ -1,5 +1,6 @@
 //! The running proxy: its listeners, the runtime, the background tasks; start, reload and shutdown.
 
+mod acceptor;
 mod control;
 mod listener;
 mod service;
@@ -80,7 +81,7 @@ struct Bound {
     /// The socket once per serving runtime (duplicates of one socket, so they share its queue of
     /// pending connections), each registered with that runtime's I/O driver: its readiness is seen on
     /// the thread that accepts from it.
-    sockets: Vec<(tokio::net::TcpListener, Handle)>,
+    sockets: Vec<(acceptor::Acceptor, Handle)>,
 }
 
 /// Binds the listeners' sockets (or takes inherited ones), one duplicate per runtime of `serving`.
@@ -110,7 +111,7 @@ fn bind_all<'a>(
                 .map(|handle| {
                     let _entered = handle.enter();
                     let socket = socket.try_clone()?;
-                    Ok((tokio::net::TcpListener::from_std(socket)?, handle.clone()))
+                    Ok((acceptor::Acceptor::from_std(socket)?, handle.clone()))
                 })
                 .collect::<io::Result<Vec<_>>>()
                 .map_err(error)?;
