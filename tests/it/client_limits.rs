@@ -1,5 +1,6 @@
 //! Slow, idle and greedy clients on raw sockets: `client_header_timeout` (slowloris), `keepalive_timeout`,
-//! `client_body_timeout`, `send_timeout`, `keepalive_requests`, `max_connections` and `max_uri_size`.
+//! `client_body_timeout`, `send_timeout`, `keepalive_requests`, `max_connections` and `max_uri_size`; and a
+//! client that connects, waits, then sends its request.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -64,6 +65,30 @@ async fn closed_within(
 }
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[tokio::test]
+async fn a_connection_whose_request_comes_after_the_binary_accepted_it_is_served() {
+    let backend = named("ok").await;
+    let (fulcrum, addr, _config) = binary_with_global("", backend.addr(), "", "");
+    // A first connection, served and kept open, so the upstream connection is pooled and the descriptor
+    // count below moves only with the accept.
+    let mut prompt = TcpStream::connect(addr).await.expect("connect");
+    prompt.write_all(GET).await.expect("write");
+    assert_eq!(read_response(&mut prompt).await.map(|r| r.0), Some(200));
+    let before = fulcrum.open_fds();
+    let mut late = TcpStream::connect(addr).await.expect("connect");
+    // Accepted with nothing to read yet: its first read waits for the socket's first readable event
+    // (src/server/acceptor.rs), which only the request written next brings.
+    wait_until(
+        Duration::from_secs(5),
+        "the binary to accept the connection",
+        || fulcrum.open_fds() > before,
+    )
+    .await;
+    late.write_all(GET).await.expect("write");
+    assert_eq!(read_response(&mut late).await.map(|r| r.0), Some(200));
+    assert_eq!(backend.requests(), 2);
+}
 
 #[tokio::test]
 async fn a_client_trickling_its_header_is_cut_off_at_client_header_timeout() {
