@@ -36,13 +36,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from compare import (LOAD_CORE, Proxy, cpu_ticks, free_port, make_certificate, parse_duration_ms, render,
-                     wait_port, which)
-
-
-def pinned(cores, unpinned):
-    """The command prefix that runs a process on `cores`, or nothing when `unpinned`."""
-    return [] if unpinned else ["taskset", "-c", cores]
+from compare import (LOAD_CORE, Proxy, cpu_ticks, free_port, make_certificate, parse_duration_ms, pinned_to,
+                     render, wait_port, which)
 
 
 def run_wrk(port, connections, seconds, headers=(), unpinned=False, path="/"):
@@ -50,7 +45,7 @@ def run_wrk(port, connections, seconds, headers=(), unpinned=False, path="/"):
     too."""
     url = f"http://127.0.0.1:{port}{path}"
     extra = [arg for header in headers for arg in ("-H", header)]
-    out = subprocess.run([*pinned(LOAD_CORE, unpinned), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+    out = subprocess.run([*pinned_to(LOAD_CORE, unpinned), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
                           "--latency", *extra, url], capture_output=True, text=True, check=True).stdout
     requests = int(next(line for line in out.splitlines() if "requests in" in line).split()[0])
     p99 = next(line.split()[1] for line in out.splitlines() if line.strip().startswith("99%"))
@@ -113,7 +108,7 @@ def main():
     render("nginx-backend.conf", work / "nginx-backend.conf", values)
     h2_ports = [free_port() for _ in range(3)]
     add_http2_listeners(work / "nginx-backend.conf", h2_ports)
-    backend = subprocess.Popen([*pinned(LOAD_CORE, args.unpinned), which("nginx"), "-c",
+    backend = subprocess.Popen([*pinned_to(LOAD_CORE, args.unpinned), which("nginx"), "-c",
                                 str(work / "nginx-backend.conf"), "-e", str(work / "backend-error.log")],
                                start_new_session=True)
     proxies = []
@@ -134,18 +129,18 @@ def main():
                 "worker_threads = 1", f"worker_threads = {args.worker_threads}"), pool))
             proxy = Proxy(f"fulcrum-{i}", [binary, "run", "-c", str(config)], plain, tls, work, env=env,
                           pinned=not args.unpinned)
-            proxies.append((variant, proxy, plain))
+            proxies.append((variant, proxy))
             proxy.start()
         results = {variant: [] for variant in args.variant}
         tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
         for round_ in range(args.rounds):
             order = proxies if round_ % 2 == 0 else proxies[::-1]
-            for variant, proxy, port in order:
+            for variant, proxy in order:
                 # Warm-up: pooled connections, caches.
-                run_wrk(port, args.connections, 1, args.header, args.unpinned, args.path)
+                run_wrk(proxy.plain, args.connections, 1, args.header, args.unpinned, args.path)
                 pids = proxy.pids()
                 user0, sys0 = cpu_ticks(pids)
-                requests, p99 = run_wrk(port, args.connections, args.seconds, args.header, args.unpinned,
+                requests, p99 = run_wrk(proxy.plain, args.connections, args.seconds, args.header, args.unpinned,
                                         args.path)
                 user1, sys1 = cpu_ticks(pids)
                 cpu = (user1 - user0 + sys1 - sys0) * tick_us / requests
@@ -165,7 +160,7 @@ def main():
                          f"{sum(r < 1 for r in ratios)} of {len(ratios)} rounds lower")
             print(line)
     finally:
-        for _, proxy, _ in proxies:
+        for _, proxy in proxies:
             proxy.stop()
         os.killpg(backend.pid, signal.SIGTERM)
         backend.wait()

@@ -113,6 +113,11 @@ def rss_bytes(pids):
     return total
 
 
+def pinned_to(cores, unpinned=False):
+    """The command prefix that runs a process on `cores` (`taskset`), or nothing when `unpinned`."""
+    return [] if unpinned else ["taskset", "-c", cores]
+
+
 class Proxy:
     """A proxy process pinned to the proxy core (unless `pinned` is false), its output in NAME.log."""
 
@@ -126,7 +131,7 @@ class Proxy:
     def start(self):
         """Starts it and waits for both its ports; if it does not listen, the error carries its log."""
         self.proc = subprocess.Popen(
-            [*(["taskset", "-c", PROXY_CORE] if self.pinned else []), *self.argv],
+            [*pinned_to(PROXY_CORE, unpinned=not self.pinned), *self.argv],
             stdout=self.log,
             stderr=self.log,
             env=self.env,

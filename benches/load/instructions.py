@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compare import HERE, REPO, free_port, make_certificate, render, wait_port, which
+from compare import REPO, free_port, make_certificate, render, wait_port, which
 
 
 def self_costs(path):
