@@ -1,22 +1,20 @@
 #!/usr/bin/env python3
-"""Records the profile release builds are optimised with (profile-guided optimisation; docs/benchmarks.md).
+"""Makes a profile-guided optimised (PGO) build of fulcrum: an opt-in release build (docs/operations.md).
 
 Builds fulcrum instrumented (`-Cprofile-generate`, in target/pgo-generate), runs it behind the load
-comparison's nginx backends, drives it with a training mix, merges the counts into `pgo/fulcrum.profdata`
-and records the LLVM version that wrote it (`pgo/llvm-version`); `pgo/rustc-wrapper` hands the profile to
-every optimised compilation. Then it removes target/release, so the next `cargo build --release` rebuilds
-every crate with the new profile (cargo does not see the profile change).
+comparison's nginx backends, drives it with a training mix, merges the counts into
+`target/pgo-data/fulcrum.profdata`, then builds the binary with that profile under the `pgo` cargo profile
+(`-Cprofile-use`, in target/pgo-build): the result is `target/pgo-build/pgo/fulcrum`. `cargo build
+--release` never uses a profile: it depends only on tracked sources. Nothing here is committed; run it
+again after changing the code (a function whose code changed loses its profile).
 
 The training mix is deliberately not the load comparison's traffic: browser-like GETs over several paths
 with the usual request fields, POSTs with bodies, a new connection per request, 10 KB and 1 MB answers,
 TLS, and a least_conn pool; each for a few seconds. The profile is sparse: code the mix never ran keeps no
 profile and is optimised as it would be without one (HTTP/2, WebSocket tunnels, reloads, health checks).
 
-Re-run it after changing code on the request path: a function whose code changed loses its profile (LLVM
-matches profiles by a hash of each function's control flow), so a stale profile costs the gain, not
-correctness.
-
-    python3 benches/load/pgo.py        # about 10 minutes: one instrumented build, 30 s of load, merge
+    python3 benches/load/pgo.py        # about 15 minutes: two release builds, 30 s of load, merge
+    python3 benches/load/compare.py --binary target/pgo-build/pgo/fulcrum   # measure it
 """
 
 import argparse
@@ -69,10 +67,6 @@ def llvm_profdata():
     return found[0]
 
 
-def llvm_major():
-    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
-    return next(line.split()[-1].split(".")[0] for line in out.splitlines() if line.startswith("LLVM version"))
-
 
 def wrk(url, connections, seconds, script=None, extra=()):
     argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", *extra]
@@ -122,7 +116,8 @@ def train(binary, work, seconds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=3, help="length of each part of the training mix")
-    ap.add_argument("--keep-release", action="store_true", help="do not remove target/release")
+    ap.add_argument("--profile-only", action="store_true",
+                    help="record target/pgo-data/fulcrum.profdata, do not build with it")
     args = ap.parse_args()
     profdata = llvm_profdata()
     target = REPO / "target/pgo-generate"
@@ -138,14 +133,21 @@ def main():
     raw = sorted(counts.glob("*.profraw"))
     if not raw:
         sys.exit(f"fulcrum wrote no counts into {counts}")
-    out = REPO / "pgo/fulcrum.profdata"
+    out = REPO / "target/pgo-data/fulcrum.profdata"
+    out.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([str(profdata), "merge", "--sparse", "-o", str(out), *map(str, raw)], check=True)
-    (REPO / "pgo/llvm-version").write_text(llvm_major() + "\n")
     print(f"wrote {out} ({out.stat().st_size} bytes) from {len(raw)} count files")
     shutil.rmtree(work, ignore_errors=True)
-    if not args.keep_release:
-        shutil.rmtree(REPO / "target/release", ignore_errors=True)
-        print("removed target/release: the next `cargo build --release` uses the new profile")
+    if args.profile_only:
+        return
+    # Its own target directory: cargo does not see a changed profile file, so this one is rebuilt whole.
+    built = REPO / "target/pgo-build"
+    shutil.rmtree(built, ignore_errors=True)
+    env = dict(os.environ, RUSTFLAGS=f"-Cprofile-use={out}")
+    env.pop("RUSTC_WRAPPER", None)
+    subprocess.run(["cargo", "build", "--profile", "pgo", "--bin", "fulcrum", "--target-dir", str(built)],
+                   cwd=REPO, env=env, check=True)
+    print(f"built {built / 'pgo/fulcrum'} with the profile")
 
 
 if __name__ == "__main__":
