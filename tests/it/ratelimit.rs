@@ -266,7 +266,7 @@ fn redis_zone(redis: &RedisServer, on_error: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxies_sharing_a_redis_zone_enforce_one_limit() {
-    let redis = RedisServer::start().expect("start redis-server (apt-get install -y redis-server)");
+    let redis = RedisServer::start().expect("start redis-server: run the tests with scripts/test, which installs it, or apt-get install -y redis-server");
     let backend = named("app").await;
     let one = TestProxy::start(&limited(&redis_zone(&redis, "allow"), backend.addr(), "")).await;
     let two = TestProxy::start(&limited(&redis_zone(&redis, "allow"), backend.addr(), "")).await;
@@ -298,7 +298,7 @@ async fn two_proxies_sharing_a_redis_zone_enforce_one_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_redis_follows_on_redis_error() {
     let mut redis =
-        RedisServer::start().expect("start redis-server (apt-get install -y redis-server)");
+        RedisServer::start().expect("start redis-server: run the tests with scripts/test, which installs it, or apt-get install -y redis-server");
     let backend = named("app").await;
     let allow = TestProxy::start(&limited(&redis_zone(&redis, "allow"), backend.addr(), "")).await;
     let deny = TestProxy::start(&limited(&redis_zone(&redis, "deny"), backend.addr(), "")).await;

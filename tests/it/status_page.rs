@@ -5,12 +5,18 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-/// Debian's Chromium, installed by `.ci/run`.
-fn chromium() -> Option<PathBuf> {
+/// Debian's Chromium, installed by `scripts/test`. Missing, the test fails and says how to install it.
+fn chromium() -> PathBuf {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "Chromium is not installed: run the tests with scripts/test, which installs it, \
+                 or apt-get install -y chromium"
+            )
+        })
 }
 
 /// The page's DOM after its scripts ran (Chromium's virtual time lets the first fetches finish).
@@ -38,12 +44,7 @@ fn dump_dom(browser: &Path, url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_lists_servers_and_shows_one_going_down() {
-    let Some(browser) = chromium() else {
-        eprintln!(
-            "SKIPPED: Chromium is not installed (apt-get install -y chromium); .ci/run installs it"
-        );
-        return;
-    };
+    let browser = chromium();
     let a = named("a").await;
     let b = named("b").await;
     let proxy = TestProxy::start(&format!(
