@@ -46,8 +46,10 @@ pub struct Pool {
     pub backup: Option<Tier>,
     /// What consistent_hash hashes; `None` for other strategies.
     pub hash_key: Option<HashKey>,
-    /// Time to first response byte.
+    /// Longest wait between two reads of an answer, from the end of the request.
     pub read_timeout: Duration,
+    /// Longest a write of the request to a server may stay blocked.
+    pub send_timeout: Duration,
     /// Most attempts one request makes (1 + retries).
     pub max_attempts: usize,
     /// Failures that count and may be retried.
@@ -291,6 +293,7 @@ fn build_pool(
         hash_key: (upstream.strategy == Strategy::ConsistentHash)
             .then(|| upstream.hash_key.clone()),
         read_timeout: upstream.read_timeout,
+        send_timeout: upstream.send_timeout,
         max_attempts: 1 + retries,
         retry_on: upstream.retry_on,
         client: client_for(

@@ -208,6 +208,11 @@ pub struct ClientLimits {
     pub keepalive_timeout: Duration,
     /// Longest a write to the client may stay blocked (a client that does not read); then it is closed.
     pub send_timeout: Duration,
+    /// Longest the proxy keeps reading and discarding what a client still sends after an answer that
+    /// closes the connection before its request was read whole (nginx `lingering_time`).
+    pub lingering_time: Duration,
+    /// Longest wait for more of that input between two reads (nginx `lingering_timeout`).
+    pub lingering_timeout: Duration,
     /// Requests served on one connection before it is closed (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY).
     pub keepalive_requests: u32,
     /// Open connections the listener accepts at once; more are closed as they arrive.
@@ -223,6 +228,8 @@ impl Default for ClientLimits {
             body_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
             send_timeout: Duration::from_secs(60),
+            lingering_time: Duration::from_secs(30),
+            lingering_timeout: Duration::from_secs(5),
             keepalive_requests: 1000,
             max_connections: None,
             max_uri_size: 8 * 1024,
@@ -367,8 +374,12 @@ pub struct UpstreamConfig {
     pub ip_hash_prefix: u8,
     /// Time to establish a TCP connection to a server.
     pub connect_timeout: Duration,
-    /// Time from sending the request to the first response byte.
+    /// Longest wait between two reads of a server's answer (head and body), counted from the end of
+    /// the request (nginx `proxy_read_timeout`).
     pub read_timeout: Duration,
+    /// Longest a write of the request (head or body) to a server may stay blocked (nginx
+    /// `proxy_send_timeout`).
+    pub send_timeout: Duration,
     /// Extra attempts on other servers; `None` means each remaining server once.
     pub retries: Option<u32>,
     /// Failures that count and may be retried.

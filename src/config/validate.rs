@@ -391,6 +391,7 @@ impl Validator<'_> {
             ip_hash_prefix,
             connect_timeout: positive(file.connect_timeout, 3, "connect_timeout")?,
             read_timeout: positive(file.read_timeout, 60, "read_timeout")?,
+            send_timeout: positive(file.send_timeout, 60, "send_timeout")?,
             retries: file.retries,
             retry_on,
             keepalive_timeout: positive(file.keepalive_timeout, 60, "keepalive_timeout")?,

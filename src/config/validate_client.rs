@@ -31,6 +31,16 @@ impl Validator<'_> {
                 &mut limits.body_timeout,
             ),
             (&file.send_timeout, "send_timeout", &mut limits.send_timeout),
+            (
+                &file.lingering_time,
+                "lingering_time",
+                &mut limits.lingering_time,
+            ),
+            (
+                &file.lingering_timeout,
+                "lingering_timeout",
+                &mut limits.lingering_timeout,
+            ),
         ];
         for (value, key, slot) in timeouts {
             if let Some(value) = value {

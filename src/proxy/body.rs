@@ -12,7 +12,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 
+use super::deadline::SendProgress;
 use super::h1conn::{BoxError, ResponseBody};
+use crate::clock::now_ms;
 use crate::upstream::InFlightGuard;
 
 /// Error a request body raises once it passes `max_body_size`.
@@ -42,6 +44,7 @@ pub struct BodySlot {
     hint: SizeHint,
     touched: AtomicBool,
     client_fault: AtomicU8,
+    progress: SendProgress,
 }
 
 /// Why the client's body failed, as [`BodySlot::client_fault`] reports it.
@@ -71,12 +74,18 @@ impl BodySlot {
             body: Mutex::new(Some(body)),
             touched: AtomicBool::new(false),
             client_fault: AtomicU8::new(FAULT_NONE),
+            progress: SendProgress::new(),
         }))
     }
 
     /// Whether some attempt started reading the body (so it cannot be sent again).
     pub fn touched(&self) -> bool {
         self.touched.load(Ordering::Acquire)
+    }
+
+    /// How far the body has gone toward the server, for the attempt's `send_timeout`/`read_timeout`.
+    pub fn progress(&self) -> &SendProgress {
+        &self.progress
     }
 
     fn blame(&self, fault: u8) {
@@ -110,6 +119,10 @@ pub struct RequestBody {
 impl RequestBody {
     /// A body reading from `slot` (empty when `None`), failing past `limits`.
     pub fn new(slot: Option<Arc<BodySlot>>, limits: BodyLimits) -> Self {
+        if let Some(slot) = &slot {
+            // The attempt starts by sending the head.
+            slot.progress.handed();
+        }
         Self {
             slot,
             inner: None,
@@ -160,9 +173,20 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(inner).poll_frame(cx);
+        let mut inner = Pin::new(inner);
+        let polled = inner.as_mut().poll_frame(cx);
         if !polled.is_pending() {
             this.timer_armed = false;
+        }
+        if let Some(slot) = &this.slot {
+            match &polled {
+                Poll::Pending => slot.progress.waiting_on_client(),
+                Poll::Ready(None) => slot.progress.ended(),
+                // hyper's clients stop asking once the body says it has ended.
+                Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => slot.progress.ended(),
+                Poll::Ready(Some(Ok(_))) => slot.progress.handed(),
+                Poll::Ready(Some(Err(_))) => {}
+            }
         }
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -224,9 +248,61 @@ impl Drop for PendingLog {
     }
 }
 
+/// The server sent nothing of its answer's body for `read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream read_timeout passed while reading the answer's body")]
+pub struct UpstreamReadTimedOut;
+
+/// `read_timeout` between two reads of an answer's body: a timer made only once a read waits, and moved
+/// only when it fires before the time since the last read has passed.
+#[derive(Debug)]
+struct ReadClock {
+    timeout_ms: u64,
+    last_read: u64,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ReadClock {
+    fn new(timeout: std::time::Duration) -> Self {
+        Self {
+            // The coarse clock may lag by a tick: never cut an answer early.
+            timeout_ms: u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX / 2)
+                .saturating_add(10),
+            last_read: now_ms(),
+            timer: None,
+        }
+    }
+
+    /// A read waits: whether the timeout has passed since the last one (else the task is woken by then).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let due = self.last_read.saturating_add(self.timeout_ms);
+            let now = now_ms();
+            if now >= due {
+                return true;
+            }
+            let at = tokio::time::Instant::now() + std::time::Duration::from_millis(due - now);
+            let timer = match self.timer.as_mut() {
+                Some(timer) => {
+                    if timer.is_elapsed() {
+                        timer.as_mut().reset(at);
+                    }
+                    timer
+                }
+                None => self.timer.insert(Box::pin(tokio::time::sleep_until(at))),
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// An upstream response body that keeps its server's in-flight count until the body ends or is dropped,
-    /// and writes the request's access log line then.
+    /// writes the request's access log line then, and fails once the server sends nothing for
+    /// `read_timeout`.
     #[derive(Debug)]
     pub struct UpstreamBody {
         #[pin]
@@ -235,6 +311,7 @@ pin_project_lite::pin_project! {
         // Boxed: most proxies run without an access log, and this body is moved and kept per connection.
         log: Option<Box<PendingLog>>,
         origin: Option<super::forward::BodyOrigin>,
+        read: ReadClock,
     }
 }
 
@@ -246,11 +323,13 @@ impl UpstreamBody {
         origin: super::forward::BodyOrigin,
     ) -> Self {
         let open = !inner.is_end_stream();
+        let read = ReadClock::new(origin.read_timeout());
         Self {
             inner,
             guard: open.then_some(guard),
             log: None,
             origin: open.then_some(origin),
+            read,
         }
     }
 
@@ -274,6 +353,15 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
+        if polled.is_pending() && this.origin.is_some() && this.read.expired(cx) {
+            let error = UpstreamReadTimedOut;
+            if let Some(origin) = this.origin.take() {
+                origin.body_timed_out(&error);
+            }
+            this.guard.take();
+            this.log.take();
+            return Poll::Ready(Some(Err(Box::new(error))));
+        }
         match &polled {
             Poll::Ready(None) => {
                 this.guard.take();
@@ -288,6 +376,7 @@ impl Body for UpstreamBody {
                 this.log.take();
             }
             Poll::Ready(Some(Ok(frame))) => {
+                this.read.last_read = now_ms();
                 if let (Some(log), Some(data)) = (this.log.as_mut(), frame.data_ref()) {
                     log.entry.bytes += data.len() as u64;
                 }

@@ -60,9 +60,27 @@ pub struct BodyOrigin {
 }
 
 impl BodyOrigin {
+    /// The pool's `read_timeout`, which also bounds the wait between two reads of the body.
+    pub fn read_timeout(&self) -> std::time::Duration {
+        self.snapshot
+            .pools
+            .get(self.pool)
+            .map_or(std::time::Duration::from_secs(60), |pool| pool.read_timeout)
+    }
+
     /// The response body failed after its headers were sent (a reset, a short body): one log line, and a
     /// passive failure against the server (the client's stream is cut; nothing can be retried).
     pub fn body_failed(&self, error: &dyn std::fmt::Display) {
+        self.count_failure(error, RetryOn::ERROR);
+    }
+
+    /// The server sent nothing of the body for `read_timeout`: as [`BodyOrigin::body_failed`], counted
+    /// as a timeout.
+    pub fn body_timed_out(&self, error: &dyn std::fmt::Display) {
+        self.count_failure(error, RetryOn::TIMEOUT);
+    }
+
+    fn count_failure(&self, error: &dyn std::fmt::Display, kind: u16) {
         let Some(pool) = self.snapshot.pools.get(self.pool) else {
             return;
         };
@@ -73,7 +91,7 @@ impl BodyOrigin {
             return;
         };
         warn!(pool = %pool.name, server = %server.addr, %error, "upstream response body failed after its headers; the client's response is cut");
-        if pool.retry_on.has(RetryOn::ERROR) {
+        if pool.retry_on.has(kind) {
             server.metrics.passive_failures.inc();
             note_transition(pool, server, server.record_failure(now_ms()));
         }
@@ -145,8 +163,9 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                 pool.protocol,
             ),
             watch,
-            sent_at,
+            slot.as_deref().map(BodySlot::progress),
             pool.read_timeout,
+            pool.send_timeout,
         )
         .await;
         let outcome = match sent {
@@ -184,8 +203,12 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                 warn!(id = trace.id(), pool = %pool.name, server = %server.addr, %error, attempt, "upstream attempt failed");
                 Outcome::Failed(error)
             }
-            Err(TimedOut) => {
-                warn!(id = trace.id(), pool = %pool.name, server = %server.addr, timeout = ?pool.read_timeout, attempt, "upstream timed out");
+            Err(TimedOut::Read) => {
+                warn!(id = trace.id(), pool = %pool.name, server = %server.addr, timeout = ?pool.read_timeout, attempt, "upstream timed out (read_timeout) waiting for the answer");
+                Outcome::Failed(ProxyError::Timeout)
+            }
+            Err(TimedOut::Send) => {
+                warn!(id = trace.id(), pool = %pool.name, server = %server.addr, timeout = ?pool.send_timeout, attempt, "upstream timed out (send_timeout): it did not read the request");
                 Outcome::Failed(ProxyError::Timeout)
             }
         };

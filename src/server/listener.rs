@@ -19,7 +19,7 @@ use super::acceptor::Acceptor;
 use super::control::ControlWake;
 use super::service::ClockedService;
 use super::serving::{Protocols, ServeError, Serving};
-use super::timeouts::{ConnectionClock, TimedIo, Verdict};
+use super::timeouts::{ConnectionClock, Lingering, TimedIo, Verdict};
 use crate::config::{HttpLimits, ListenerConfig, ListenerTls};
 use crate::metrics::TlsFailureMetrics;
 use crate::proxy::{ListenerContext, ProxyService};
@@ -358,7 +358,11 @@ impl Connection {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let io = TimedIo::new(io, Arc::clone(&self.clock));
+        let limits = self.shared.proxy.client_limits();
+        let io = TimedIo::new(io, Arc::clone(&self.clock)).lingering(Lingering {
+            time: limits.lingering_time,
+            timeout: limits.lingering_timeout,
+        });
         Box::pin(Serving::new(io, service, Arc::clone(&self.shared)))
     }
 

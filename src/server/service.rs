@@ -54,6 +54,9 @@ impl hyper::service::Service<Request<Incoming>> for ClockedService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let http2 = request.version() == http::Version::HTTP_2;
         let served = self.clock.request_started(http2);
+        if !http2 {
+            self.clock.request_body(!request.body().is_end_stream());
+        }
         let limits = self.inner.client_limits();
         let last = served >= limits.keepalive_requests || limits.keepalive_timeout.is_zero();
         if last && http2 {

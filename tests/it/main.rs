@@ -26,5 +26,6 @@ mod tls;
 mod tunnels;
 mod upgrade;
 mod upstream_pool;
+mod upstream_timeouts;
 mod upstream_tls;
 mod upstream_wire;
