@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fulcrum::Config;
 
-/// jemalloc serves the binary's allocations (docs/benchmarks.md, "Steps taken"): glibc's malloc takes a slow
+/// jemalloc serves the binary's allocations (docs/benchmarks-history.md): glibc's malloc takes a slow
 /// path for the 128-byte-aligned blocks tokio allocates twice per connection (a task, an I/O registration)
 /// and for blocks over 1 KiB; jemalloc's size classes serve both from its thread cache. The library (tests,
 /// benches) keeps the system allocator.

@@ -143,7 +143,7 @@ pub fn parse_head(
     room: &mut HeaderMap,
 ) -> Result<Option<Head>, CodecError> {
     loop {
-        // Uninitialised: zeroing 100 fields (3.2 KiB) per response cost more than the parse.
+        // Uninitialised: zeroing every field slot per response cost more than the parse.
         let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
         let Some(length) = parse_response(&mut parsed, buf, &mut raw)? else {

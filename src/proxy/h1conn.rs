@@ -3,8 +3,8 @@
 //! response body itself ([`H1Body`]), which gives the connection back to its pool at the end.
 //!
 //! hyper's client runs a task per connection reached through a channel and a oneshot, and re-encodes a
-//! header map per message; doing the same work inline costs about a fifth fewer instructions per proxied
-//! request (docs/benchmarks.md). hyper's client stays for upgrades, TLS and HTTP/2.
+//! header map per message; doing the same work inline is cheaper per proxied request
+//! (docs/benchmarks-history.md). hyper's client stays for upgrades, TLS and HTTP/2.
 
 use std::future::{poll_fn, Future};
 use std::io::{IoSlice, Write as _};
@@ -461,7 +461,7 @@ impl Body for H1Body {
                 // room, which tokio takes as the socket drained (it clears the readiness). A read that
                 // filled the room exactly left it set, and the connection's next checkout
                 // (`Conn::is_usable`, which reads when the socket looks readable) made a `recvfrom` that
-                // only returned EAGAIN (one per 10 KB response, `strace -c`).
+                // only returned EAGAIN.
                 Remaining::Length(left) => usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(this.read_size)

@@ -1,8 +1,7 @@
 //! The keep-alive pool for cleartext HTTP/1.1 upstream servers, in place of hyper-util's legacy client
 //! (which stays for TLS and HTTP/2 upstreams): idle connections ([`Conn`]) per server address, driven
-//! on the request's task (src/proxy/h1conn.rs). hyper-util's pool hashed its key with SipHash on every checkout and return and went through
-//! several boxed futures per request; this one costs 14% fewer instructions per proxied request
-//! (docs/benchmarks.md).
+//! on the request's task (src/proxy/h1conn.rs). hyper-util's pool hashed its key with SipHash on every
+//! checkout and return and went through several boxed futures per request (docs/benchmarks-history.md).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,8 +46,8 @@ pub struct Http1Pool {
 /// One serving thread's idle connections, by server address.
 type IdleSet = HashMap<String, Vec<Idle>, BuildHasherDefault<KeyHasher>>;
 
-/// The pool's key hash: xxh3 of the server address's text. std's SipHash cost ~240 instructions per
-/// lookup, two lookups per request; the keys come from the config, so there is no flooding to resist.
+/// The pool's key hash: xxh3 of the server address's text, cheaper than std's SipHash for two lookups
+/// per request; the keys come from the config, so there is no flooding to resist.
 #[derive(Debug, Default)]
 struct KeyHasher(u64);
 

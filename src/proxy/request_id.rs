@@ -53,7 +53,7 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 /// A new ID: 32 random hex digits.
 fn made() -> HeaderValue {
     // Hex digits written by hand, two per byte from a table: `format!` costs more than the rest of
-    // making the ID, and a digit at a time (shifting a u128) about 300 instructions.
+    // making the ID, and a digit at a time (shifting a u128) more than the table.
     let random = fastrand::u128(..).to_be_bytes();
     let mut id = [0u8; 32];
     for (pair, byte) in id.chunks_exact_mut(2).zip(random) {

@@ -4,9 +4,9 @@
 //! tokio's `TcpListener::accept` marks each accepted socket readable and writable before the driver has
 //! said so, so hyper's first read of a new connection is a `recvfrom` made at once. Under load a client's
 //! request is usually not there yet when its connection is accepted (wrk connects, then writes), and that
-//! read returns `EAGAIN`: one system call per connection for nothing (0.95 per connection measured with a
-//! new connection per request at 64 connections). nginx (without `deferred`) waits for the socket's first
-//! readable event before it reads, and so does a stream registered through `TcpStream::from_std`.
+//! read returns `EAGAIN`: a system call per connection for nothing. nginx (without `deferred`) waits for
+//! the socket's first readable event before it reads, and so does a stream registered through
+//! `TcpStream::from_std`.
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! A connection task's wake-ups told apart: its control futures (the watchdog's timer, its poke, the
 //! drain, the forced close) are polled only when one of them woke the task. The task wakes mostly for its
-//! I/O, and polling the four of them on every wake cost about 900 instructions per proxied request
-//! (docs/benchmarks.md).
+//! I/O, and polling the four of them on every wake was measurable per request
+//! (docs/benchmarks-history.md).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -68,11 +68,9 @@ impl hyper::service::Service<Request<Incoming>> for ClockedService {
             close: last && !http2,
             http2,
         };
-        // One box per request, the wrapping inside it: a box measured faster than keeping the ~2.4 KB
-        // future in hyper's per-connection slot (fewer instructions, but the slot is cold memory to copy
-        // into at 64 connections and more, where the allocator hands back the block just freed).
-        // Allocated first and then written, so the future is built in the box rather than on the stack
-        // and copied in (all of its ~2.2 KB, per request).
+        // One box per request, the wrapping inside it: faster than keeping the large future in hyper's
+        // per-connection slot, which is cold memory at many connections. Allocated first and then
+        // written, so the future is built in the box rather than on the stack and copied in.
         let boxed = Box::write(Box::new_uninit(), self.inner.respond(request, delivery));
         Box::into_pin(boxed)
     }

@@ -6,7 +6,7 @@
 //! A current-thread runtime runs its tasks in the order they were woken, as nginx's event loop does;
 //! the multi-thread scheduler's "LIFO slot" runs the task woken last first, which makes our writes
 //! follow a different order from the sockets' readiness and wakes the load generator and the backends
-//! more often (docs/benchmarks.md, "Wake-ups, counted"). One such runtime per thread, as nginx runs one
+//! more often (docs/benchmarks-history.md). One such runtime per thread, as nginx runs one
 //! event loop per worker process: a connection stays on the thread that accepted it, and so do the
 //! upstream connections it checks out (the pool keeps idle connections per serving thread,
 //! [`worker_index`]), so their readiness is seen by the I/O driver of the thread that uses them.
