@@ -29,11 +29,19 @@ fn bench_pick(c: &mut Criterion) {
         ("least_conn", Strategy::LeastConn),
         ("ip_hash", Strategy::IpHash),
         ("consistent_hash", Strategy::ConsistentHash),
+        ("least_time", Strategy::LeastTime),
     ];
     for (name, strategy) in strategies {
         let mut group = c.benchmark_group(format!("pick/{name}"));
         for count in [3usize, 100, 1000] {
             let servers = servers(count);
+            // Latency estimates as a running pool has them (least_time reads them; others ignore them).
+            for (i, server) in servers.iter().enumerate() {
+                server
+                    .state
+                    .latency()
+                    .observe(1_000.0 + (i % 7) as f64 * 500.0, now_ms());
+            }
             let balancer =
                 balance::build(strategy, &servers, BalancerOptions { ip_hash_prefix: 32 });
             let now = now_ms();

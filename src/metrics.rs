@@ -3,7 +3,7 @@
 //! from the snapshot at scrape time.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -26,6 +26,7 @@ pub struct Metrics {
     upstream_response: HistogramVec,
     in_flight: IntGaugeVec,
     healthy: IntGaugeVec,
+    latency: GaugeVec,
     transitions: IntCounterVec,
     passive_failures: IntCounterVec,
     retries: IntCounterVec,
@@ -134,6 +135,15 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     vec
 }
 
+fn float_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let vec =
+        GaugeVec::new(Opts::new(name, help), labels).expect("metric names are valid constants");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("each metric is registered once");
+    vec
+}
+
 fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(TIME_BUCKETS.to_vec());
     let vec = HistogramVec::new(opts, labels).expect("metric names are valid constants");
@@ -202,6 +212,12 @@ impl Default for Metrics {
                 &r,
                 "fulcrum_server_in_flight",
                 "Requests (and tunnels) in flight per server.",
+                &["upstream", "server"],
+            ),
+            latency: float_gauge_vec(
+                &r,
+                "fulcrum_upstream_server_latency_seconds",
+                "Each server's latency estimate (peak EWMA, what least_time picks by); absent before a first answer.",
                 &["upstream", "server"],
             ),
             healthy: gauge_vec(
@@ -386,6 +402,7 @@ impl Metrics {
         let now = now_ms();
         self.in_flight.reset();
         self.healthy.reset();
+        self.latency.reset();
         for pool in &snapshot.pools {
             for server in pool.servers() {
                 let labels = [pool.name.as_str(), server.addr.as_str()];
@@ -395,6 +412,9 @@ impl Metrics {
                 self.healthy
                     .with_label_values(&labels)
                     .set(i64::from(server.state.healthy(now)));
+                if let Some(us) = server.state.latency().estimate_us(now) {
+                    self.latency.with_label_values(&labels).set(us / 1e6);
+                }
             }
         }
         let mut out = Vec::new();

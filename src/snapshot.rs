@@ -50,6 +50,8 @@ pub struct Pool {
     pub read_timeout: Duration,
     /// Longest a write of the request to a server may stay blocked.
     pub send_timeout: Duration,
+    /// What a server's latency sample times (to the head, or to the body's last byte).
+    pub least_time: crate::config::LeastTimeMode,
     /// Most attempts one request makes (1 + retries).
     pub max_attempts: usize,
     /// Failures that count and may be retried.
@@ -224,7 +226,7 @@ fn build_pool(
     // nginx: with a single server, max_fails and fail_timeout are ignored; it is never marked down.
     let single = upstream.servers.len() == 1;
     let slow_start_ms = match upstream.strategy {
-        Strategy::RoundRobin | Strategy::Weighted | Strategy::LeastConn => {
+        Strategy::RoundRobin | Strategy::Weighted | Strategy::LeastConn | Strategy::LeastTime => {
             millis(upstream.slow_start)
         }
         Strategy::IpHash | Strategy::ConsistentHash => 0,
@@ -294,6 +296,7 @@ fn build_pool(
             .then(|| upstream.hash_key.clone()),
         read_timeout: upstream.read_timeout,
         send_timeout: upstream.send_timeout,
+        least_time: upstream.least_time,
         max_attempts: 1 + retries,
         retry_on: upstream.retry_on,
         client: client_for(

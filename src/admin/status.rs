@@ -49,6 +49,7 @@ fn server(server: &Server, now: u64, drained_by_config: bool) -> Value {
         "in_flight": state.in_flight(),
         "passive_fails": state.passive().fails(),
         "last_probe": probe,
+        "latency_ms": state.latency().estimate_us(now).map(|us| us / 1000.0),
         "requests": server.metrics.requests_total(),
         "errors": server.metrics.errors_total(),
     })

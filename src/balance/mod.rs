@@ -3,6 +3,7 @@
 mod consistent_hash;
 mod ip_hash;
 mod least_conn;
+mod least_time;
 mod round_robin;
 mod weighted;
 
@@ -11,6 +12,7 @@ use std::net::IpAddr;
 pub use consistent_hash::ConsistentHash;
 pub use ip_hash::IpHash;
 pub use least_conn::LeastConn;
+pub use least_time::LeastTime;
 pub use round_robin::{smooth_weighted_sequence, RoundRobin};
 pub use weighted::WeightedRandom;
 
@@ -71,6 +73,7 @@ pub fn build(
         Strategy::LeastConn => Box::new(LeastConn::new(servers)),
         Strategy::IpHash => Box::new(IpHash::new(servers, options.ip_hash_prefix)),
         Strategy::ConsistentHash => Box::new(ConsistentHash::new(servers)),
+        Strategy::LeastTime => Box::new(LeastTime::new(servers)),
     }
 }
 

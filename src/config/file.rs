@@ -148,6 +148,20 @@ pub enum Strategy {
     IpHash,
     /// Ketama-style ring over a configured key.
     ConsistentHash,
+    /// Lowest latency estimate times requests in flight, per unit of weight (peak EWMA, power of two
+    /// choices).
+    LeastTime,
+}
+
+/// What `least_time` times (nginx `least_time header | last_byte`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LeastTimeMode {
+    /// To the response head.
+    #[default]
+    Header,
+    /// To the end of the response body.
+    LastByte,
 }
 
 /// One `[upstream.NAME]`.
@@ -155,6 +169,7 @@ pub enum Strategy {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub strategy: Option<Strategy>,
+    pub least_time: Option<Spanned<LeastTimeMode>>,
     pub hash_key: Option<Spanned<HashKey>>,
     pub ip_hash_prefix: Option<Spanned<u8>>,
     pub max_fails: Option<u32>,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ConfigError;
-pub use file::{AllUnhealthy, ProbeKind, Strategy, UpstreamProtocol};
+pub use file::{AllUnhealthy, LeastTimeMode, ProbeKind, Strategy, UpstreamProtocol};
 pub use values::HashKey;
 
 /// A validated config, ready to build a snapshot from.
@@ -368,6 +368,8 @@ pub struct UpstreamConfig {
     pub name: String,
     /// Balancing strategy.
     pub strategy: Strategy,
+    /// What the latency estimate times (every strategy keeps one; `least_time` picks by it).
+    pub least_time: LeastTimeMode,
     /// What `consistent_hash` hashes (default `client_ip`).
     pub hash_key: HashKey,
     /// `ip_hash` groups IPv4 clients by this prefix length (default 32: the full address).

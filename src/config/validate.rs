@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::file::{FileConfig, ListenerFile, RouteFile, Strategy, UpstreamFile};
+use super::file::{FileConfig, LeastTimeMode, ListenerFile, RouteFile, Strategy, UpstreamFile};
 use super::values::HashKey;
 use super::{
     AccessLogConfig, Config, ConfigSource, Global, ListenerConfig, RateLimitConfig, RetryOn,
@@ -305,6 +305,15 @@ impl Validator<'_> {
                 ));
             }
         }
+        if let Some(mode) = &file.least_time {
+            if strategy != Strategy::LeastTime {
+                self.warn(self.err(
+                    Some(mode.span()),
+                    key("least_time"),
+                    "is used only by strategy = \"least_time\" (the latency others show is timed to the response head); ignored",
+                ));
+            }
+        }
         if let Some(prefix) = &file.ip_hash_prefix {
             if strategy != Strategy::IpHash {
                 self.warn(self.err(
@@ -387,6 +396,10 @@ impl Validator<'_> {
         Ok(UpstreamConfig {
             name: name.to_string(),
             strategy,
+            least_time: match (strategy, &file.least_time) {
+                (Strategy::LeastTime, Some(mode)) => *mode.get_ref(),
+                _ => LeastTimeMode::Header,
+            },
             hash_key: file.hash_key.map_or(HashKey::ClientIp, |k| k.into_inner()),
             ip_hash_prefix,
             connect_timeout: positive(file.connect_timeout, 3, "connect_timeout")?,

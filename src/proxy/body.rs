@@ -364,9 +364,11 @@ impl Body for UpstreamBody {
         }
         match &polled {
             Poll::Ready(None) => {
+                if let Some(origin) = this.origin.take() {
+                    origin.body_ended();
+                }
                 this.guard.take();
                 this.log.take();
-                this.origin.take();
             }
             Poll::Ready(Some(Err(error))) => {
                 if let Some(origin) = this.origin.take() {

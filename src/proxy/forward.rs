@@ -14,7 +14,7 @@ use super::h1conn::ResponseBody;
 use super::headers::Forwarding;
 use super::pick::{Picked, Picker};
 use crate::clock::now_ms;
-use crate::config::{AllUnhealthy, RetryOn};
+use crate::config::{AllUnhealthy, LeastTimeMode, RetryOn};
 use crate::snapshot::{Pool, Snapshot, TierKind};
 use crate::upstream::{InFlightGuard, Server, Transition};
 
@@ -45,8 +45,14 @@ pub struct Forward<'a> {
 /// An answer from a server and the in-flight guard that must live as long as its body (or tunnel).
 pub type UpstreamResponse = (Response<ResponseBody>, InFlightGuard, ServerAt);
 
-/// Where a server sits in its snapshot: its tier and index.
-pub type ServerAt = (TierKind, usize);
+/// Where a server sits in its snapshot (its tier and index), and when the attempt that it answered
+/// started (for `least_time = "last_byte"`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerAt {
+    tier: TierKind,
+    index: usize,
+    sent_at: std::time::Instant,
+}
 
 /// The server an upstream response body comes from, so a failure mid-body counts against it.
 #[derive(Debug)]
@@ -80,16 +86,36 @@ impl BodyOrigin {
         self.count_failure(error, RetryOn::TIMEOUT);
     }
 
+    fn server(&self) -> Option<&Server> {
+        self.snapshot
+            .pools
+            .get(self.pool)?
+            .tier(self.server.tier)?
+            .servers
+            .get(self.server.index)
+    }
+
+    /// The body ended whole: under `least_time = "last_byte"`, the server's latency sample.
+    pub fn body_ended(&self) {
+        let Some(pool) = self.snapshot.pools.get(self.pool) else {
+            return;
+        };
+        if pool.least_time != LeastTimeMode::LastByte {
+            return;
+        }
+        if let Some(server) = self.server() {
+            observe(server, self.server.sent_at.elapsed());
+        }
+    }
+
     fn count_failure(&self, error: &dyn std::fmt::Display, kind: u16) {
         let Some(pool) = self.snapshot.pools.get(self.pool) else {
             return;
         };
-        let Some(server) = pool
-            .tier(self.server.0)
-            .and_then(|t| t.servers.get(self.server.1))
-        else {
+        let Some(server) = self.server() else {
             return;
         };
+        penalise(pool, server, self.server.sent_at.elapsed());
         warn!(pool = %pool.name, server = %server.addr, %error, "upstream response body failed after its headers; the client's response is cut");
         if pool.retry_on.has(kind) {
             server.metrics.passive_failures.inc();
@@ -178,12 +204,23 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
                 trace.answered_at = Some(answered_at);
                 server.metrics.count_status(status);
                 server.metrics.upstream_response.observe(took.as_secs_f64());
+                let at = ServerAt {
+                    tier: kind,
+                    index,
+                    sent_at,
+                };
                 if !pool.retry_on.status_counts(status) {
+                    // A body that is already over has its last byte now.
+                    if pool.least_time == LeastTimeMode::Header
+                        || http_body::Body::is_end_stream(response.body())
+                    {
+                        observe(server, took);
+                    }
                     note_transition(pool, server, server.state.record_success());
-                    return Ok((response, guard, (kind, index)));
+                    return Ok((response, guard, at));
                 }
                 warn!(id = trace.id(), pool = %pool.name, server = %server.addr, status, attempt, "upstream answered with a failure status");
-                Outcome::Answered((response, guard, (kind, index)))
+                Outcome::Answered((response, guard, at))
             }
             Ok(Err(error)) => {
                 // The client's own body failed (too large, malformed chunks, cut short): its fault, so a
@@ -217,6 +254,14 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             Outcome::Failed(ProxyError::Timeout) => pool.retry_on.has(RetryOn::TIMEOUT),
             Outcome::Failed(_) => pool.retry_on.has(RetryOn::ERROR),
         };
+        if !matches!(
+            outcome,
+            Outcome::Failed(
+                ProxyError::BodyTooLarge | ProxyError::BadRequestBody | ProxyError::BodyTimeout
+            )
+        ) {
+            penalise(pool, server, sent_at.elapsed());
+        }
         if counts {
             server.metrics.passive_failures.inc();
             let transition = server.record_failure(now_ms());
@@ -247,6 +292,24 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         }
     }
 }
+
+/// Adds `took` to the server's latency estimate.
+fn observe(server: &Server, took: std::time::Duration) {
+    server
+        .state
+        .latency()
+        .observe(took.as_secs_f64() * 1e6, now_ms());
+}
+
+/// A failure must not look fast to `least_time`: it counts as a sample of at least the pool's
+/// `read_timeout`, capped at [`PENALTY_CAP`], or of how long it took if that was longer.
+fn penalise(pool: &Pool, server: &Server, took: std::time::Duration) {
+    observe(server, took.max(pool.read_timeout.min(PENALTY_CAP)));
+}
+
+/// The most a fast failure counts as: long enough to lose every pick against a working server, short
+/// enough that the estimate decays back within half a minute.
+const PENALTY_CAP: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn note_transition(pool: &Pool, server: &Server, transition: Transition) {
     match transition {

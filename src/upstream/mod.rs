@@ -1,5 +1,6 @@
 //! Upstream servers: static settings from the config plus live state that outlives config reloads.
 
+mod latency;
 mod passive;
 mod queue;
 mod registry;
@@ -7,6 +8,7 @@ mod state;
 
 use std::sync::Arc;
 
+pub use latency::Latency;
 pub use passive::{PassiveHealth, Transition};
 pub use queue::{PoolQueue, Waited};
 pub use registry::Registry;

@@ -38,6 +38,8 @@ pub struct ServerState {
     last_probe: AtomicU64,
     /// `max_conns` (0: no limit); the `LIMITED` flag says it is set.
     max_conns: AtomicU64,
+    /// Its latency estimate (every strategy records it; `least_time` picks by it).
+    latency: super::Latency,
 }
 
 impl ServerState {
@@ -73,6 +75,12 @@ impl ServerState {
             return None;
         }
         Some(word & IN_FLIGHT)
+    }
+
+    /// The server's latency estimate.
+    #[inline]
+    pub fn latency(&self) -> &super::Latency {
+        &self.latency
     }
 
     /// Whether the server is up for health purposes (not active- or passive-down, not drained), ignoring

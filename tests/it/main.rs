@@ -13,6 +13,7 @@ mod failing_upstreams;
 mod forwarding;
 mod h2_abuse;
 mod health;
+mod least_time;
 mod observability;
 mod overload;
 mod pipelining;

@@ -17,90 +17,6 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::harness::*;
 use crate::pki::*;
 
-/// The binary with an admin listener, one listener `public`, a catch-all route to `app`
-/// (`upstream_keys`, `servers`), and `listener_keys` on the listener.
-struct Binary {
-    _process: FulcrumProcess,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Binary {
-    fn start(listener_keys: &str, upstream_keys: &str, servers: &str) -> Binary {
-        Binary::with_route("", listener_keys, upstream_keys, servers)
-    }
-
-    /// [`Binary::start`] with `route_keys` on the route.
-    fn with_route(
-        route_keys: &str,
-        listener_keys: &str,
-        upstream_keys: &str,
-        servers: &str,
-    ) -> Binary {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let admin = refusing_addr();
-        let path = dir.path().join("fulcrum.toml");
-        let toml = format!(
-            "[admin]\nlisten = \"{admin}\"\n\n\
-             [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n{listener_keys}\n\n\
-             [[route]]\npath = \"/\"\nupstream = \"app\"\n{route_keys}\n\n\
-             [upstream.app]\n{upstream_keys}\nservers = [{servers}]\n"
-        );
-        std::fs::write(&path, toml).expect("write the config");
-        let mut process = FulcrumProcess::spawn(&path, &[]);
-        let addr = process.listener_addr("public");
-        Binary {
-            _process: process,
-            addr,
-            admin,
-            _dir: dir,
-        }
-    }
-
-    /// `/status` of the admin API, parsed.
-    async fn status(&self) -> serde_json::Value {
-        let reply = TestClient::new()
-            .get(&format!("http://{}/status", self.admin))
-            .await;
-        serde_json::from_str(&reply.body).expect("/status is JSON")
-    }
-
-    /// `fulcrum_passive_failures_total` summed over the servers of `app`.
-    async fn passive_failures(&self) -> f64 {
-        let text = TestClient::new()
-            .get(&format!("http://{}/metrics", self.admin))
-            .await
-            .body;
-        text.lines()
-            .filter(|line| line.starts_with("fulcrum_passive_failures_total{"))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    /// Waits (bounded) until no request is in flight on any server of `app`.
-    async fn wait_none_in_flight(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let doc = self.status().await;
-            let in_flight: u64 = doc["pools"][0]["servers"]
-                .as_array()
-                .expect("servers")
-                .iter()
-                .map(|s| s["in_flight"].as_u64().expect("in_flight"))
-                .sum();
-            if in_flight == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still {in_flight} in flight: {doc}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 /// A raw upstream: reads each request head, then runs `script` on the connection (which holds it as long
 /// as the test runs unless the script returns). Counts connections.
 async fn raw_upstream<F, Fut>(script: F) -> SocketAddr
@@ -175,7 +91,7 @@ async fn get_until_closed(proxy: SocketAddr) -> (u16, Vec<u8>, Duration) {
 /// The checks every stalled answer shares: a 200 head, the client's connection closed within
 /// `read_timeout` (1 s) and a bound, nothing left in flight, and one passive failure counted against
 /// the server (a single server is never marked down, as in nginx, so the counter shows it).
-async fn assert_cut_after_read_timeout(binary: &Binary, what: &str) -> Vec<u8> {
+async fn assert_cut_after_read_timeout(binary: &AdminBinary, what: &str) -> Vec<u8> {
     let (status, body, took) = get_until_closed(binary.addr).await;
     assert_eq!(status, 200, "{what}: the head came through");
     assert!(
@@ -203,7 +119,7 @@ async fn an_answer_that_stalls_after_its_head_is_cut_at_read_timeout() {
         send_then_stall(stream, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
     })
     .await;
-    let binary = Binary::start("", TIMEOUTS, &format!("{{ addr = \"{upstream}\" }}"));
+    let binary = AdminBinary::start("", TIMEOUTS, &format!("{{ addr = \"{upstream}\" }}"));
     let body = assert_cut_after_read_timeout(&binary, "after the head").await;
     assert!(body.is_empty(), "no body byte was sent: {body:?}");
 }
@@ -217,7 +133,7 @@ async fn an_answer_that_stalls_inside_a_content_length_body_is_cut_at_read_timeo
         )
     })
     .await;
-    let binary = Binary::start("", TIMEOUTS, &format!("{{ addr = \"{upstream}\" }}"));
+    let binary = AdminBinary::start("", TIMEOUTS, &format!("{{ addr = \"{upstream}\" }}"));
     let body = assert_cut_after_read_timeout(&binary, "inside a Content-Length body").await;
     assert_eq!(
         body, b"0123456789",
@@ -234,7 +150,7 @@ async fn a_chunked_answer_that_stalls_between_chunks_is_cut_at_read_timeout() {
         )
     })
     .await;
-    let binary = Binary::start("", TIMEOUTS, &format!("{{ addr = \"{upstream}\" }}"));
+    let binary = AdminBinary::start("", TIMEOUTS, &format!("{{ addr = \"{upstream}\" }}"));
     let body = assert_cut_after_read_timeout(&binary, "between chunks").await;
     let text = String::from_utf8_lossy(&body);
     assert!(
@@ -270,7 +186,7 @@ async fn an_http2_upstream_answer_that_stalls_mid_body_is_cut_at_read_timeout() 
     let backend = Backend::start(SocketAddr::from(([127, 0, 0, 1], 0)), stalling_handler())
         .await
         .expect("backend");
-    let binary = Binary::start(
+    let binary = AdminBinary::start(
         "",
         &format!("{TIMEOUTS}\nprotocol = \"h2c\""),
         &format!("{{ addr = \"{}\" }}", backend.addr()),
@@ -292,7 +208,7 @@ async fn a_tls_upstream_answer_that_stalls_mid_body_is_cut_at_read_timeout() {
     .await
     .expect("TLS backend");
     let ca_file = ca.write(dir.path(), "ca.pem");
-    let binary = Binary::start(
+    let binary = AdminBinary::start(
         "",
         &format!("{TIMEOUTS}\nca_file = \"{}\"", ca_file.display()),
         &format!(
@@ -322,7 +238,7 @@ async fn an_upstream_that_never_reads_a_large_body_gets_504_at_send_timeout() {
         drop(stream);
     })
     .await;
-    let binary = Binary::with_route(
+    let binary = AdminBinary::with_route(
         "max_body_size = \"64m\"",
         "",
         "read_timeout = \"30s\"\nsend_timeout = \"1s\"",
@@ -387,7 +303,7 @@ async fn slow_uploads_longer_than_read_timeout_get_200_and_never_mark_a_server_d
     };
     let a = backend_with(echo).await;
     let b = backend_with(echo).await;
-    let binary = Binary::start(
+    let binary = AdminBinary::start(
         "client_body_timeout = \"5s\"",
         "read_timeout = \"1s\"\nmax_fails = 1\nfail_timeout = \"30s\"",
         &format!(

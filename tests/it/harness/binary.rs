@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::{refusing_addr, TestClient};
+
 /// The `[global]` lines of two runtime shapes: one serving thread, and three (each with its own
 /// runtime and accept loops, beside the main thread's daemon; the default is one per core). Lifecycle
 /// tests run under both.
@@ -214,4 +216,104 @@ pub fn binary_with_global(
     let mut fulcrum = FulcrumProcess::spawn(&path, &[]);
     let addr = fulcrum.listener_addr("public");
     (fulcrum, addr, dir)
+}
+
+/// The binary with an admin listener, one listener `public`, a catch-all route to `app`
+/// (`upstream_keys`, `servers`), and `listener_keys` on the listener.
+pub struct AdminBinary {
+    /// The process (killed when dropped).
+    pub process: FulcrumProcess,
+    /// The `public` listener.
+    pub addr: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// The directory holding `fulcrum.toml`.
+    pub dir: tempfile::TempDir,
+}
+
+impl AdminBinary {
+    /// Starts it; see the type's doc.
+    pub fn start(listener_keys: &str, upstream_keys: &str, servers: &str) -> AdminBinary {
+        AdminBinary::with_route("", listener_keys, upstream_keys, servers)
+    }
+
+    /// [`AdminBinary::start`] with `route_keys` on the route.
+    pub fn with_route(
+        route_keys: &str,
+        listener_keys: &str,
+        upstream_keys: &str,
+        servers: &str,
+    ) -> AdminBinary {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let admin = refusing_addr();
+        let path = dir.path().join("fulcrum.toml");
+        let toml = format!(
+            "[admin]\nlisten = \"{admin}\"\n\n\
+             [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n{listener_keys}\n\n\
+             [[route]]\npath = \"/\"\nupstream = \"app\"\n{route_keys}\n\n\
+             [upstream.app]\n{upstream_keys}\nservers = [{servers}]\n"
+        );
+        std::fs::write(&path, toml).expect("write the config");
+        let mut process = FulcrumProcess::spawn(&path, &[]);
+        let addr = process.listener_addr("public");
+        AdminBinary {
+            process,
+            addr,
+            admin,
+            dir,
+        }
+    }
+
+    /// `/status` of the admin API, parsed.
+    pub async fn status(&self) -> serde_json::Value {
+        let reply = TestClient::new()
+            .get(&format!("http://{}/status", self.admin))
+            .await;
+        serde_json::from_str(&reply.body).expect("/status is JSON")
+    }
+
+    /// The config file it runs.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("fulcrum.toml")
+    }
+
+    /// `/metrics` of the admin API.
+    pub async fn metrics(&self) -> String {
+        TestClient::new()
+            .get(&format!("http://{}/metrics", self.admin))
+            .await
+            .body
+    }
+
+    /// `fulcrum_passive_failures_total` summed over the servers of `app`.
+    pub async fn passive_failures(&self) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|line| line.starts_with("fulcrum_passive_failures_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits (bounded) until no request is in flight on any server of `app`.
+    pub async fn wait_none_in_flight(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let doc = self.status().await;
+            let in_flight: u64 = doc["pools"][0]["servers"]
+                .as_array()
+                .expect("servers")
+                .iter()
+                .map(|s| s["in_flight"].as_u64().expect("in_flight"))
+                .sum();
+            if in_flight == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {in_flight} in flight: {doc}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
