@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod demo;
 pub mod health;
 pub mod metrics;
+pub mod probe;
 pub mod proxy;
 pub mod ratelimit;
 pub mod runtime;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use fulcrum::Config;
 
 /// jemalloc serves the binary's allocations (docs/benchmarks-history.md): glibc's malloc takes a slow
@@ -59,6 +59,24 @@ enum Command {
         #[arg(long)]
         pid: Option<u32>,
     },
+    /// GET a plain-HTTP URL and exit 0 on a 2xx answer, 1 otherwise: a health check for images with
+    /// no shell or curl (`fulcrum probe http://127.0.0.1:9901/status`).
+    Probe {
+        /// The URL to GET, `http://host:port/path`.
+        #[arg(default_value = "http://127.0.0.1:9901/status")]
+        url: String,
+        /// Give up after this many seconds (resolve, connect, send and read the status line).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) to stdout.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `fulcrum man | man -l -`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +116,36 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Probe { url, timeout } => {
+            match fulcrum::probe::probe(&url, std::time::Duration::from_secs(timeout)) {
+                Ok(status) => {
+                    println!("{url}: {status}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("fulcrum probe: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "fulcrum",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("fulcrum: cannot write the man page: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod health;
 mod least_time;
 mod observability;
 mod overload;
+mod packaging;
 mod pipelining;
 mod properties;
 mod ratelimit;
