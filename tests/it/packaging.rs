@@ -1,7 +1,11 @@
 //! What the package and the image are made of: completions and the man page generated from the CLI
-//! definition, and `fulcrum probe` (the image's health check) against a running fulcrum's admin API.
+//! definition, `fulcrum probe` (the image's health check) against a running fulcrum's admin API, and
+//! every fulcrum config under deploy/ (files and Kubernetes ConfigMaps) passing `fulcrum check`.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::harness::*;
 
@@ -135,4 +139,70 @@ fn probe_refuses_a_url_it_cannot_send() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("only http://"), "stderr: {stderr}");
+}
+
+fn files_under(dir: &Path, extension: &str, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read a deploy/ directory") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            files_under(&path, extension, found);
+        } else if path.extension().is_some_and(|e| e == extension) {
+            found.push(path);
+        }
+    }
+}
+
+fn assert_check_passes(path: &Path, what: &str) {
+    let output = fulcrum(&["check", "-c", &path.to_string_lossy()]);
+    assert!(
+        output.status.success(),
+        "{what} fails check: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn every_config_file_under_deploy_passes_check() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut files = Vec::new();
+    files_under(&deploy, "toml", &mut files);
+    // The package's default, the image's default, the compose example's.
+    assert!(files.len() >= 3, "too few configs under deploy/: {files:?}");
+    for file in files {
+        assert_check_passes(&file, &file.display().to_string());
+    }
+}
+
+#[test]
+fn every_fulcrum_configmap_under_deploy_passes_check() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut manifests = Vec::new();
+    files_under(&deploy, "yaml", &mut manifests);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut checked = 0;
+    for manifest in manifests {
+        let text = std::fs::read_to_string(&manifest).expect("read a manifest");
+        let docs = YamlLoader::load_from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: not YAML: {e}", manifest.display()));
+        for doc in docs {
+            if doc["kind"].as_str() != Some("ConfigMap") {
+                continue;
+            }
+            if let Yaml::String(config) = &doc["data"]["fulcrum.toml"] {
+                let path = dir.path().join(format!("{checked}.toml"));
+                std::fs::write(&path, config).expect("write the ConfigMap's config");
+                let name = doc["metadata"]["name"].as_str().unwrap_or("?");
+                assert_check_passes(
+                    &path,
+                    &format!("ConfigMap {name} in {}", manifest.display()),
+                );
+                checked += 1;
+            }
+        }
+    }
+    // The sidecar's and the gateway's.
+    assert!(
+        checked >= 2,
+        "only {checked} fulcrum ConfigMaps under deploy/"
+    );
 }
