@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod metrics;
 pub mod probe;

@@ -27,6 +27,8 @@ pub struct Metrics {
     in_flight: IntGaugeVec,
     healthy: IntGaugeVec,
     latency: GaugeVec,
+    servers: IntGaugeVec,
+    resolver_errors: IntCounterVec,
     transitions: IntCounterVec,
     passive_failures: IntCounterVec,
     retries: IntCounterVec,
@@ -220,6 +222,18 @@ impl Default for Metrics {
                 "Each server's latency estimate (peak EWMA, what least_time picks by); absent before a first answer.",
                 &["upstream", "server"],
             ),
+            servers: gauge_vec(
+                &r,
+                "fulcrum_upstream_servers",
+                "Servers of each upstream now, found by DNS included (drained ones not counted).",
+                &["upstream"],
+            ),
+            resolver_errors: counter_vec(
+                &r,
+                "fulcrum_resolver_errors_total",
+                "Failed resolutions of resolve = true names (timeout, servfail, nxdomain, ...).",
+                &["name", "reason"],
+            ),
             healthy: gauge_vec(
                 &r,
                 "fulcrum_server_healthy",
@@ -397,13 +411,24 @@ impl Metrics {
         self.last_reload.set(now);
     }
 
+    /// Counts a failed resolution of `name` (service discovery; rare, so labels are looked up here).
+    pub fn resolver_error(&self, name: &str, reason: &str) {
+        self.resolver_errors
+            .with_label_values(&[name, reason])
+            .inc();
+    }
+
     /// The exposition text, with live gauges read from `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let now = now_ms();
         self.in_flight.reset();
         self.healthy.reset();
         self.latency.reset();
+        self.servers.reset();
         for pool in &snapshot.pools {
+            self.servers
+                .with_label_values(&[pool.name.as_str()])
+                .set(pool.servers().count() as i64);
             for server in pool.servers() {
                 let labels = [pool.name.as_str(), server.addr.as_str()];
                 self.in_flight

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
 use crate::config::{AccessLogConfig, Config, RateLimitBackend, RateLimitConfig};
+use crate::discovery::Discovered;
 use crate::metrics::Metrics;
 use crate::proxy::client::{build_client, ClientSettings, UpstreamClient};
 use crate::proxy::upgrade::Tunnels;
@@ -18,12 +19,15 @@ use crate::ratelimit::Store;
 use crate::snapshot::{Snapshot, ZoneShared};
 use crate::upstream::Registry;
 
+/// Pooled clients by connect settings and, for `https://` servers found under a name, that name.
+type Clients = HashMap<(ClientSettings, Option<Arc<str>>), UpstreamClient>;
+
 /// Holds what outlives one config: the registry of server state and the pooled clients.
 #[derive(Debug)]
 pub struct Runtime {
     snapshot: ArcSwap<Snapshot>,
     registry: Registry,
-    clients: Mutex<HashMap<ClientSettings, UpstreamClient>>,
+    clients: Mutex<Clients>,
     zones: Mutex<HashMap<String, ZoneState>>,
     /// Bumped on every publish, so background tasks (the health checker) follow new snapshots.
     published: watch::Sender<u64>,
@@ -32,6 +36,11 @@ pub struct Runtime {
     tunnels: Tunnels,
     metrics: Arc<Metrics>,
     access_log: Mutex<Option<(AccessLogConfig, Arc<AccessLog>)>>,
+    /// The servers found so far for every `resolve = true` name.
+    discovered: Discovered,
+    /// Held while a snapshot is built and published, so a reload and a discovery rebuild never publish
+    /// out of order (a rebuild from the old config after a reload).
+    publishing: Mutex<()>,
 }
 
 /// Fresh state for a zone: empty buckets and, for the Redis backend, a (lazily connecting) client.
@@ -71,12 +80,14 @@ impl Runtime {
         let zones = Mutex::new(HashMap::new());
         let metrics = Arc::new(Metrics::default());
         let access_log = Mutex::new(None);
+        let discovered = Discovered::default();
         let mut snapshot = Self::build(
             Arc::new(config),
             &registry,
             &clients,
             &zones,
             &metrics,
+            &discovered,
             true,
         );
         snapshot.access_log = Self::access_log_for(&access_log, &snapshot.config, &metrics);
@@ -91,24 +102,44 @@ impl Runtime {
             tunnels: Tunnels::default(),
             metrics,
             access_log,
+            discovered,
+            publishing: Mutex::new(()),
         })
     }
 
     /// Builds a snapshot for `config` and publishes it with one atomic swap; requests already running keep
     /// the snapshot they started with.
     pub fn apply(&self, config: Config) {
+        let _publishing = self.publishing.lock();
+        self.publish(Arc::new(config));
+    }
+
+    /// Builds the config in force again with the servers discovery has found now, and publishes it.
+    pub fn rebuild(&self) {
+        let _publishing = self.publishing.lock();
+        let config = Arc::clone(&self.snapshot().config);
+        self.publish(config);
+    }
+
+    fn publish(&self, config: Arc<Config>) {
         let mut snapshot = Self::build(
-            Arc::new(config),
+            config,
             &self.registry,
             &self.clients,
             &self.zones,
             &self.metrics,
+            &self.discovered,
             false,
         );
         snapshot.access_log =
             Self::access_log_for(&self.access_log, &snapshot.config, &self.metrics);
         self.snapshot.store(Arc::new(snapshot));
         self.published.send_modify(|generation| *generation += 1);
+    }
+
+    /// The servers service discovery has found.
+    pub fn discovered(&self) -> &Discovered {
+        &self.discovered
     }
 
     /// The current snapshot (load once per request).
@@ -188,21 +219,23 @@ impl Runtime {
     fn build(
         config: Arc<Config>,
         registry: &Registry,
-        clients: &Mutex<HashMap<ClientSettings, UpstreamClient>>,
+        clients: &Mutex<Clients>,
         zones: &Mutex<HashMap<String, ZoneState>>,
         metrics: &Arc<Metrics>,
+        discovered: &Discovered,
         first: bool,
     ) -> Snapshot {
         Snapshot::build(
             config,
             registry,
-            |settings, tls| {
+            |settings, tls, name| {
                 clients
                     .lock()
-                    .entry(settings)
-                    .or_insert_with(|| build_client(settings, tls))
+                    .entry((settings, name.map(Arc::from)))
+                    .or_insert_with(|| build_client(settings, tls, name))
                     .clone()
             },
+            |name| discovered.get(name),
             |zone| {
                 let mut zones = zones.lock();
                 let same = zones.get(&zone.name).is_some_and(|kept| {

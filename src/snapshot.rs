@@ -6,9 +6,10 @@ use std::time::Duration;
 use crate::balance::{self, Balancer, BalancerOptions, PickContext};
 use crate::clock::now_ms;
 use crate::config::{
-    AllUnhealthy, Config, HashKey, HealthCheckConfig, RateLimitConfig, RetryOn, Strategy,
-    UpstreamConfig,
+    AllUnhealthy, Config, Discover, HashKey, HealthCheckConfig, RateLimitConfig, RetryOn,
+    ServerConfig, Strategy, UpstreamConfig,
 };
+use crate::discovery::Found;
 use crate::health;
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::proxy::client::{ClientSettings, UpstreamClient};
@@ -58,6 +59,8 @@ pub struct Pool {
     pub retry_on: RetryOn,
     /// The pooled client for this pool's connect settings.
     pub client: UpstreamClient,
+    /// Clients for `https://` servers found under a name, which verify that name ([`Server::named_client`]).
+    pub named_clients: Vec<UpstreamClient>,
     /// HTTP/1.1 or HTTP/2 to the servers.
     pub protocol: crate::config::UpstreamProtocol,
     /// TLS settings for `https://` servers (probes use them too).
@@ -112,6 +115,15 @@ pub enum TierKind {
 }
 
 impl Pool {
+    /// The client that speaks to `server`.
+    #[inline]
+    pub fn client_for(&self, server: &Server) -> &UpstreamClient {
+        server
+            .named_client
+            .and_then(|i| self.named_clients.get(i))
+            .unwrap_or(&self.client)
+    }
+
     /// Every server that takes traffic: primaries, then backups (not those drained by config).
     pub fn servers(&self) -> impl Iterator<Item = &Server> {
         self.primary
@@ -166,7 +178,8 @@ impl Snapshot {
     pub fn build(
         config: Arc<Config>,
         registry: &Registry,
-        client_for: impl Fn(ClientSettings, Option<&UpstreamTls>) -> UpstreamClient,
+        client_for: impl Fn(ClientSettings, Option<&UpstreamTls>, Option<&str>) -> UpstreamClient,
+        found: impl Fn(&Discover) -> Arc<[Found]>,
         zone_state_for: impl Fn(&RateLimitConfig) -> ZoneShared,
         metrics: &Arc<Metrics>,
         first: bool,
@@ -190,7 +203,7 @@ impl Snapshot {
         let pools = config
             .upstreams
             .values()
-            .map(|upstream| build_pool(upstream, registry, &client_for, metrics, first))
+            .map(|upstream| build_pool(upstream, registry, &client_for, &found, metrics, first))
             .collect();
         let router = Router::new(
             &config.routes,
@@ -216,15 +229,64 @@ impl Snapshot {
     }
 }
 
+/// The servers of `upstream` now: its entries, each `resolve = true` entry replaced by what its name has.
+fn expand(
+    upstream: &UpstreamConfig,
+    found: &impl Fn(&Discover) -> Arc<[Found]>,
+) -> Vec<ServerConfig> {
+    let mut servers = Vec::with_capacity(upstream.servers.len());
+    for config in &upstream.servers {
+        let Some(discover) = &config.discover else {
+            servers.push(config.clone());
+            continue;
+        };
+        for found in found(discover).iter() {
+            let Ok(addr) = found.addr.to_string().parse() else {
+                continue;
+            };
+            // The same address under two entries is one server (the first entry's settings).
+            if servers
+                .iter()
+                .any(|s: &ServerConfig| s.addr == addr && s.tls == config.tls)
+            {
+                continue;
+            }
+            servers.push(ServerConfig {
+                addr,
+                discover: None,
+                weight: found.weight.unwrap_or(config.weight),
+                backup: config.backup || found.backup,
+                ..config.clone()
+            });
+        }
+    }
+    servers
+}
+
 fn build_pool(
     upstream: &UpstreamConfig,
     registry: &Registry,
-    client_for: &impl Fn(ClientSettings, Option<&UpstreamTls>) -> UpstreamClient,
+    client_for: &impl Fn(ClientSettings, Option<&UpstreamTls>, Option<&str>) -> UpstreamClient,
+    found: &impl Fn(&Discover) -> Arc<[Found]>,
     metrics: &Arc<Metrics>,
     first: bool,
 ) -> Pool {
+    let configured = expand(upstream, found);
     // nginx: with a single server, max_fails and fail_timeout are ignored; it is never marked down.
-    let single = upstream.servers.len() == 1;
+    let single = configured.len() == 1;
+    let settings = ClientSettings {
+        connect_timeout: upstream.connect_timeout,
+        keepalive_timeout: upstream.keepalive_timeout,
+        keepalive: upstream.keepalive,
+        protocol: upstream.protocol,
+        tls: upstream.tls.as_ref().map(|tls| tls.fingerprint),
+    };
+    // An `https://` server found under a name is connected to by address and verified by that name.
+    let mut named_clients: Vec<(Arc<str>, UpstreamClient)> = Vec::new();
+    let named_tls = upstream
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.server_name.is_none());
     let slow_start_ms = match upstream.strategy {
         Strategy::RoundRobin | Strategy::Weighted | Strategy::LeastConn | Strategy::LeastTime => {
             millis(upstream.slow_start)
@@ -245,8 +307,24 @@ fn build_pool(
         if is_new && !first {
             state.begin_slow_start(now, slow_start_ms);
         }
+        let name: Option<Arc<str>> = config.name.as_deref().map(Arc::from);
+        let named_client = match &name {
+            Some(name) if config.tls && named_tls => {
+                Some(match named_clients.iter().position(|(n, _)| n == name) {
+                    Some(i) => i,
+                    None => {
+                        let client = client_for(settings, upstream.tls.as_deref(), Some(name));
+                        named_clients.push((Arc::clone(name), client));
+                        named_clients.len() - 1
+                    }
+                })
+            }
+            _ => None,
+        };
         Server {
             addr: config.addr.clone(),
+            name,
+            named_client,
             scheme: if config.tls {
                 http::uri::Scheme::HTTPS
             } else {
@@ -268,21 +346,20 @@ fn build_pool(
         balancer: balance::build(upstream.strategy, &servers, options),
         servers,
     };
-    let serving = |backup: bool| -> Vec<Server> {
-        upstream
-            .servers
+    let mut server = server;
+    let mut serving = |backup: bool| -> Vec<Server> {
+        configured
             .iter()
             .filter(|s| s.backup == backup && !s.drain)
-            .map(server)
+            .map(&mut server)
             .collect()
     };
     let primaries = serving(false);
     let backups = serving(true);
-    let drained: Vec<Server> = upstream
-        .servers
+    let drained: Vec<Server> = configured
         .iter()
         .filter(|s| s.drain)
-        .map(server)
+        .map(&mut server)
         .collect();
     let total = primaries.len() + backups.len();
     let retries = upstream
@@ -299,16 +376,11 @@ fn build_pool(
         least_time: upstream.least_time,
         max_attempts: 1 + retries,
         retry_on: upstream.retry_on,
-        client: client_for(
-            ClientSettings {
-                connect_timeout: upstream.connect_timeout,
-                keepalive_timeout: upstream.keepalive_timeout,
-                keepalive: upstream.keepalive,
-                protocol: upstream.protocol,
-                tls: upstream.tls.as_ref().map(|tls| tls.fingerprint),
-            },
-            upstream.tls.as_deref(),
-        ),
+        client: client_for(settings, upstream.tls.as_deref(), None),
+        named_clients: named_clients
+            .into_iter()
+            .map(|(_, client)| client)
+            .collect(),
         protocol: upstream.protocol,
         tls: upstream.tls.clone(),
         health_check: upstream.health_check.clone().map(Arc::new),

@@ -40,6 +40,7 @@ fn server(server: &Server, now: u64, drained_by_config: bool) -> Value {
         .map(|(ok, latency)| json!({ "ok": ok, "latency_ms": latency.as_secs_f64() * 1000.0 }));
     json!({
         "addr": server.addr.as_str(),
+        "name": server.name.as_deref(),
         "weight": server.weight,
         "backup": server.backup,
         "healthy": state.healthy(now) && !drained_by_config,

@@ -82,3 +82,31 @@ pub fn build(
 pub fn hash_bytes(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool whose names resolve to nothing has no server: every strategy picks none, none panics.
+    #[test]
+    fn every_strategy_picks_none_from_no_server() {
+        let strategies = [
+            Strategy::RoundRobin,
+            Strategy::Weighted,
+            Strategy::LeastConn,
+            Strategy::IpHash,
+            Strategy::ConsistentHash,
+            Strategy::LeastTime,
+        ];
+        for strategy in strategies {
+            let balancer = build(strategy, &[], BalancerOptions { ip_hash_prefix: 32 });
+            let ctx = PickContext {
+                client_ip: IpAddr::from([127, 0, 0, 1]),
+                key_hash: Some(7),
+                tried: &[],
+                now_ms: 1_000,
+            };
+            assert_eq!(balancer.pick(&[], &ctx), None, "{strategy:?}");
+        }
+    }
+}

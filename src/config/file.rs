@@ -23,6 +23,17 @@ pub struct FileConfig {
     pub rate_limits: BTreeMap<String, RateLimitFile>,
     pub admin: Option<AdminFile>,
     pub access_log: Option<AccessLogFile>,
+    pub resolver: Option<ResolverFile>,
+}
+
+/// `[resolver]`: the name servers that re-resolve `resolve = true` servers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverFile {
+    pub servers: Option<Spanned<Vec<String>>>,
+    pub valid: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+    pub ipv6: Option<bool>,
 }
 
 /// `[access_log]`.
@@ -270,4 +281,7 @@ pub struct ServerFile {
     #[serde(default)]
     pub drain: bool,
     pub id: Option<String>,
+    #[serde(default)]
+    pub resolve: bool,
+    pub service: Option<Spanned<String>>,
 }

@@ -7,6 +7,7 @@ mod validate_client;
 mod validate_health;
 mod validate_http;
 mod validate_limits;
+mod validate_servers;
 mod validate_tls;
 pub mod values;
 
@@ -37,6 +38,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[access_log]`, when present.
     pub access_log: Option<AccessLogConfig>,
+    /// `[resolver]`: how `resolve = true` servers are re-resolved.
+    pub resolver: ResolverConfig,
     /// The file this came from and its text, for `GET /config` (secrets redacted there).
     pub source: ConfigSource,
     /// Things that are valid but probably not what was meant (e.g. a key the chosen strategy ignores).
@@ -446,11 +449,51 @@ impl HealthCheckConfig {
     }
 }
 
+/// `[resolver]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResolverConfig {
+    /// Name servers to ask; empty: those of /etc/resolv.conf (with /etc/hosts first).
+    pub servers: Vec<SocketAddr>,
+    /// Re-resolve at this interval instead of the answers' TTL (nginx `valid=`).
+    pub valid: Option<Duration>,
+    /// One query's timeout.
+    pub timeout: Duration,
+    /// Ask for AAAA records as well as A (nginx `ipv6=on`).
+    pub ipv6: bool,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            servers: Vec::new(),
+            valid: None,
+            timeout: Duration::from_secs(2),
+            ipv6: true,
+        }
+    }
+}
+
+/// A server entry re-resolved while running (`resolve = true`): every address of the name is a server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Discover {
+    /// The name asked: a host name for A/AAAA, `_service._tcp.host` for SRV.
+    pub query: String,
+    /// Asked as SRV (`service = ...`): targets, ports, weights and priorities come from the answer.
+    pub srv: bool,
+    /// The servers' port for A/AAAA answers (SRV answers carry their own).
+    pub port: u16,
+}
+
 /// One upstream server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// `host:port`.
+    /// `host:port`: an IP address once resolved at load; as written for a `resolve = true` entry.
     pub addr: http::uri::Authority,
+    /// The host name this server was found under, when it was written as a name (kept for SNI, the
+    /// health probe's Host and the status page).
+    pub name: Option<String>,
+    /// Re-resolved while running: this entry stands for every address the name has.
+    pub discover: Option<Discover>,
     /// Spoken to over TLS (`https://` address).
     pub tls: bool,
     /// Relative weight, 1..=1000.

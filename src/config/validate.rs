@@ -11,7 +11,7 @@ use super::file::{FileConfig, LeastTimeMode, ListenerFile, RouteFile, Strategy, 
 use super::values::HashKey;
 use super::{
     AccessLogConfig, Config, ConfigSource, Global, ListenerConfig, RateLimitConfig, RetryOn,
-    RouteConfig, ServerConfig, UpstreamConfig,
+    RouteConfig, UpstreamConfig,
 };
 
 /// nginx `client_max_body_size` default.
@@ -32,6 +32,7 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
         path,
         source,
         warnings: RefCell::new(Vec::new()),
+        ipv6: file.resolver.as_ref().and_then(|r| r.ipv6).unwrap_or(true),
     }
     .config(file)
 }
@@ -56,6 +57,8 @@ pub(super) struct Validator<'a> {
     pub(super) path: &'a Path,
     pub(super) source: &'a str,
     pub(super) warnings: RefCell<Vec<ConfigError>>,
+    /// `[resolver] ipv6`, read before the upstreams: addresses found at load follow it too.
+    pub(super) ipv6: bool,
 }
 
 impl Validator<'_> {
@@ -98,6 +101,7 @@ impl Validator<'_> {
             ));
         }
         let listeners = self.listeners(&file.listeners)?;
+        let resolver = self.resolver(file.resolver.as_ref())?;
         let mut upstreams = BTreeMap::new();
         for (name, upstream) in file.upstreams {
             let checked = self.upstream(&name, upstream)?;
@@ -125,6 +129,7 @@ impl Validator<'_> {
             rate_limits,
             admin,
             access_log,
+            resolver,
             source: ConfigSource {
                 path: self.path.to_path_buf(),
                 text: self.source.to_string(),
@@ -343,41 +348,16 @@ impl Validator<'_> {
         let any_tls = file.servers.get_ref().iter().any(|s| s.addr.get_ref().tls);
         let (protocol, tls) = self.upstream_tls(name, &file, any_tls)?;
         let servers_span = file.servers.span();
-        let mut servers = Vec::with_capacity(file.servers.get_ref().len());
-        let mut addrs = HashSet::new();
-        for (i, server) in file.servers.into_inner().into_iter().enumerate() {
-            let addr = server.addr.get_ref().authority.clone();
-            let tls = server.addr.get_ref().tls;
-            if !addrs.insert(addr.as_str().to_ascii_lowercase()) {
-                return Err(self.err(
-                    Some(server.addr.span()),
-                    key(&format!("servers[{i}].addr")),
-                    format!("server {addr} is listed twice"),
-                ));
-            }
-            let weight = match server.weight {
-                Some(w) if !(1..=MAX_WEIGHT).contains(w.get_ref()) => {
-                    return Err(self.err(
-                        Some(w.span()),
-                        key(&format!("servers[{i}].weight")),
-                        format!("must be from 1 to {MAX_WEIGHT}"),
-                    ))
-                }
-                Some(w) => w.into_inner(),
-                None => 1,
-            };
-            servers.push(ServerConfig {
-                addr,
-                tls,
-                weight,
-                max_conns: server.max_conns.or(file.max_conns).unwrap_or(0),
-                max_fails: server.max_fails.unwrap_or(max_fails),
-                fail_timeout: server.fail_timeout.map_or(fail_timeout, |d| d.0),
-                backup: server.backup,
-                drain: server.drain,
-                id: server.id,
-            });
-        }
+        let servers = self.servers(
+            name,
+            file.servers.into_inner(),
+            &super::validate_servers::ServerDefaults {
+                max_conns: file.max_conns,
+                max_fails,
+                fail_timeout,
+                ipv6: self.ipv6,
+            },
+        )?;
         if !servers.iter().any(|s| !s.backup) {
             return Err(self.err(
                 Some(servers_span),

@@ -164,6 +164,18 @@ pub struct ServerAddr {
 /// Parses `127.0.0.1:9001`, `[::1]:9001`, `backend.internal:80`, `http://backend:80` or
 /// `https://backend:443` (an `https://` address without a port means 443).
 pub fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
+    let addr = parse_server_target(text)?;
+    if addr.authority.port_u16().is_none() {
+        return Err(format!(
+            "`{text}` is not a server address; write host:port, e.g. \"127.0.0.1:9001\""
+        ));
+    }
+    Ok(addr)
+}
+
+/// As [`parse_server_addr`], but a host without a port is accepted: an SRV entry (`service = ...`)
+/// takes its ports from the answers. Validation asks for the port everywhere else.
+pub fn parse_server_target(text: &str) -> Result<ServerAddr, String> {
     let (tls, bare) = match text.split_once("://") {
         Some(("http", rest)) => (false, rest),
         Some(("https", rest)) => (true, rest),
@@ -183,7 +195,7 @@ pub fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
             .parse()
             .map_err(|_| format!("`{text}` is not a server address; write host:port"))?;
     }
-    if authority.port_u16().is_none() || authority.host().is_empty() || bare.contains('@') {
+    if authority.host().is_empty() || bare.contains('@') {
         return Err(format!(
             "`{text}` is not a server address; write host:port, e.g. \"127.0.0.1:9001\""
         ));
@@ -194,7 +206,7 @@ pub fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
 impl<'de> serde::Deserialize<'de> for ServerAddr {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse_server_addr(&text).map_err(de::Error::custom)
+        parse_server_target(&text).map_err(de::Error::custom)
     }
 }
 

@@ -75,13 +75,22 @@ fn targets(snapshot: &Snapshot) -> Vec<Target> {
                 }
                 _ => None,
             };
+            let port = check.port.or(server.addr.port_u16()).unwrap_or(80);
+            // A server found under a name is probed with that name in Host, as its requests carry it.
+            let check = match (&server.name, &check.host) {
+                (Some(name), None) => Arc::new(HealthCheckConfig {
+                    host: Some(format!("{name}:{port}")),
+                    ..HealthCheckConfig::clone(check)
+                }),
+                _ => Arc::clone(check),
+            };
             targets.push(Target {
                 pool: pool.name.clone(),
                 server: server.addr.to_string(),
                 host: server.addr.host().to_string(),
-                port: check.port.or(server.addr.port_u16()).unwrap_or(80),
+                port,
                 state: Arc::clone(&server.state),
-                check: Arc::clone(check),
+                check,
                 slow_start_ms: pool.slow_start_ms,
                 limit: Arc::clone(&limit),
                 metrics: Arc::clone(&pool.all_metrics),
@@ -100,11 +109,14 @@ fn probe_server_name(
     if let Some(name) = pool.tls.as_ref().and_then(|tls| tls.server_name.clone()) {
         return Some(name);
     }
-    let host = server
-        .addr
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
+    let host = match &server.name {
+        Some(name) => name,
+        None => server
+            .addr
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']'),
+    };
     rustls::pki_types::ServerName::try_from(host.to_string()).ok()
 }
 

@@ -10,6 +10,7 @@ use hyper_rustls::{
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::ServerName;
 
 use tokio_util::either::Either;
 
@@ -125,8 +126,14 @@ pub struct ClientSettings {
 }
 
 /// Builds a client with its own connection pool: ours for cleartext HTTP/1.1 servers, hyper-util's for TLS
-/// and HTTP/2; `tls` must be the settings whose fingerprint is in `settings.tls`.
-pub fn build_client(settings: ClientSettings, tls: Option<&UpstreamTls>) -> UpstreamClient {
+/// and HTTP/2; `tls` must be the settings whose fingerprint is in `settings.tls`. `name`: the host name
+/// TLS servers found under a name are verified against and sent in SNI (their URIs carry addresses),
+/// unless `tls_server_name` says otherwise.
+pub fn build_client(
+    settings: ClientSettings,
+    tls: Option<&UpstreamTls>,
+    name: Option<&str>,
+) -> UpstreamClient {
     if tls.is_none() && !settings.protocol.is_http2() {
         return UpstreamClient::Http1(Arc::new(super::h1pool::Http1Pool::new(
             settings.connect_timeout,
@@ -142,8 +149,12 @@ pub fn build_client(settings: ClientSettings, tls: Option<&UpstreamTls>) -> Upst
     let (config, names): (_, Arc<dyn ResolveServerName + Send + Sync>) = match tls {
         Some(tls) => (
             tls.for_protocol(http2),
-            match &tls.server_name {
-                Some(name) => Arc::new(FixedServerNameResolver::new(name.clone())),
+            match tls
+                .server_name
+                .clone()
+                .or_else(|| name.and_then(|n| ServerName::try_from(n.to_string()).ok()))
+            {
+                Some(name) => Arc::new(FixedServerNameResolver::new(name)),
                 None => Arc::new(DefaultServerNameResolver::default()),
             },
         ),

@@ -164,7 +164,8 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         // an answer's status may cause a retry (the answer takes the map). Otherwise it sends a copy
         // (a header map cloned and dropped per attempt).
         let own = attempt == pool.max_attempts
-            || (pool.client.keeps_headers_on_failure() && !pool.retry_on.retries_on_status());
+            || (pool.client_for(server).keeps_headers_on_failure()
+                && !pool.retry_on.retries_on_status());
         let mut copy = None;
         let headers = if own {
             &mut parts.headers
@@ -180,7 +181,7 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
             std::time::Instant::now()
         };
         let sent = Deadlined::new(
-            pool.client.request(
+            pool.client_for(server).request(
                 (&parts.method, &parts.uri),
                 headers,
                 forwarding,
@@ -279,6 +280,11 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
     match last {
         Some(Outcome::Answered(response)) => Ok(response),
         Some(Outcome::Failed(error)) => Err(error),
+        None if pool.servers().next().is_none() => {
+            // Every name of the pool resolved to no address (service discovery): nothing to try yet.
+            error!(id = trace.id(), pool = %pool.name, "the pool has no server now (its names have no address): answering 503");
+            Err(ProxyError::NoHealthyServer { retry_after: 1 })
+        }
         None if pool.all_unhealthy == Some(AllUnhealthy::FailClosed) => {
             error!(id = trace.id(), pool = %pool.name, "no healthy upstream server: answering 503 (all_unhealthy = fail_closed)");
             let retry_after = pool.health_check.as_ref().map_or(1, |check| {

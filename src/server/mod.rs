@@ -198,6 +198,11 @@ pub async fn start_on(
         tasks: JoinSet::new(),
         serving,
     };
+    proxy.tasks.spawn(crate::discovery::run(
+        Arc::clone(&proxy.runtime),
+        proxy.stop.subscribe(),
+    ));
+    settle_discovery(&proxy.runtime).await;
     for socket in bound {
         let handle = proxy.serve(socket);
         proxy.listeners.push(handle);
@@ -220,6 +225,22 @@ pub async fn start_on(
         proxy.stop.subscribe(),
     ));
     Ok(proxy)
+}
+
+/// Waits (at most the resolver's timeout and a little more) for every `resolve = true` name's first
+/// answer, so the listeners open with the servers found; a name that does not answer yet is followed
+/// in the background and its pool answers 503 until it does.
+async fn settle_discovery(runtime: &Runtime) {
+    let config = Arc::clone(&runtime.snapshot().config);
+    if crate::discovery::names(&config).is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now()
+        + config.resolver.timeout
+        + std::time::Duration::from_millis(500);
+    while !runtime.discovered().settled_for(&config) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 impl RunningProxy {

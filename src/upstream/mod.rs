@@ -31,6 +31,12 @@ pub struct Server {
     pub backup: bool,
     /// Identity for consistent hashing, when configured (else the address).
     pub id: Option<Arc<str>>,
+    /// The host name the server was found under (written as a name, resolved at load or by service
+    /// discovery); `None` for an address written as an IP.
+    pub name: Option<Arc<str>>,
+    /// Index in the pool's `named_clients` of the client that verifies this server's TLS name (an
+    /// `https://` server found under a name); `None`: the pool's client.
+    pub named_client: Option<usize>,
     /// Live state, shared across snapshots.
     pub state: Arc<ServerState>,
     /// Metric handles, resolved when the snapshot was built.
@@ -48,6 +54,8 @@ impl Server {
             fail_timeout_ms: 10_000,
             backup: false,
             id: None,
+            name: None,
+            named_client: None,
             state: Arc::default(),
             metrics: crate::metrics::ServerMetrics::detached(),
         })

@@ -8,6 +8,7 @@ mod backup_and_failover;
 mod cli;
 mod client_limits;
 mod desync_vectors;
+mod discovery;
 mod error_answers;
 mod failing_upstreams;
 mod forwarding;

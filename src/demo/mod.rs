@@ -1,5 +1,8 @@
 //! Demo and test backends: small hyper servers on loopback that answer with a handler, count requests, and
-//! can be stopped (closing every open connection) to show failover.
+//! can be stopped (closing every open connection) to show failover; a DNS server ([`dns`]) and a Redis
+//! server for the tests and examples that need one.
+
+pub mod dns;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -72,6 +75,16 @@ impl Backend {
             })
         });
         Self::start(SocketAddr::from(([127, 0, 0, 1], port)), handler).await
+    }
+
+    /// A backend on `addr` (e.g. 127.0.0.3:PORT, a replica behind a DNS name) answering `200` with `name`.
+    pub async fn named_on(name: &str, addr: SocketAddr) -> io::Result<Backend> {
+        let name: Arc<str> = Arc::from(name);
+        let handler: Handler = Arc::new(move |_request: Request<Incoming>| {
+            let name = Arc::clone(&name);
+            Box::pin(async move { Ok(named_response(&name)) })
+        });
+        Self::start(addr, handler).await
     }
 
     /// A backend on `addr` answering with `handler`.
