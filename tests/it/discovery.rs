@@ -37,6 +37,17 @@ fn ips(last: &[u8]) -> Answer {
 /// The binary with an admin API, `[resolver]` asking `dns` (plus `resolver_keys`), and upstream `app`
 /// with `upstream_keys` and `servers`.
 fn start(dns: &DnsServer, resolver_keys: &str, upstream_keys: &str, servers: &str) -> AdminBinary {
+    start_with(dns, resolver_keys, upstream_keys, servers, "")
+}
+
+/// [`start`] with `tail` at the end of the file (e.g. `[upstream.app.health_check]`).
+fn start_with(
+    dns: &DnsServer,
+    resolver_keys: &str,
+    upstream_keys: &str,
+    servers: &str,
+    tail: &str,
+) -> AdminBinary {
     let dir = tempfile::tempdir().expect("temp dir");
     let admin = refusing_addr();
     let path = dir.path().join("fulcrum.toml");
@@ -45,7 +56,7 @@ fn start(dns: &DnsServer, resolver_keys: &str, upstream_keys: &str, servers: &st
          [resolver]\nservers = [\"{}\"]\ntimeout = \"1s\"\n{resolver_keys}\n\n\
          [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n\
          [[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
-         [upstream.app]\n{upstream_keys}\nservers = [{servers}]\n",
+         [upstream.app]\n{upstream_keys}\nservers = [{servers}]\n{tail}\n",
         dns.addr
     );
     std::fs::write(&path, toml).expect("write the config");
@@ -544,4 +555,105 @@ async fn https_servers_found_by_name_are_verified_against_that_name() {
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body, "secure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_address_is_health_checked_before_it_takes_traffic() {
+    let dns = DnsServer::start().await;
+    let healthy = replica([127, 0, 0, 2], 0, "healthy").await;
+    let port = healthy.addr().port();
+    // 127.0.0.3 answers 500 to everything, its probe included.
+    let sick_requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&sick_requests);
+    let handler: fulcrum::demo::Handler = Arc::new(move |request| {
+        if request.uri().path() != "/health" {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }
+        Box::pin(async { text(StatusCode::INTERNAL_SERVER_ERROR, "sick") })
+    });
+    let _sick = Backend::start(SocketAddr::from(([127, 0, 0, 3], port)), handler)
+        .await
+        .expect("bind the sick replica");
+    dns.set("replicas.test", ips(&[2]));
+    let binary = start_with(
+        &dns,
+        "",
+        "",
+        &format!("{{ addr = \"replicas.test:{port}\", resolve = true }}"),
+        "[upstream.app.health_check]\npath = \"/health\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\
+         max_fails = 1\npasses = 1\nstart_unhealthy = true\n",
+    );
+    let url = format!("http://{}/", binary.addr);
+    wait_until_async(
+        Duration::from_secs(5),
+        "the first replica to be up",
+        || async { TestClient::new().get(&url).await.status == StatusCode::OK },
+    )
+    .await;
+    dns.set("replicas.test", ips(&[2, 3]));
+    let sick = format!("127.0.0.3:{port}");
+    wait_servers(&binary, &[&format!("127.0.0.2:{port}"), &sick]).await;
+    // Its probe fails; it never takes a request while traffic flows.
+    wait_until_async(
+        Duration::from_secs(5),
+        "a probe of the added replica",
+        || async {
+            let doc = binary.status().await;
+            doc["pools"][0]["servers"]
+                .as_array()
+                .expect("servers")
+                .iter()
+                .any(|s| s["addr"] == sick.as_str() && s["last_probe"]["ok"] == false)
+        },
+    )
+    .await;
+    let client = TestClient::new();
+    for _ in 0..30 {
+        assert_eq!(client.get(&url).await.status, StatusCode::OK);
+    }
+    assert_eq!(sick_requests.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_the_entry_stops_its_resolution() {
+    let dns = DnsServer::start().await;
+    let replicas = three_replicas().await;
+    let port = replicas[0].addr().port();
+    dns.set("replicas.test", ips(&[2]));
+    let mut binary = start(
+        &dns,
+        "valid = \"1s\"",
+        "",
+        &format!("{{ addr = \"replicas.test:{port}\", resolve = true }}"),
+    );
+    wait_servers(&binary, &[&format!("127.0.0.2:{port}")]).await;
+    let path = binary.config_path();
+    let config = std::fs::read_to_string(&path).expect("read the config");
+    std::fs::write(
+        &path,
+        config.replace(
+            &format!("{{ addr = \"replicas.test:{port}\", resolve = true }}"),
+            &format!("{{ addr = \"127.0.0.4:{port}\" }}"),
+        ),
+    )
+    .expect("write");
+    binary.process.signal("HUP");
+    binary.process.wait_for_line("config reloaded");
+    wait_servers(&binary, &[&format!("127.0.0.4:{port}")]).await;
+    // At most one query already on its way; then none for three of its 1-second intervals.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = dns.queries();
+    wait_until(Duration::from_secs(5), "three seconds without a query", {
+        let started = std::time::Instant::now();
+        move || started.elapsed() >= Duration::from_secs(3)
+    })
+    .await;
+    assert_eq!(dns.queries(), asked, "the removed name is still asked");
+    assert_eq!(
+        TestClient::new()
+            .get(&format!("http://{}/", binary.addr))
+            .await
+            .body,
+        "four"
+    );
 }
