@@ -5,12 +5,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolverConfig as HickoryConfig, ResolverOpts,
+    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig as HickoryConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::Query;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{Name, RecordType};
+use hickory_resolver::Hosts;
 use hickory_resolver::TokioResolver;
 
 use super::Found;
@@ -19,10 +22,15 @@ use crate::config::{Discover, ResolverConfig};
 /// The largest weight an SRV answer may give a server (the config's own maximum).
 const MAX_WEIGHT: u32 = 1000;
 
+/// How often a name found in /etc/hosts is looked up again (the file is read anew each time).
+const HOSTS_TTL: Duration = Duration::from_secs(1);
+
 /// A stub resolver with the `[resolver]` settings; answers are not cached (each ask goes out).
 #[derive(Clone)]
 pub struct Resolver {
     inner: TokioResolver,
+    /// Read /etc/hosts first (no `[resolver] servers`), anew at every lookup so an edit is followed.
+    hosts: bool,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -110,8 +118,11 @@ impl Resolver {
         };
         // Answers from a resolver on loopback (Docker's 127.0.0.11) must not be filtered.
         options.deny_answers.clear();
+        // hickory reads /etc/hosts once; we read it at each lookup instead.
+        options.use_hosts_file = ResolveHosts::Never;
         Ok(Resolver {
             inner: builder.build()?,
+            hosts: settings.servers.is_empty(),
         })
     }
 
@@ -121,6 +132,17 @@ impl Resolver {
         if name.srv {
             self.srv(name).await
         } else {
+            if let Some(addrs) = self.from_hosts_file(&name.query) {
+                let found = addrs
+                    .into_iter()
+                    .map(|ip| Found {
+                        addr: SocketAddr::new(ip, name.port),
+                        weight: None,
+                        backup: false,
+                    })
+                    .collect();
+                return Ok((found, HOSTS_TTL));
+            }
             let (addrs, until) = self.addresses(&name.query).await?;
             let found = addrs
                 .into_iter()
@@ -132,6 +154,33 @@ impl Resolver {
                 .collect();
             Ok((found, ttl(until)))
         }
+    }
+
+    /// The addresses /etc/hosts gives `host` now, when the resolver reads it and it names the host.
+    fn from_hosts_file(&self, host: &str) -> Option<Vec<std::net::IpAddr>> {
+        if !self.hosts {
+            return None;
+        }
+        let hosts = Hosts::from_system().ok()?;
+        let name = Name::from_ascii(host).ok()?;
+        let mut types = vec![RecordType::A];
+        if self.inner.options().ip_strategy != LookupIpStrategy::Ipv4Only {
+            types.push(RecordType::AAAA);
+        }
+        let mut addrs: Vec<std::net::IpAddr> = types
+            .into_iter()
+            .filter_map(|kind| hosts.lookup_static_host(&Query::query(name.clone(), kind)))
+            .flat_map(|lookup| {
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|record| record.data.ip_addr())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        (!addrs.is_empty()).then_some(addrs)
     }
 
     async fn addresses(&self, host: &str) -> Result<(Vec<std::net::IpAddr>, Instant), LookupError> {
