@@ -132,7 +132,7 @@ impl Resolver {
         if name.srv {
             self.srv(name).await
         } else {
-            if let Some(addrs) = self.from_hosts_file(&name.query) {
+            if let Some(addrs) = self.in_hosts_file(&name.query) {
                 let found = addrs
                     .into_iter()
                     .map(|ip| Found {
@@ -157,7 +157,7 @@ impl Resolver {
     }
 
     /// The addresses /etc/hosts gives `host` now, when the resolver reads it and it names the host.
-    fn from_hosts_file(&self, host: &str) -> Option<Vec<std::net::IpAddr>> {
+    fn in_hosts_file(&self, host: &str) -> Option<Vec<std::net::IpAddr>> {
         if !self.hosts {
             return None;
         }
