@@ -156,14 +156,15 @@ pub async fn accept_loop(
                             connections.spawn(Box::pin(async move {
                                 let _held = held;
                                 if let Some(stream) = handshake(stream, &tls, &connection, &failures, &listener).await {
-                                    let serving = connection.serving(stream, service);
+                                    let alpn_h2 = stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
+                                    let serving = connection.serving(stream, service, alpn_h2);
                                     connection.serve(serving).await;
                                 }
                             }));
                         }
                         None => {
                             // Built before the task: arguments an async block moves are kept twice in it.
-                            let serving = connection.serving(stream, service);
+                            let serving = connection.serving(stream, service, false);
                             connections.spawn(Box::pin(async move {
                                 let _held = held;
                                 connection.serve(serving).await;
@@ -354,7 +355,7 @@ const FINISH_GRACE: Duration = Duration::from_secs(5);
 impl Connection {
     /// HTTP/1.1 or HTTP/2 (by preface) on `io`, boxed: the task then holds a pointer, not the
     /// connection's state and the arguments it was built from.
-    fn serving<I>(&self, io: I, service: ClockedService) -> Pin<Box<Serving<I>>>
+    fn serving<I>(&self, io: I, service: ClockedService, alpn_h2: bool) -> Pin<Box<Serving<I>>>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -363,7 +364,7 @@ impl Connection {
             time: limits.lingering_time,
             timeout: limits.lingering_timeout,
         });
-        Box::pin(Serving::new(io, service, Arc::clone(&self.shared)))
+        Box::pin(Serving::new(io, service, Arc::clone(&self.shared), alpn_h2))
     }
 
     /// Drives `connection` until it closes, a client timeout passes, the drain asks it to finish, or the

@@ -74,6 +74,12 @@ pin_project_lite::pin_project! {
             io: Option<TimedIo<I>>,
             service: Option<ClockedService>,
             shared: Arc<Shared>,
+            // TLS chose "h2" by ALPN: only HTTP/2 may be spoken.
+            alpn_h2: bool,
+        },
+        Refusing {
+            io: TimedIo<I>,
+            written: usize,
         },
         Http1 {
             #[pin]
@@ -98,13 +104,15 @@ impl<I> Serving<I>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// Serves `io` with `service` under the listener's protocol settings.
-    pub fn new(io: TimedIo<I>, service: ClockedService, shared: Arc<Shared>) -> Self {
+    /// Serves `io` with `service` under the listener's protocol settings; `alpn_h2`: TLS chose `h2` by
+    /// ALPN, so anything but the HTTP/2 preface is a connection error (RFC 9113 3.4, RFC 7301 3.2).
+    pub fn new(io: TimedIo<I>, service: ClockedService, shared: Arc<Shared>, alpn_h2: bool) -> Self {
         Self {
             state: State::Detecting {
                 io: Some(io),
                 service: Some(service),
                 shared,
+                alpn_h2,
             },
         }
     }
@@ -114,7 +122,7 @@ where
     pub fn graceful_shutdown(self: Pin<&mut Self>) {
         let mut state = self.project().state;
         match state.as_mut().project() {
-            StateProj::Detecting { .. } => state.set(State::Closed),
+            StateProj::Detecting { .. } | StateProj::Refusing { .. } => state.set(State::Closed),
             StateProj::Http1 { connection } => connection.graceful_shutdown(),
             StateProj::Http2 { connection } => connection.as_mut().graceful_shutdown(),
             StateProj::Closed => {}
@@ -136,6 +144,7 @@ where
                     io,
                     service,
                     shared,
+                    alpn_h2,
                 } => {
                     let Some(timed) = io.as_mut() else {
                         return Poll::Ready(Ok(()));
@@ -144,6 +153,11 @@ where
                     let (Some(io), Some(service)) = (io.take(), service.take()) else {
                         return Poll::Ready(Ok(()));
                     };
+                    if *alpn_h2 && !http2 {
+                        // nginx answers the same: its SETTINGS, then GOAWAY with PROTOCOL_ERROR.
+                        state.set(State::Refusing { io, written: 0 });
+                        continue;
+                    }
                     let io = TokioIo::new(io);
                     if http2 {
                         let connection = shared.protocols.http2.serve_connection(io, service);
@@ -163,11 +177,34 @@ where
                 StateProj::Http2 { connection } => {
                     return connection.as_mut().poll(cx).map_err(Into::into);
                 }
+                StateProj::Refusing { io, written } => {
+                    while *written < REFUSAL.len() {
+                        let n = ready!(Pin::new(&mut *io).poll_write(cx, &REFUSAL[*written..]))?;
+                        if n == 0 {
+                            return Poll::Ready(Ok(()));
+                        }
+                        *written += n;
+                    }
+                    ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                    let _ = ready!(Pin::new(&mut *io).poll_shutdown(cx));
+                    return Poll::Ready(Err(
+                        "ALPN chose h2 but the client did not send the HTTP/2 preface".into(),
+                    ));
+                }
                 StateProj::Closed => return Poll::Ready(Ok(())),
             }
         }
     }
 }
+
+/// What a connection that chose `h2` by ALPN and then spoke something else gets: an empty SETTINGS frame
+/// (the server preface) and GOAWAY with last stream 0 and PROTOCOL_ERROR (RFC 9113 6.5, 6.8).
+const REFUSAL: [u8; 26] = [
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS, no parameters
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes
+    0, 0, 0, 0, // last stream id 0
+    0, 0, 0, 1, // PROTOCOL_ERROR
+];
 
 /// Reads until the bytes so far either are the whole HTTP/2 preface (true) or stop matching it (false);
 /// what was read is replayed to the protocol chosen.

@@ -7,6 +7,7 @@ mod admin;
 mod backup_and_failover;
 mod cli;
 mod client_limits;
+mod conformance;
 mod desync_vectors;
 mod discovery;
 mod error_answers;
