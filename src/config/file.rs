@@ -92,6 +92,8 @@ pub struct ListenerFile {
     pub reuseport: bool,
     pub max_connections_per_client: Option<Spanned<usize>>,
     pub tls: Option<ListenerTlsFile>,
+    /// Accepted here too; `[listener.tls] session_ticket_lifetime` is where the docs put it.
+    pub session_ticket_lifetime: Option<Spanned<ConfigDuration>>,
     pub redirect_to_https: Option<Spanned<RedirectToHttps>>,
     pub http2_max_concurrent_streams: Option<Spanned<u32>>,
     pub http2_max_header_size: Option<Spanned<ConfigSize>>,
@@ -123,6 +125,7 @@ pub enum RedirectToHttps {
 pub struct ListenerTlsFile {
     pub certificates: Spanned<Vec<CertificateFile>>,
     pub handshake_timeout: Option<Spanned<ConfigDuration>>,
+    pub session_ticket_lifetime: Option<Spanned<ConfigDuration>>,
 }
 
 /// One `[[listener.tls.certificates]]`.

@@ -271,6 +271,8 @@ pub struct ListenerTls {
     pub certificates: Vec<crate::tls::LoadedCert>,
     /// Longest a client may take to finish its handshake.
     pub handshake_timeout: Duration,
+    /// How long a session ticket is accepted (the ticket key changes every half of it).
+    pub session_ticket_lifetime: Duration,
 }
 
 /// Which requests go to which upstream.

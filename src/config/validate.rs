@@ -180,8 +180,17 @@ impl Validator<'_> {
                 Some(n) => Some(*n.get_ref()),
                 None => None,
             };
+            if let (Some(lifetime), None) = (&file.session_ticket_lifetime, &file.tls) {
+                self.warn(self.err(
+                    Some(lifetime.span()),
+                    format!("listener[{i}].session_ticket_lifetime"),
+                    "applies to TLS listeners only; ignored",
+                ));
+            }
             let tls = match &file.tls {
-                Some(tls) => Some(self.listener_tls(i, tls)?),
+                Some(tls) => {
+                    Some(self.listener_tls(i, tls, file.session_ticket_lifetime.as_ref())?)
+                }
                 None => None,
             };
             let redirect_to_https = self.redirect_to_https(i, file, tls.is_some())?;

@@ -10,11 +10,15 @@ use toml::Spanned;
 use super::error::ConfigError;
 use super::file::{ListenerTlsFile, UpstreamFile, UpstreamProtocol};
 use super::validate::Validator;
+use super::values::ConfigDuration;
 use super::ListenerTls;
 use crate::tls::{self, UpstreamTls};
 
 /// Default time a client has to finish its TLS handshake.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `session_ticket_lifetime` default: an hour (nginx keeps the session cache 5 minutes; rustls kept
+/// tickets 12 hours).
+const DEFAULT_SESSION_TICKET_LIFETIME: Duration = Duration::from_secs(3600);
 
 impl Validator<'_> {
     /// A path from the config, relative to the config file's directory (as nginx reads paths relative to
@@ -30,6 +34,7 @@ impl Validator<'_> {
         &self,
         i: usize,
         file: &ListenerTlsFile,
+        listener_level_lifetime: Option<&Spanned<ConfigDuration>>,
     ) -> Result<Arc<ListenerTls>, ConfigError> {
         let key = |k: &str| format!("listener[{i}].tls.{k}");
         if file.certificates.get_ref().is_empty() {
@@ -61,7 +66,22 @@ impl Validator<'_> {
             })?;
             certificates.push(loaded);
         }
-        let server_config = tls::listener_config(&certificates)
+        let session_ticket_lifetime = match file
+            .session_ticket_lifetime
+            .as_ref()
+            .or(listener_level_lifetime)
+        {
+            Some(d) if d.get_ref().0 < Duration::from_secs(2) => {
+                return Err(self.err(
+                    Some(d.span()),
+                    key("session_ticket_lifetime"),
+                    "must be at least 2s (the ticket key changes every half of it)",
+                ))
+            }
+            Some(d) => d.get_ref().0,
+            None => DEFAULT_SESSION_TICKET_LIFETIME,
+        };
+        let server_config = tls::listener_config(&certificates, session_ticket_lifetime)
             .map_err(|why| self.err(Some(file.certificates.span()), key("certificates"), why))?;
         let handshake_timeout = match &file.handshake_timeout {
             Some(d) if d.get_ref().0.is_zero() => {
@@ -78,6 +98,7 @@ impl Validator<'_> {
             server_config,
             certificates,
             handshake_timeout,
+            session_ticket_lifetime,
         }))
     }
 

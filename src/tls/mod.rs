@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod sni;
+pub mod tickets;
 pub mod upstream;
 
 use std::sync::{Arc, OnceLock};
@@ -28,21 +29,19 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// Session resumption state shared by every listener config the process builds, so a reload (which builds
-/// new configs) does not turn every returning client into a full handshake.
-fn shared_resumption() -> (
-    Arc<dyn rustls::server::StoresServerSessions>,
-    Option<Arc<dyn rustls::server::ProducesTickets>>,
-) {
+/// The session cache shared by every listener config the process builds, so a reload (which builds new
+/// configs) does not turn every returning client into a full handshake.
+fn shared_session_cache() -> Arc<dyn rustls::server::StoresServerSessions> {
     static CACHE: OnceLock<Arc<dyn rustls::server::StoresServerSessions>> = OnceLock::new();
-    static TICKETER: OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| rustls::server::ServerSessionMemoryCache::new(20_000));
-    let ticketer = TICKETER.get_or_init(|| rustls::crypto::ring::Ticketer::new().ok());
-    (Arc::clone(cache), ticketer.clone())
+    Arc::clone(CACHE.get_or_init(|| rustls::server::ServerSessionMemoryCache::new(20_000)))
 }
 
-/// A listener's rustls config: SNI picks among `certs`, ALPN offers h2 then http/1.1.
-pub fn listener_config(certs: &[LoadedCert]) -> Result<Arc<rustls::ServerConfig>, String> {
+/// A listener's rustls config: SNI picks among `certs`, ALPN offers h2 then http/1.1, session tickets
+/// accepted for at most `ticket_lifetime` ([`tickets`]).
+pub fn listener_config(
+    certs: &[LoadedCert],
+    ticket_lifetime: std::time::Duration,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let resolver = SniResolver::new(certs).ok_or("no certificate is configured")?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)
@@ -50,9 +49,8 @@ pub fn listener_config(certs: &[LoadedCert]) -> Result<Arc<rustls::ServerConfig>
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
-    let (cache, ticketer) = shared_resumption();
-    config.session_storage = cache;
-    if let Some(ticketer) = ticketer {
+    config.session_storage = shared_session_cache();
+    if let Some(ticketer) = tickets::shared(ticket_lifetime) {
         config.ticketer = ticketer;
     }
     Ok(Arc::new(config))

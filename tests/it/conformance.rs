@@ -55,3 +55,75 @@ async fn after_alpn_chose_h2_an_http1_request_is_a_connection_error_and_reaches_
     assert_eq!(get2(&mut sender, "alpn.test", "/").await.body, "app");
     assert_eq!(backend.requests(), 2);
 }
+
+/// Whether a new connection to `addr` with `client` resumed a session (after one full request on a first
+/// connection, which brings the client its ticket).
+async fn resumes(
+    addr: std::net::SocketAddr,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+) -> bool {
+    let stream = connect(addr, "tickets.test", client.clone())
+        .await
+        .expect("handshake");
+    stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+}
+
+#[tokio::test]
+async fn session_tickets_resume_within_session_ticket_lifetime_and_not_after() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new("tickets CA");
+    let files = [ca.issue(&["tickets.test"]).write(dir.path(), "tickets")];
+    let backend = named("app").await;
+    let toml = tls_config(&files, "", &servers(&[(backend.addr(), 1)])).replace(
+        "[[listener.tls.certificates]]",
+        "[listener.tls]\nsession_ticket_lifetime = \"2s\"\n[[listener.tls.certificates]]",
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let addr = proxy.proxy.listeners()[0].addr;
+    let client = any_cert_client(&[ALPN_HTTP11]);
+    let first = connect(addr, "tickets.test", client.clone())
+        .await
+        .expect("handshake");
+    let mut sender = http1(first).await;
+    assert_eq!(get1(&mut sender, "tickets.test", "/").await.body, "app");
+    assert!(resumes(addr, &client).await, "a fresh ticket resumes");
+    // Past the lifetime the ticket's key is gone: a full handshake.
+    let past = std::time::Instant::now() + Duration::from_millis(2_100);
+    wait_until(
+        Duration::from_secs(5),
+        "the ticket lifetime to pass",
+        || std::time::Instant::now() >= past,
+    )
+    .await;
+    assert!(
+        !resumes(addr, &client).await,
+        "a ticket older than its lifetime"
+    );
+}
+
+#[test]
+fn session_ticket_lifetime_defaults_to_an_hour_and_is_read_where_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new("tickets CA");
+    let files = [ca.issue(&["tickets.test"]).write(dir.path(), "tickets")];
+    let toml = tls_config(&files, "", "servers = [{ addr = \"127.0.0.1:9\" }]");
+    let lifetime = |text: &str| {
+        let config = fulcrum::Config::parse(text, std::path::Path::new("t.toml")).expect("valid");
+        config.listeners[0]
+            .tls
+            .as_ref()
+            .expect("a TLS listener")
+            .session_ticket_lifetime
+    };
+    assert_eq!(lifetime(&toml), Duration::from_secs(3600));
+    let in_tls = toml.replace(
+        "[[listener.tls.certificates]]",
+        "[listener.tls]\nsession_ticket_lifetime = \"5m\"\n[[listener.tls.certificates]]",
+    );
+    assert_eq!(lifetime(&in_tls), Duration::from_secs(300));
+    let on_listener = toml.replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nsession_ticket_lifetime = \"10m\"",
+    );
+    assert_eq!(lifetime(&on_listener), Duration::from_secs(600));
+}

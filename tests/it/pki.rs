@@ -88,7 +88,8 @@ impl Leaf {
     pub fn server_config(&self, dir: &Path, stem: &str) -> Arc<rustls::ServerConfig> {
         let (cert, key) = self.write(dir, stem);
         let loaded = fulcrum::tls::load_certified_key(&cert, &key, None).expect("load the leaf");
-        let shared = fulcrum::tls::listener_config(&[loaded]).expect("a server config");
+        let shared = fulcrum::tls::listener_config(&[loaded], std::time::Duration::from_secs(3600))
+            .expect("a server config");
         // Every config fulcrum builds shares the process's session tickets (so a reload keeps resumption).
         // Test servers are different machines: each gets its own, or a ticket one issued would resume on
         // another and skip its certificate check.
