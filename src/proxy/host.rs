@@ -3,23 +3,62 @@
 use http::header::HeaderValue;
 use http::Request;
 
-/// The request's `Host` header (its first value and how many there are, from [`super::framing::scan`]), `Err`
-/// when it breaks RFC 9112 3.2: an HTTP/1.1 request has exactly one `Host`, an HTTP/1.0 one at most one,
-/// and its value is a valid authority (HTTP/2 carries `:authority` instead and is checked by hyper).
-pub(super) fn host_header<'a, B>(
+/// The host a request is routed by and forwarded with as `Host` (RFC 9112 3.2.2, RFC 9113 8.3.1): the
+/// request target's authority when it has one (absolute form in HTTP/1.1, `:authority` in HTTP/2), else
+/// its `Host` header (its first value and how many there are, from [`super::framing::scan`]). `Err` when
+/// the request breaks the rules: an HTTP/1.1 request has exactly one `Host`, an HTTP/1.0 one at most one,
+/// every value is `host[:port]` with a port below 65536 and no userinfo (RFC 9110 4.2.4), and an empty
+/// `Host` is refused as nginx refuses it.
+pub(super) fn request_host<B>(
     request: &Request<B>,
-    (first, count): (Option<&'a HeaderValue>, usize),
-) -> Result<Option<&'a HeaderValue>, ()> {
-    if request.version() > http::Version::HTTP_11 {
-        return Ok(first);
-    }
-    match (first, count) {
-        (Some(value), 1) if value.as_bytes().is_empty() || is_authority(value.as_bytes()) => {
-            Ok(Some(value))
+    (first, count): (Option<&HeaderValue>, usize),
+) -> Result<Option<HeaderValue>, ()> {
+    let authority = request.uri().authority();
+    if let Some(authority) = authority {
+        if !valid_host(authority.as_str().as_bytes()) {
+            return Err(());
         }
-        (None, 0) if request.version() < http::Version::HTTP_11 => Ok(None),
-        _ => Err(()),
     }
+    if request.version() > http::Version::HTTP_11 {
+        // HTTP/2: `:authority` wins over a `host` field; without it, `host` names the host.
+        return match (authority, first) {
+            (Some(authority), _) => Ok(HeaderValue::from_str(authority.as_str()).ok()),
+            (None, Some(host)) if count == 1 && valid_host(host.as_bytes()) => {
+                Ok(Some(host.clone()))
+            }
+            (None, Some(_)) => Err(()),
+            (None, None) => Ok(None),
+        };
+    }
+    let host = match (first, count) {
+        (Some(value), 1) if valid_host(value.as_bytes()) => Some(value),
+        (None, 0) if request.version() < http::Version::HTTP_11 => None,
+        _ => return Err(()),
+    };
+    match authority {
+        // Absolute form: the target's authority, whatever `Host` says.
+        Some(authority) => Ok(HeaderValue::from_str(authority.as_str()).ok()),
+        None => Ok(host.cloned()),
+    }
+}
+
+/// `uri-host [ ":" port ]`: a valid authority without userinfo, whose port (when given) is below 65536.
+fn valid_host(value: &[u8]) -> bool {
+    if value.contains(&b'@') || !is_authority(value) {
+        return false;
+    }
+    // The port follows the last colon, unless that colon is inside an IPv6 literal.
+    let port = match value.iter().rposition(|&b| b == b':') {
+        Some(colon) if !value[colon..].contains(&b']') => &value[colon + 1..],
+        _ => return true,
+    };
+    port.is_empty()
+        || (port.len() <= 5
+            && port.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(port)
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_some())
 }
 
 /// Whether `value` is a valid authority, as `http::uri::Authority` parses one. The usual host (letters,
@@ -36,23 +75,35 @@ fn is_authority(value: &[u8]) -> bool {
     http::uri::Authority::try_from(value).is_ok()
 }
 
-/// The request's host: its `Host` header, else the URI authority (HTTP/2 `:authority`, absolute-form).
-pub(super) fn request_host<B>(
-    request: &Request<B>,
-    host_header: Option<&HeaderValue>,
-) -> Option<HeaderValue> {
-    if let Some(host) = host_header {
-        return Some(host.clone());
-    }
-    request
-        .uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::is_authority;
+    use super::{is_authority, valid_host};
+
+    #[test]
+    fn hosts_are_host_and_port_without_userinfo() {
+        for (value, valid) in [
+            (&b"example.com"[..], true),
+            (b"example.com:8080", true),
+            (b"localhost:65535", true),
+            (b"localhost:99999", false),
+            (b"localhost:65536", false),
+            (b"localhost@secret.test", false),
+            (b"user:pw@host:80", false),
+            (b"[::1]:80", true),
+            (b"[::1]", true),
+            (b"[::1]:70000", false),
+            (b"host:", true),
+            (b"host:8a", false),
+            (b"", false),
+        ] {
+            assert_eq!(
+                valid_host(value),
+                valid,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+    }
 
     #[test]
     fn the_host_check_agrees_with_http_on_every_value() {

@@ -139,8 +139,8 @@ impl ProxyService {
             return Err(local_answer(&ProxyError::UriTooLong));
         }
         let scan = framing::scan(request.headers());
-        let host = match host::host_header(&request, scan.host) {
-            Ok(header) => host::request_host(&request, header),
+        let host = match host::request_host(&request, scan.host) {
+            Ok(host) => host,
             Err(()) => {
                 warn!(id = trace.id(), client = %client_ip, "request without exactly one valid Host");
                 return Err(local_answer(&ProxyError::BadHost));

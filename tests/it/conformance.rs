@@ -127,3 +127,140 @@ fn session_ticket_lifetime_defaults_to_an_hour_and_is_read_where_written() {
     );
     assert_eq!(lifetime(&on_listener), Duration::from_secs(600));
 }
+
+/// Two routes by host: `secret.test` to `secret`, anything else to `public`; both raw recording upstreams.
+async fn two_hosts() -> (
+    crate::smuggling::RawBackend,
+    crate::smuggling::RawBackend,
+    TestProxy,
+) {
+    let secret = crate::smuggling::RawBackend::start().await;
+    let public = crate::smuggling::RawBackend::start().await;
+    let toml = format!(
+        "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[route]]\nhost = \"secret.test\"\nupstream = \"secret\"\n\n\
+         [[route]]\nupstream = \"public\"\n\n\
+         [upstream.secret]\nservers = [{{ addr = \"{}\" }}]\n\n\
+         [upstream.public]\nservers = [{{ addr = \"{}\" }}]\n",
+        secret.addr, public.addr
+    );
+    let proxy = TestProxy::start(&toml).await;
+    (secret, public, proxy)
+}
+
+/// The `Host` line of a head the upstream received.
+fn host_line(head: &str) -> String {
+    head.lines()
+        .find(|line| line.to_ascii_lowercase().starts_with("host:"))
+        .map(|line| line[5..].trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Sends raw bytes on a new connection; the status of the answer (0: closed without one).
+async fn raw_status(addr: std::net::SocketAddr, bytes: &[u8]) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    crate::smuggling::status_code(&answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_routes_by_its_authority_and_is_forwarded_as_host() {
+    let (secret, public, proxy) = two_hosts().await;
+    let addr = proxy.addr();
+    let close = "Connection: close\r\n\r\n";
+    let status = raw_status(
+        addr,
+        format!("GET http://secret.test/x HTTP/1.1\r\nHost: localhost\r\n{close}").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let got = secret.requests();
+    assert_eq!(got.len(), 1, "routed by the target's authority");
+    assert!(
+        got[0].head.starts_with("GET /x HTTP/1.1"),
+        "{}",
+        got[0].head
+    );
+    assert_eq!(host_line(&got[0].head), "secret.test");
+    assert!(public.requests().is_empty());
+
+    // And the other way round.
+    secret.clear();
+    let status = raw_status(
+        addr,
+        format!("GET http://localhost/y HTTP/1.1\r\nHost: secret.test\r\n{close}").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        secret.requests().is_empty(),
+        "Host does not win over the target"
+    );
+    assert_eq!(host_line(&public.requests()[0].head), "localhost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userinfo_bad_ports_and_empty_hosts_get_400_and_reach_no_upstream() {
+    let (secret, public, proxy) = two_hosts().await;
+    let addr = proxy.addr();
+    let cases: [&[u8]; 6] = [
+        b"GET http://user@secret.test/x HTTP/1.1\r\nHost: secret.test\r\nConnection: close\r\n\r\n",
+        b"GET http://secret.test:99999/x HTTP/1.1\r\nHost: secret.test\r\nConnection: close\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: localhost@secret.test\r\nConnection: close\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: localhost:99999\r\nConnection: close\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: secret.test:8a\r\nConnection: close\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",
+    ];
+    for case in cases {
+        let status = raw_status(addr, case).await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(case));
+    }
+    assert!(secret.requests().is_empty() && public.requests().is_empty());
+    // A valid port is fine.
+    let status = raw_status(
+        addr,
+        b"GET /x HTTP/1.1\r\nHost: secret.test:65535\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(secret.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_authority_wins_over_a_differing_host_field() {
+    let (secret, public, proxy) = two_hosts().await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("h2 ready");
+    let request = http::Request::get("http://secret.test/z")
+        .header("host", "localhost")
+        .body(())
+        .expect("a GET");
+    let (response, _) = client.send_request(request, true).expect("send");
+    assert_eq!(
+        response.await.expect("an answer").status(),
+        http::StatusCode::OK
+    );
+    let got = secret.requests();
+    assert_eq!(got.len(), 1, "routed by :authority");
+    assert_eq!(host_line(&got[0].head), "secret.test");
+    assert!(public.requests().is_empty());
+
+    // :authority with userinfo: refused, nothing forwarded.
+    let mut client = client.ready().await.expect("still ready");
+    let request = http::Request::get("http://user@secret.test/z")
+        .body(())
+        .expect("a GET");
+    let (response, _) = client.send_request(request, true).expect("send");
+    let status = response.await.map(|r| r.status());
+    assert!(
+        matches!(status, Ok(http::StatusCode::BAD_REQUEST)) || status.is_err(),
+        "{status:?}"
+    );
+    assert_eq!(secret.requests().len(), 1);
+}
