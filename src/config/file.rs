@@ -146,6 +146,7 @@ pub struct RouteFile {
     pub upstream: Spanned<String>,
     pub max_body_size: Option<ConfigSize>,
     pub rate_limit: Option<Spanned<Vec<String>>>,
+    pub upgrades: Option<Spanned<Vec<String>>>,
 }
 
 /// The strategies a pool can balance with.

@@ -288,6 +288,9 @@ pub struct RouteConfig {
     pub max_body_size: Option<u64>,
     /// Rate-limit zones checked for this route, in order.
     pub rate_limit: Vec<String>,
+    /// `Upgrade` protocols passed to the upstream (lowercase names; default `websocket`); others are
+    /// stripped from the request.
+    pub upgrades: Vec<String>,
 }
 
 /// Which failures count against a server and may be retried (nginx `proxy_next_upstream`).

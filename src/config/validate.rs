@@ -283,9 +283,41 @@ impl Validator<'_> {
                     }
                     None => Vec::new(),
                 },
+                upgrades: match &file.upgrades {
+                    Some(tokens) => self.upgrade_tokens(tokens, i)?,
+                    None => vec!["websocket".to_string()],
+                },
             });
         }
         Ok(out)
+    }
+
+    /// `upgrades`: protocol names (RFC 9110 7.8: a token, optionally `/version`), lowercased.
+    fn upgrade_tokens(
+        &self,
+        tokens: &toml::Spanned<Vec<String>>,
+        route: usize,
+    ) -> Result<Vec<String>, ConfigError> {
+        tokens
+            .get_ref()
+            .iter()
+            .map(|token| {
+                let name = token.to_ascii_lowercase();
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+                if valid {
+                    Ok(name)
+                } else {
+                    Err(self.err(
+                        Some(tokens.span()),
+                        format!("route[{route}].upgrades"),
+                        format!("`{token}` is not a protocol name; write e.g. \"websocket\""),
+                    ))
+                }
+            })
+            .collect()
     }
 
     fn host_pattern(&self, host: &str) -> Result<String, String> {

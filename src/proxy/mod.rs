@@ -31,7 +31,7 @@ use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
@@ -171,15 +171,25 @@ impl ProxyService {
             return Err(local_answer(&ProxyError::NoRoute));
         };
         trace.route = Some(route.index);
+        // Only the protocols the route allows go upstream; without one the request goes as a plain one
+        // (hop-by-hop stripping drops `Upgrade` and its mention in `Connection`).
+        let allowed_upgrade = (asks_upgrade && request.version() == http::Version::HTTP_11)
+            .then(|| request.headers().get(header::UPGRADE))
+            .flatten()
+            .and_then(|asked| {
+                let allowed = upgrade::allowed_protocols(asked, &route.upgrades);
+                if allowed.is_none() {
+                    debug!(id = trace.id(), client = %client_ip, upgrade = ?asked, "upgrade to a protocol the route does not allow: removed");
+                }
+                allowed
+            });
         let route = RouteAt {
             pool: route.pool,
             max_body_size: route.max_body_size,
             zones: (!route.zones.is_empty()).then(|| Arc::clone(&route.zones)),
         };
-        let client_upgrade = (asks_upgrade && request.version() == http::Version::HTTP_11)
-            .then(|| request.headers().get(header::UPGRADE).cloned())
-            .flatten()
-            .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
+        let client_upgrade =
+            allowed_upgrade.map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
         let (parts, body) = request.into_parts();
         let mut routed = Routed {
             parts,
@@ -368,6 +378,17 @@ impl ProxyService {
         };
         match result {
             Ok((mut response, guard, server)) => {
+                if upgrade::is_switching(&response)
+                    && !client_upgrade.as_ref().is_some_and(|(asked, _)| {
+                        upgrade::switches_to_asked(response.headers().get(header::UPGRADE), asked)
+                    })
+                {
+                    // A switch nobody asked for (or to another protocol): never spliced.
+                    warn!(id, client = %client_ip, pool = %pool.name, upgrade = ?response.headers().get(header::UPGRADE), "the upstream answered 101 to a protocol that was not asked for: 502");
+                    return local_answer(&ProxyError::Upstream(
+                        "101 Switching Protocols to a protocol that was not forwarded".to_string(),
+                    ));
+                }
                 let tunnel = match client_upgrade {
                     Some((_, client)) if upgrade::is_switching(&response) => {
                         let protocol = response.headers().get(header::UPGRADE).cloned();

@@ -19,6 +19,8 @@ pub struct Route {
     pub zones: std::sync::Arc<[usize]>,
     /// Position of the route in the config (indexes the snapshot's per-route metrics).
     pub index: usize,
+    /// `Upgrade` protocols passed upstream (lowercase); others are stripped.
+    pub upgrades: std::sync::Arc<[String]>,
 }
 
 /// All routes, grouped by host kind, each group sorted longest prefix first.
@@ -46,6 +48,7 @@ impl Router {
                 pool: pool_index(&config.upstream),
                 max_body_size: config.max_body_size.unwrap_or(default_max_body),
                 zones: config.rate_limit.iter().map(|z| zone_index(z)).collect(),
+                upgrades: config.upgrades.iter().cloned().collect(),
             };
             match config.host.as_deref() {
                 None => router.any_host.push(route),
@@ -123,6 +126,7 @@ mod tests {
             upstream: upstream.into(),
             max_body_size: None,
             rate_limit: Vec::new(),
+            upgrades: vec!["websocket".to_string()],
         }
     }
 

@@ -264,3 +264,89 @@ async fn http2_authority_wins_over_a_differing_host_field() {
     );
     assert_eq!(secret.requests().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_the_route_does_not_allow_is_stripped_before_the_upstream() {
+    let backend = crate::smuggling::RawBackend::start().await;
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "servers = [{{ addr = \"{}\" }}]",
+        backend.addr
+    )))
+    .await;
+    // The h2c upgrade (RFC 9113 3.1 deprecates it; "h2c smuggling" goes around a proxy's rules with it).
+    let status = raw_status(
+        proxy.addr(),
+        b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "served as a plain request");
+    let got = backend.requests();
+    assert_eq!(got.len(), 1);
+    let head = got[0].head.to_ascii_lowercase();
+    assert!(
+        !head.contains("upgrade") && !head.contains("http2-settings") && !head.contains("h2c"),
+        "the upstream saw the upgrade: {head}"
+    );
+}
+
+/// A raw upstream that answers every request with `101` switching to `protocol`.
+async fn switching_backend(protocol: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_to_a_protocol_that_was_not_forwarded_is_answered_502() {
+    for (protocol, request) in [
+        // No upgrade asked for at all.
+        ("h2c", &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..]),
+        // WebSocket asked for, something else granted.
+        (
+            "h2c",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        ),
+    ] {
+        let upstream = switching_backend(protocol).await;
+        let proxy =
+            TestProxy::start(&one_pool(&format!("servers = [{{ addr = \"{upstream}\" }}]"))).await;
+        let status = raw_status(proxy.addr(), request).await;
+        assert_eq!(status, 502, "{}", String::from_utf8_lossy(request));
+    }
+    // The switch asked for and allowed is spliced as before.
+    let upstream = switching_backend("websocket").await;
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "servers = [{{ addr = \"{upstream}\" }}]"
+    )))
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("read");
+    assert_eq!(crate::smuggling::status_code(&buf[..n]), 101);
+}

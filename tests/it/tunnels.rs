@@ -51,6 +51,15 @@ async fn echo_upgrade_backend() -> Backend {
     .await
 }
 
+/// `config` with `upgrades = ["echo"]` on its route (only WebSocket passes by default).
+fn echo_allowed(config: String) -> String {
+    config.replacen(
+        "upstream = \"pool\"\n",
+        "upstream = \"pool\"\nupgrades = [\"echo\", \"websocket\"]\n",
+        1,
+    )
+}
+
 /// Opens an `Upgrade: echo` tunnel through the proxy and returns the connection after the 101.
 async fn open_tunnel(proxy: &TestProxy) -> TcpStream {
     let addr = proxy.url("").trim_start_matches("http://").to_string();
@@ -95,10 +104,10 @@ async fn echo(stream: &mut TcpStream, message: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_is_tunneled_both_ways_and_counts_as_in_flight() {
     let backend = echo_upgrade_backend().await;
-    let proxy = TestProxy::start(&one_pool(&format!(
+    let proxy = TestProxy::start(&echo_allowed(one_pool(&format!(
         "servers = [{{ addr = \"{}\" }}]",
         backend.addr()
-    )))
+    ))))
     .await;
     let state = Arc::clone(&proxy.proxy.runtime().snapshot().pools[0].primary.servers[0].state);
     let mut tunnel = open_tunnel(&proxy).await;
@@ -118,7 +127,10 @@ async fn shutdown_gives_open_tunnels_the_grace_then_closes_them() {
     let backend = echo_upgrade_backend().await;
     let proxy = TestProxy::start(&format!(
         "[global]\nshutdown_timeout = \"700ms\"\n{}",
-        one_pool(&format!("servers = [{{ addr = \"{}\" }}]", backend.addr()))
+        echo_allowed(one_pool(&format!(
+            "servers = [{{ addr = \"{}\" }}]",
+            backend.addr()
+        )))
     ))
     .await;
     let mut tunnel = open_tunnel(&proxy).await;
