@@ -2,7 +2,6 @@
 //! [`ConnectionClock`], and the last request of a connection (`keepalive_requests`, or keep-alive off)
 //! answered with `Connection: close`.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tracing::debug;
 
 use super::timeouts::ConnectionClock;
 use crate::proxy::body::ProxyBody;
@@ -43,16 +43,24 @@ impl Drop for Active {
     }
 }
 
-type ClockedFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ClockedBody>, Infallible>> + Send>>;
+type ClockedFuture = Pin<Box<dyn Future<Output = Result<Response<ClockedBody>, h2::Error>> + Send>>;
 
 impl hyper::service::Service<Request<Incoming>> for ClockedService {
     type Response = Response<ClockedBody>;
-    type Error = Infallible;
+    /// Only HTTP/2 streams fail (hyper resets them with the error's reason); HTTP/1 always answers.
+    type Error = h2::Error;
     type Future = ClockedFuture;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let http2 = request.version() == http::Version::HTTP_2;
+        if http2 && padded_value(request.headers()) {
+            // RFC 9113 8.2.1: a field value with leading or trailing whitespace makes the request
+            // malformed; the stream is reset and nothing is forwarded.
+            debug!("HTTP/2 request with a field value padded with whitespace: stream reset");
+            return Box::pin(std::future::ready(Err(h2::Error::from(
+                h2::Reason::PROTOCOL_ERROR,
+            ))));
+        }
         let served = self.clock.request_started(http2);
         if !http2 {
             self.clock.request_body(!request.body().is_end_stream());
@@ -84,8 +92,17 @@ struct Delivery {
     http2: bool,
 }
 
+/// Whether a field value starts or ends with a space or a tab (malformed in HTTP/2; HTTP/1's parser trims
+/// that whitespace as optional).
+fn padded_value(headers: &http::HeaderMap) -> bool {
+    headers.values().any(|value| {
+        let bytes = value.as_bytes();
+        matches!(bytes.first(), Some(b' ' | b'\t')) || matches!(bytes.last(), Some(b' ' | b'\t'))
+    })
+}
+
 impl Deliver for Delivery {
-    type Output = Result<Response<ClockedBody>, Infallible>;
+    type Output = Result<Response<ClockedBody>, h2::Error>;
 
     fn deliver(self, response: Response<ProxyBody>) -> Self::Output {
         Ok(clocked(response, self.active, self.close))

@@ -350,3 +350,38 @@ async fn a_101_to_a_protocol_that_was_not_forwarded_is_answered_502() {
         .expect("read");
     assert_eq!(crate::smuggling::status_code(&buf[..n]), 101);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_field_values_with_leading_or_trailing_whitespace_reset_the_stream() {
+    let backend = named("app").await;
+    let proxy = TestProxy::start(&one_pool(&servers(&[(backend.addr(), 1)]))).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("h2 ready");
+    for value in ["trailing ", " leading", "\ttab", "tab\t"] {
+        let request = http::Request::get("http://app.test/")
+            .header(
+                "x-padded",
+                http::HeaderValue::from_str(value).expect("a value"),
+            )
+            .body(())
+            .expect("a GET");
+        let (response, _) = client.send_request(request, true).expect("send");
+        let reason = response.await.expect_err("the stream is reset").reason();
+        assert_eq!(reason, Some(h2::Reason::PROTOCOL_ERROR), "{value:?}");
+        client = client.ready().await.expect("the connection stays usable");
+    }
+    assert_eq!(backend.requests(), 0, "nothing was forwarded");
+    let request = http::Request::get("http://app.test/")
+        .header("x-inner", "in ner")
+        .body(())
+        .expect("a GET");
+    let (response, _) = client.send_request(request, true).expect("send");
+    assert_eq!(
+        response.await.expect("an answer").status(),
+        http::StatusCode::OK
+    );
+}
