@@ -192,7 +192,10 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
-                    if this.seen > this.limits.max_size {
+                    // A chunked body's hint is the rest of the chunk this data began (our hyper patch):
+                    // a chunk that cannot fit is refused before any of it is forwarded, as nginx does.
+                    let announced = inner.size_hint().lower();
+                    if this.seen.saturating_add(announced) > this.limits.max_size {
                         this.fail(FAULT_TOO_LARGE);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }

@@ -385,3 +385,88 @@ async fn http2_field_values_with_leading_or_trailing_whitespace_reset_the_stream
         http::StatusCode::OK
     );
 }
+
+/// A raw upstream that keeps every byte it receives (answering `200` once it has seen a blank line, the
+/// head's end, only when `answer` is set); returns its address and the bytes.
+async fn recording_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<parking_lot::Mutex<Vec<u8>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let kept = std::sync::Arc::clone(&kept);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    kept.lock().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_larger_than_max_body_size_allows_gets_413_before_any_of_it_is_forwarded() {
+    let (upstream, seen) = recording_upstream().await;
+    let proxy = TestProxy::start(&format!(
+        "[global]\nmax_body_size = \"1m\"\n{}",
+        one_pool(&format!("servers = [{{ addr = \"{upstream}\" }}]"))
+    ))
+    .await;
+    for (first, size) in [
+        // One chunk announcing 4 MiB.
+        ("", "400000"),
+        // A small chunk, then one whose size would pass the limit with it.
+        ("10\r\nAAAAAAAAAAAAAAAA\r\n", "fffff"),
+    ] {
+        seen.lock().clear();
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr())
+            .await
+            .expect("connect");
+        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        stream
+            .write_all(format!("{head}{first}{size}\r\n").as_bytes())
+            .await
+            .expect("write");
+        // The chunk's first bytes: a marker the upstream must never see.
+        stream.write_all(&[b'Z'; 32 * 1024]).await.expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        answer.extend_from_slice(&buf[..n]);
+                        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            crate::smuggling::status_code(&answer),
+            413,
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        let forwarded = seen.lock().clone();
+        assert!(
+            !forwarded.contains(&b'Z'),
+            "bytes of the oversized chunk reached the upstream: {} bytes",
+            forwarded.iter().filter(|&&b| b == b'Z').count()
+        );
+    }
+}

@@ -17,6 +17,7 @@ pub(crate) fn channel(wanter: bool) -> (Sender, Receiver) {
             sender_open: true,
             receiver_open: true,
             want: !wanter,
+            announced: 0,
         }),
         sender_waker: AtomicWaker::new(),
         receiver_waker: AtomicWaker::new(),
@@ -60,6 +61,8 @@ struct State {
     sender_open: bool,
     receiver_open: bool,
     want: bool,
+    // fulcrum patch: bytes the sender said follow the data it sent last (the rest of a chunk).
+    announced: u64,
 }
 
 impl Sender {
@@ -88,7 +91,18 @@ impl Sender {
             .map_err(|_| crate::Error::new_closed())
     }
 
+    // fulcrum patch: the dispatcher sends with `try_send_data_announcing`; the tests still use this.
+    #[cfg(test)]
     pub(crate) fn try_send_data(&mut self, chunk: Bytes) -> Result<(), Bytes> {
+        self.try_send_data_announcing(chunk, 0)
+    }
+
+    // fulcrum patch: `try_send_data`, telling the receiver how many bytes follow in the same chunk.
+    pub(crate) fn try_send_data_announcing(
+        &mut self,
+        chunk: Bytes,
+        announced: u64,
+    ) -> Result<(), Bytes> {
         let mut state = self.shared.state.lock().panic_if_poisoned();
         if !state.receiver_open
             || !state.want
@@ -98,6 +112,7 @@ impl Sender {
             return Err(chunk);
         }
         state.item = Some(Ok(chunk));
+        state.announced = announced;
         drop(state);
         self.shared.receiver_waker.wake();
         Ok(())
@@ -194,6 +209,12 @@ impl Receiver {
             self.terminated = true;
             Poll::Ready(None)
         }
+    }
+
+    // fulcrum patch: see `Sender::try_send_data_announcing`.
+    /// Bytes the sender said follow the data it sent last.
+    pub(crate) fn announced(&self) -> u64 {
+        self.shared.state.lock().panic_if_poisoned().announced
     }
 
     pub(crate) fn take_trailers(&mut self) -> Option<HeaderMap> {

@@ -258,6 +258,16 @@ impl Body for Incoming {
 
         match self.kind {
             Kind::Empty => SizeHint::with_exact(0),
+            // fulcrum patch: a chunked body's lower bound is the rest of the chunk being read.
+            #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
+            Kind::Chan {
+                content_length: DecodedLength::CHUNKED,
+                ref rx,
+            } => {
+                let mut hint = SizeHint::default();
+                hint.set_lower(rx.announced());
+                hint
+            }
             #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
             Kind::Chan { content_length, .. } => opt_len(content_length),
             #[cfg(all(feature = "http2", any(feature = "client", feature = "server")))]

@@ -363,6 +363,15 @@ where
         }
     }
 
+    // fulcrum patch: see `Decoder::chunk_remaining`.
+    /// Bytes of the chunk being read that are still to come (0 when not reading chunked data).
+    pub(crate) fn chunk_remaining(&self) -> u64 {
+        match &self.state.reading {
+            Reading::Body(decoder) => decoder.chunk_remaining(),
+            _ => 0,
+        }
+    }
+
     pub(crate) fn poll_read_body(
         &mut self,
         cx: &mut Context<'_>,

@@ -84,6 +84,20 @@ enum ChunkedState {
 }
 
 impl Decoder {
+    // fulcrum patch: what is left of the chunk being read, so a receiver can refuse a chunk larger than
+    // it accepts before taking its first byte.
+    /// Bytes of the current chunk not yet decoded (0 outside a chunk's data, or when not chunked).
+    pub(crate) fn chunk_remaining(&self) -> u64 {
+        match &self.kind {
+            Kind::Chunked {
+                state: ChunkedState::Body,
+                chunk_len,
+                ..
+            } => *chunk_len,
+            _ => 0,
+        }
+    }
+
     // constructors
 
     pub(crate) fn length(x: u64) -> Decoder {

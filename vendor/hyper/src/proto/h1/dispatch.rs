@@ -248,7 +248,10 @@ where
                         Poll::Ready(Some(Ok(frame))) => {
                             if frame.is_data() {
                                 let chunk = frame.into_data().unwrap_or_else(|_| unreachable!());
-                                match body.try_send_data(chunk) {
+                                // fulcrum patch: the rest of the chunk is announced with it (the
+                                // body's size_hint lower bound).
+                                let announced = self.conn.chunk_remaining();
+                                match body.try_send_data_announcing(chunk, announced) {
                                     Ok(()) => {
                                         self.body_tx.set(body);
                                     }
