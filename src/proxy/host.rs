@@ -139,3 +139,48 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::request_host;
+    use http::{HeaderValue, Request, Version};
+    use proptest::prelude::*;
+
+    /// Host-like text over the bytes that matter: letters, digits, dots, dashes, colons, brackets, `@`.
+    fn hostish() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[a-z0-9.:@\\[\\]-]{0,12}").expect("a regex")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Whatever the target and `Host` say, the host routed by is the target's authority when the
+        /// request has one, never carries userinfo, and is refused rather than guessed.
+        #[test]
+        fn the_target_authority_wins_and_userinfo_never_passes(
+            authority in hostish(),
+            host in hostish(),
+            http2 in any::<bool>(),
+        ) {
+            let uri = format!("http://{authority}/p");
+            let Ok(request) = Request::get(uri.as_str())
+                .version(if http2 { Version::HTTP_2 } else { Version::HTTP_11 })
+                .body(())
+            else {
+                return Ok(());
+            };
+            let Ok(value) = HeaderValue::from_str(&host) else {
+                return Ok(());
+            };
+            match request_host(&request, (Some(&value), 1)) {
+                Ok(Some(chosen)) => {
+                    let target = request.uri().authority().map(|a| a.as_str());
+                    prop_assert_eq!(Some(chosen.to_str().unwrap_or_default()), target);
+                    prop_assert!(!chosen.as_bytes().contains(&b'@'));
+                }
+                Ok(None) => prop_assert!(false, "a request with a target authority has a host"),
+                Err(()) => {}
+            }
+        }
+    }
+}

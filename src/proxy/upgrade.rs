@@ -169,3 +169,33 @@ mod tests {
         assert!(!switches_to_asked(None, &value("websocket")));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::allowed_protocols;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Only protocols the route allows ever pass, in any case and any list; h2c never does unless
+        /// allowed.
+        #[test]
+        fn only_allowed_protocols_ever_pass(
+            tokens in proptest::collection::vec("(websocket|WebSocket|h2c|H2C|echo|foo/1|tls/1.3| |,)", 0..6),
+        ) {
+            let asked = tokens.join(",");
+            let Ok(value) = HeaderValue::from_str(&asked) else {
+                return Ok(());
+            };
+            let allowed = ["websocket".to_string()];
+            if let Some(kept) = allowed_protocols(&value, &allowed) {
+                let kept = kept.to_str().unwrap_or_default().to_ascii_lowercase();
+                for token in kept.split(',').map(str::trim) {
+                    prop_assert_eq!(token, "websocket");
+                }
+            }
+        }
+    }
+}

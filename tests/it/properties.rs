@@ -9,12 +9,13 @@ use fulcrum::ratelimit::bucket::{check, Bucket, Decision, Limit};
 use fulcrum::upstream::Server;
 use proptest::prelude::*;
 
-const STRATEGIES: [Balancing; 5] = [
+const STRATEGIES: [Balancing; 6] = [
     Balancing::RoundRobin,
     Balancing::Weighted,
     Balancing::LeastConn,
     Balancing::IpHash,
     Balancing::ConsistentHash,
+    Balancing::LeastTime,
 ];
 
 /// What a server is like in a case: weight, down, drained.
