@@ -106,7 +106,12 @@ where
 {
     /// Serves `io` with `service` under the listener's protocol settings; `alpn_h2`: TLS chose `h2` by
     /// ALPN, so anything but the HTTP/2 preface is a connection error (RFC 9113 3.4, RFC 7301 3.2).
-    pub fn new(io: TimedIo<I>, service: ClockedService, shared: Arc<Shared>, alpn_h2: bool) -> Self {
+    pub fn new(
+        io: TimedIo<I>,
+        service: ClockedService,
+        shared: Arc<Shared>,
+        alpn_h2: bool,
+    ) -> Self {
         Self {
             state: State::Detecting {
                 io: Some(io),
