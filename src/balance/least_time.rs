@@ -11,8 +11,11 @@ use std::sync::Arc;
 use super::{Balancer, PickContext};
 use crate::upstream::{Server, ServerState};
 
-/// Pools up to this size are scanned whole: as cheap as two random draws, and never misses the best.
-const COMPARE_ALL_UP_TO: usize = 4;
+/// Pools up to this size are scanned whole, so the best server is never missed. Two random draws would
+/// send a slow server every request that draws it with a slower one: the second slowest of ten replicas
+/// got 2 of every 90 picks, enough to set the p99 (`benches/load/spread.py`, tower76). A scan of sixteen
+/// costs about what the rest of a pick does; larger pools draw two.
+const COMPARE_ALL_UP_TO: usize = 16;
 
 /// Random draws tried to find two distinct usable servers before falling back to a scan.
 const DRAWS: usize = 4;
@@ -166,6 +169,31 @@ mod tests {
             // meets a faster one.
             assert_eq!(counts[0], 0, "size {size}: {counts:?}");
         }
+    }
+
+    #[test]
+    fn a_pool_of_ten_uneven_servers_sends_nothing_to_the_slow_ones_when_idle() {
+        // tower#76's profile: 1 ms to 1 s. Two random draws would give the second slowest every pick
+        // that drew it with the slowest (2 in 90); a pool this size is scanned whole.
+        let servers = pool(&[1; 10]);
+        let now = 5_000;
+        for (i, server) in servers.iter().enumerate() {
+            server
+                .state
+                .latency()
+                .observe(1_000.0 * 1000f64.powf(i as f64 / 9.0), now);
+        }
+        let balancer = LeastTime::new(&servers);
+        let counts = shares(&balancer, &servers, now, 2_000);
+        assert_eq!(counts[0], 2_000, "{counts:?}");
+        // Far larger pools still draw two (the pick stays cheap at 100 servers).
+        let large = pool(&[1; 40]);
+        for (i, server) in large.iter().enumerate() {
+            server.state.latency().observe(1_000.0 + i as f64, now);
+        }
+        let balancer = LeastTime::new(&large);
+        let counts = shares(&balancer, &large, now, 2_000);
+        assert!(counts[0] < 2_000 && counts[39] == 0, "{counts:?}");
     }
 
     #[test]

@@ -50,7 +50,11 @@ impl Latency {
             return None;
         }
         let cost = f64::from_bits(self.cost_us.load(Ordering::Relaxed));
-        Some(cost * decay(now_ms.saturating_sub(stamp)))
+        // A server sampled this millisecond (a busy one) needs no decay, and no `exp`.
+        match now_ms.saturating_sub(stamp) {
+            0 => Some(cost),
+            elapsed => Some(cost * decay(elapsed)),
+        }
     }
 }
 
