@@ -25,6 +25,7 @@ fuzz_target!(|input: Input| {
             upstream: String::new(),
             max_body_size: None,
             rate_limit: Vec::new(),
+            upgrades: Vec::new(),
         })
         .collect();
     let router = Router::new(&routes, |_| 0, |_| 0, 1 << 20);
