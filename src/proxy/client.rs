@@ -134,7 +134,7 @@ pub fn build_client(
     tls: Option<&UpstreamTls>,
     name: Option<&str>,
 ) -> UpstreamClient {
-    if tls.is_none() && !settings.protocol.is_http2() {
+    if tls.is_none() && !settings.protocol.is_http2() && !hyper_for_cleartext() {
         return UpstreamClient::Http1(Arc::new(super::h1pool::Http1Pool::new(
             settings.connect_timeout,
             settings.keepalive_timeout,
@@ -175,6 +175,14 @@ pub fn build_client(
         builder.http2_only(true);
     }
     UpstreamClient::Legacy(Box::new(builder.build(connector)))
+}
+
+/// `FULCRUM_UPSTREAM_HTTP1=hyper`: cleartext HTTP/1.1 upstreams go through hyper-util's pooled client as
+/// TLS and HTTP/2 ones do, instead of our own. A measurement switch for the choice of one HTTP/1.1 client
+/// (`benches/load/ab.py` variants, docs/benchmarks.md); read once.
+fn hyper_for_cleartext() -> bool {
+    static HYPER: OnceLock<bool> = OnceLock::new();
+    *HYPER.get_or_init(|| std::env::var("FULCRUM_UPSTREAM_HTTP1").is_ok_and(|v| v == "hyper"))
 }
 
 /// The TLS config of a pool without `https://` servers: never used for a handshake, and it trusts nothing.
