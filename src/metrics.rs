@@ -33,6 +33,7 @@ pub struct Metrics {
     passive_failures: IntCounterVec,
     retries: IntCounterVec,
     ratelimit: IntCounterVec,
+    redis_up: IntGaugeVec,
     connections: IntGaugeVec,
     tls_handshake_failures: IntCounterVec,
     reloads: IntCounterVec,
@@ -264,6 +265,12 @@ impl Default for Metrics {
                 "Rate-limit decisions by zone and outcome.",
                 &["zone", "outcome"],
             ),
+            redis_up: gauge_vec(
+                &r,
+                "fulcrum_ratelimit_redis_up",
+                "1 while a Redis zone's circuit breaker is closed (Redis asked), 0 while open.",
+                &["zone"],
+            ),
             connections: gauge_vec(
                 &r,
                 "fulcrum_client_connections",
@@ -351,6 +358,11 @@ impl Metrics {
             rejected: outcome("rejected"),
             dry_run: outcome("dry_run"),
         }
+    }
+
+    /// The `fulcrum_ratelimit_redis_up` gauge of a Redis zone.
+    pub fn redis_up(&self, zone: &str) -> IntGauge {
+        self.redis_up.with_label_values(&[zone])
     }
 
     /// The open-connections gauge of a listener.

@@ -44,10 +44,21 @@ pub struct Runtime {
 }
 
 /// Fresh state for a zone: empty buckets and, for the Redis backend, a (lazily connecting) client.
-fn new_zone_shared(zone: &RateLimitConfig) -> ZoneShared {
+fn new_zone_shared(zone: &RateLimitConfig, metrics: &Metrics) -> ZoneShared {
     let redis = match &zone.backend {
-        RateLimitBackend::Redis { url, timeout, .. } => {
-            match RedisBackend::new(url, &zone.name, *timeout) {
+        RateLimitBackend::Redis {
+            urls,
+            cluster,
+            timeout,
+            ..
+        } => {
+            match RedisBackend::new(
+                urls,
+                *cluster,
+                &zone.name,
+                *timeout,
+                metrics.redis_up(&zone.name),
+            ) {
                 Ok(backend) => Some(Arc::new(backend)),
                 Err(e) => {
                     // Validation opened the same URL, so this is not expected; the zone then acts local.
@@ -249,13 +260,14 @@ impl Runtime {
                         zone.name.clone(),
                         ZoneState {
                             config: zone.clone(),
-                            shared: new_zone_shared(zone),
+                            shared: new_zone_shared(zone, metrics),
                         },
                     );
                 }
-                zones
-                    .get(&zone.name)
-                    .map_or_else(|| new_zone_shared(zone), |kept| kept.shared.clone())
+                zones.get(&zone.name).map_or_else(
+                    || new_zone_shared(zone, metrics),
+                    |kept| kept.shared.clone(),
+                )
             },
             metrics,
             first,

@@ -65,9 +65,31 @@ pub struct RateLimitFile {
     pub dry_run: Option<bool>,
     pub max_keys: Option<Spanned<usize>>,
     pub backend: Option<Spanned<String>>,
-    pub redis_url: Option<Spanned<String>>,
+    pub redis_url: Option<Spanned<RedisUrls>>,
+    pub redis_cluster: Option<bool>,
+    pub fleet_size: Option<Spanned<u64>>,
     pub on_redis_error: Option<Spanned<String>>,
     pub redis_timeout: Option<ConfigDuration>,
+}
+
+/// `redis_url`: one URL, or a list (the nodes of a Redis Cluster).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RedisUrls {
+    /// One server.
+    One(String),
+    /// Several (cluster seed nodes).
+    Many(Vec<String>),
+}
+
+impl RedisUrls {
+    /// The URLs, in order.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            RedisUrls::One(url) => vec![url.clone()],
+            RedisUrls::Many(urls) => urls.clone(),
+        }
+    }
 }
 
 /// `[global]`.

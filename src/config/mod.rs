@@ -158,13 +158,28 @@ pub enum RateLimitBackend {
     Local,
     /// In Redis, shared by every proxy that uses the same URL and zone name.
     Redis {
-        /// `redis://host:port/db` (or `rediss://`, `redis+unix://`).
-        url: String,
-        /// Refuse (true) or let through (false) when Redis does not answer.
-        deny_on_error: bool,
+        /// `redis://host:port/db` (or `rediss://`, `redis+unix://`); with `cluster`, the seed nodes.
+        urls: Vec<String>,
+        /// Redis Cluster (keys hashed to slots by the client) rather than one server.
+        cluster: bool,
+        /// What to do while Redis does not answer (or the circuit breaker is open).
+        on_error: OnRedisError,
+        /// How many proxies share the zone (`on_redis_error = "local"` enforces `rate / fleet_size`).
+        fleet_size: u64,
         /// Longest wait for Redis per check.
         timeout: Duration,
     },
+}
+
+/// `on_redis_error`: a zone's answer while Redis is unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Let the request through.
+    Allow,
+    /// Refuse the request.
+    Deny,
+    /// Check it against an in-process bucket at `rate / fleet_size` and `burst / fleet_size`.
+    Local,
 }
 
 impl RateLimitConfig {

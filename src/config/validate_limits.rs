@@ -7,7 +7,7 @@ use super::error::ConfigError;
 use super::file::{AdminFile, RateLimitFile};
 use super::validate::{listen_addr, Validator};
 use super::values::HashKey;
-use super::{AdminConfig, Rate, RateLimitBackend, RateLimitConfig};
+use super::{AdminConfig, OnRedisError, Rate, RateLimitBackend, RateLimitConfig};
 
 /// Parses `"10r/s"` or `"600r/m"`.
 fn parse_rate(text: &str) -> Result<Rate, String> {
@@ -108,28 +108,63 @@ impl Validator<'_> {
                         "backend = \"redis\" needs redis_url, e.g. \"redis://127.0.0.1:6379/0\"",
                     ));
                 };
-                if let Err(e) = redis::Client::open(url.get_ref().as_str()) {
+                let urls = url.get_ref().to_vec();
+                if urls.is_empty() {
                     return Err(self.err(
                         Some(url.span()),
                         key("redis_url"),
-                        format!("`{}` is not a Redis URL: {e}", url.get_ref()),
+                        "needs at least one URL",
                     ));
                 }
-                let deny_on_error = match file.on_redis_error.as_ref() {
-                    None => false,
-                    Some(v) if v.get_ref() == "allow" => false,
-                    Some(v) if v.get_ref() == "deny" => true,
+                let cluster = file.redis_cluster.unwrap_or(false);
+                if urls.len() > 1 && !cluster {
+                    return Err(self.err(
+                        Some(url.span()),
+                        key("redis_url"),
+                        "a list of URLs is for a Redis Cluster: set redis_cluster = true, or give one URL",
+                    ));
+                }
+                for one in &urls {
+                    if let Err(e) = redis::Client::open(one.as_str()) {
+                        return Err(self.err(
+                            Some(url.span()),
+                            key("redis_url"),
+                            format!("`{one}` is not a Redis URL: {e}"),
+                        ));
+                    }
+                }
+                let on_error = match file.on_redis_error.as_ref() {
+                    None => OnRedisError::Allow,
+                    Some(v) if v.get_ref() == "allow" => OnRedisError::Allow,
+                    Some(v) if v.get_ref() == "deny" => OnRedisError::Deny,
+                    Some(v) if v.get_ref() == "local" => OnRedisError::Local,
                     Some(v) => {
                         return Err(self.err(
                             Some(v.span()),
                             key("on_redis_error"),
-                            format!("unknown value `{}`; expected allow or deny", v.get_ref()),
+                            format!(
+                                "unknown value `{}`; expected allow, deny or local",
+                                v.get_ref()
+                            ),
                         ))
                     }
                 };
+                let fleet_size = match &file.fleet_size {
+                    Some(n) if *n.get_ref() == 0 => {
+                        return Err(self.err(
+                            Some(n.span()),
+                            key("fleet_size"),
+                            "must be at least 1",
+                        ))
+                    }
+                    Some(n) => *n.get_ref(),
+                    None => 1,
+                };
                 RateLimitBackend::Redis {
-                    url: url.get_ref().clone(),
-                    deny_on_error,
+                    urls,
+                    cluster,
+                    on_error,
+                    fleet_size,
                     timeout: file
                         .redis_timeout
                         .map_or(Duration::from_millis(50), |d| d.0),

@@ -13,7 +13,7 @@ use http::StatusCode;
 pub use bucket::{Decision, Limit};
 pub use store::Store;
 
-use crate::config::{HashKey, RateLimitConfig};
+use crate::config::{HashKey, OnRedisError, RateLimitConfig};
 
 /// Requests a zone may hold back (without nodelay) at once; past it, requests are refused.
 pub const MAX_DELAYED: usize = 10_000;
@@ -37,8 +37,11 @@ pub struct Zone {
     pub window_secs: u64,
     /// The buckets (local backend).
     pub store: Arc<Store>,
-    /// The shared buckets (Redis backend), and whether to refuse when Redis does not answer.
-    pub redis: Option<(Arc<redis::RedisBackend>, bool)>,
+    /// The shared buckets (Redis backend), and what to do when Redis does not answer.
+    pub redis: Option<(Arc<redis::RedisBackend>, OnRedisError)>,
+    /// With `on_redis_error = "local"`: this proxy's share of the limit (`rate / fleet_size`,
+    /// `burst / fleet_size` but at least 1 when burst is set), checked against `store`.
+    pub local_limit: Limit,
     /// Requests held back right now.
     pub delayed: Arc<AtomicUsize>,
     /// Decision counters.
@@ -54,13 +57,16 @@ impl Zone {
         redis: Option<Arc<redis::RedisBackend>>,
         metrics: crate::metrics::ZoneMetrics,
     ) -> Zone {
-        let deny_on_error = matches!(
-            config.backend,
+        let (on_error, fleet_size) = match &config.backend {
             crate::config::RateLimitBackend::Redis {
-                deny_on_error: true,
+                on_error,
+                fleet_size,
                 ..
-            }
-        );
+            } => (*on_error, (*fleet_size).max(1)),
+            crate::config::RateLimitBackend::Local => (OnRedisError::Allow, 1),
+        };
+        let limit = config.limit();
+        let local_limit = share(limit, fleet_size);
         let policy = format!(
             "\"{}\";q={};w={}",
             config.name, config.rate.count, config.rate.window_secs
@@ -68,14 +74,15 @@ impl Zone {
         Zone {
             name: config.name.clone(),
             key: config.key.clone(),
-            limit: config.limit(),
+            limit,
+            local_limit,
             status: StatusCode::from_u16(config.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
             dry_run: config.dry_run,
             policy_header: http::HeaderValue::from_str(&policy)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("\"zone\"")),
             window_secs: config.rate.window_secs,
             store,
-            redis: redis.map(|backend| (backend, deny_on_error)),
+            redis: redis.map(|backend| (backend, on_error)),
             delayed,
             metrics,
         }
@@ -86,12 +93,19 @@ impl Zone {
     pub async fn check(&self, key: u64) -> Option<Decision> {
         match &self.redis {
             None => Some(self.store.check(key, crate::clock::now_ms(), self.limit)),
-            Some((backend, deny_on_error)) => match backend.check(key, self.limit).await {
+            Some((backend, on_error)) => match backend.check(key, self.limit).await {
                 Ok(decision) => Some(decision),
-                Err(_) if *deny_on_error => Some(Decision::Reject {
-                    retry_after_ms: 1_000,
-                }),
-                Err(_) => None,
+                Err(_) => match on_error {
+                    OnRedisError::Allow => None,
+                    OnRedisError::Deny => Some(Decision::Reject {
+                        retry_after_ms: 1_000,
+                    }),
+                    OnRedisError::Local => Some(self.store.check(
+                        key,
+                        crate::clock::now_ms(),
+                        self.local_limit,
+                    )),
+                },
             },
         }
     }
@@ -111,6 +125,27 @@ impl Zone {
         let before = self.delayed.fetch_add(1, Ordering::AcqRel);
         let guard = DelayedGuard(Arc::clone(&self.delayed));
         (before < MAX_DELAYED).then_some(guard)
+    }
+}
+
+/// One proxy's share of `limit` when `fleet_size` proxies share it: the rate divided (at least one
+/// thousandth of a request per second), the burst divided but at least 1 when there is one, and the
+/// requests let through at once capped by that burst.
+pub fn share(limit: Limit, fleet_size: u64) -> Limit {
+    let fleet_size = fleet_size.max(1);
+    let burst = if limit.burst == 0 {
+        0
+    } else {
+        (limit.burst / fleet_size).max(1)
+    };
+    Limit {
+        rate_milli: (limit.rate_milli / fleet_size).max(1),
+        burst,
+        delay: if limit.delay == u64::MAX {
+            u64::MAX
+        } else {
+            limit.delay.min(burst)
+        },
     }
 }
 
@@ -144,5 +179,41 @@ pub async fn run_sweeper(
             }
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_share_divides_rate_and_burst() {
+        let limit = Limit {
+            rate_milli: 30_000,
+            burst: 9,
+            delay: u64::MAX,
+        };
+        let one = share(limit, 3);
+        assert_eq!(one.rate_milli, 10_000);
+        assert_eq!(one.burst, 3);
+        assert_eq!(share(limit, 1), limit);
+        let small = share(
+            Limit {
+                rate_milli: 2_000,
+                burst: 2,
+                delay: 2,
+            },
+            5,
+        );
+        assert_eq!((small.rate_milli, small.burst, small.delay), (400, 1, 1));
+        let no_burst = share(
+            Limit {
+                rate_milli: 1_000,
+                burst: 0,
+                delay: u64::MAX,
+            },
+            4,
+        );
+        assert_eq!((no_burst.rate_milli, no_burst.burst), (250, 0));
     }
 }
