@@ -66,8 +66,9 @@ fn redis(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("a tokio runtime for the bench");
-    let backend =
-        RedisBackend::new(&server.url(), "bench", Duration::from_secs(1)).expect("a Redis URL");
+    let up = prometheus::IntGauge::new("redis_up", "bench").expect("a gauge");
+    let backend = RedisBackend::new(&[server.url()], false, "bench", Duration::from_secs(1), up)
+        .expect("a Redis URL");
     // Latency distribution of one check (a round trip running the Lua script).
     let mut samples: Vec<Duration> = runtime.block_on(async {
         let mut samples = Vec::with_capacity(10_000);

@@ -225,6 +225,11 @@ impl RedisServer {
     /// Starts `redis-server` (installed by `.ci/run`) without persistence, and waits up to 10 s until it
     /// answers `PING`.
     pub fn start() -> io::Result<RedisServer> {
+        RedisServer::start_with(&[])
+    }
+
+    /// [`Self::start`] with more `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> io::Result<RedisServer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -239,6 +244,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()?;
         let server = RedisServer {
@@ -275,6 +281,54 @@ impl RedisServer {
             && &reply == b"+PONG\r\n"
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Sends `SIGSTOP`: the server stays connected but answers nothing (a silent peer).
+    pub fn pause(&self) -> io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Sends `SIGCONT` after [`Self::pause`].
+    pub fn resume(&self) -> io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, which: &str) -> io::Result<()> {
+        let Some(pid) = self.pid() else {
+            return Err(io::Error::other("redis-server is not running"));
+        };
+        let status = std::process::Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("kill {which} {pid} failed")))
+        }
+    }
+
+    /// Calls of the commands named in `names` so far, from `INFO commandstats` (`evalsha`, `eval`...).
+    pub fn command_calls(&self, names: &[&str]) -> io::Result<u64> {
+        let info = info(self.port, "commandstats")?;
+        Ok(info
+            .lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                if !names.contains(&name) {
+                    return None;
+                }
+                stats
+                    .split(',')
+                    .find_map(|field| field.strip_prefix("calls="))?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum())
+    }
+
     /// Kills the server now.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -287,5 +341,126 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// `INFO section` of the Redis server on `port`, as text.
+pub fn info(port: u16, section: &str) -> io::Result<String> {
+    command(port, &["INFO", section])
+}
+
+/// Sends one command to the Redis server on `port` and returns its bulk-string or status reply.
+pub fn command(port: u16, args: &[&str]) -> io::Result<String> {
+    use std::io::{BufRead, Read, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    (&stream).write_all(request.as_bytes())?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut head = String::new();
+    reader.read_line(&mut head)?;
+    let head = head.trim_end();
+    match head.as_bytes().first() {
+        Some(b'$') => {
+            let len: usize = head[1..]
+                .parse()
+                .map_err(|_| io::Error::other(format!("bad reply `{head}`")))?;
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body)?;
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        }
+        Some(b'+') | Some(b':') => Ok(head[1..].to_string()),
+        _ => Err(io::Error::other(format!("Redis answered `{head}`"))),
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) on free loopback ports, each node in a temp dir of
+/// its own, made with `redis-cli --cluster create`; every node is killed when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The nodes.
+    pub nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, joins them and waits up to 15 s until every node reports `cluster_state:ok`.
+    pub fn start() -> io::Result<RedisCluster> {
+        let dir = std::env::temp_dir().join(format!(
+            "fulcrum-redis-cluster-{}-{}",
+            std::process::id(),
+            crate::clock::now_ms()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let node_dir = dir.join(format!("node{i}"));
+            std::fs::create_dir_all(&node_dir)?;
+            nodes.push(RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &node_dir.join("nodes.conf").to_string_lossy(),
+                "--dir",
+                &node_dir.to_string_lossy(),
+            ])?);
+        }
+        let cluster = RedisCluster { nodes, dir };
+        let mut create = std::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .map_err(|e| io::Error::other(format!("redis-cli (package redis-tools): {e}")))?;
+        if !output.status.success() {
+            return Err(io::Error::other(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            )));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !cluster.nodes.iter().all(|node| {
+            command(node.port, &["CLUSTER", "INFO"]).is_ok_and(|i| i.contains("cluster_state:ok"))
+        }) {
+            if std::time::Instant::now() >= deadline {
+                return Err(io::Error::other(
+                    "the cluster never reported cluster_state:ok",
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(cluster)
+    }
+
+    /// The nodes' URLs, for `redis_url = [...]`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .collect()
+    }
+
+    /// Calls of `names` summed over the nodes.
+    pub fn command_calls(&self, names: &[&str]) -> io::Result<u64> {
+        let mut sum = 0;
+        for node in &self.nodes {
+            sum += node.command_calls(names)?;
+        }
+        Ok(sum)
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
