@@ -22,6 +22,7 @@ mod packaging;
 mod pipelining;
 mod properties;
 mod ratelimit;
+mod ratelimit_fleet;
 mod reload;
 mod smuggling;
 mod status_page;
