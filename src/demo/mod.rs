@@ -389,6 +389,12 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts the nodes, joins them and waits up to 15 s until every node reports `cluster_state:ok`.
     pub fn start() -> io::Result<RedisCluster> {
+        RedisCluster::start_with_replicas(0)
+    }
+
+    /// Three masters with `replicas` replicas each (a node timeout of 1 s, so a replica takes over a
+    /// stopped master within seconds).
+    pub fn start_with_replicas(replicas: usize) -> io::Result<RedisCluster> {
         let dir = std::env::temp_dir().join(format!(
             "fulcrum-redis-cluster-{}-{}",
             std::process::id(),
@@ -396,7 +402,7 @@ impl RedisCluster {
         ));
         std::fs::create_dir_all(&dir)?;
         let mut nodes = Vec::new();
-        for i in 0..3 {
+        for i in 0..3 * (1 + replicas) {
             let node_dir = dir.join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir)?;
             nodes.push(RedisServer::start_with(&[
@@ -406,6 +412,11 @@ impl RedisCluster {
                 &node_dir.join("nodes.conf").to_string_lossy(),
                 "--dir",
                 &node_dir.to_string_lossy(),
+                "--cluster-node-timeout",
+                "1000",
+                // A replica takes over however long ago it last heard its master.
+                "--cluster-replica-validity-factor",
+                "0",
             ])?);
         }
         let cluster = RedisCluster { nodes, dir };
@@ -415,7 +426,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
         let output = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .map_err(|e| io::Error::other(format!("redis-cli (package redis-tools): {e}")))?;
         if !output.status.success() {
@@ -427,7 +438,9 @@ impl RedisCluster {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         while !cluster.nodes.iter().all(|node| {
             command(node.port, &["CLUSTER", "INFO"]).is_ok_and(|i| i.contains("cluster_state:ok"))
-        }) {
+        }) || cluster.masters().len() != 3
+            || cluster.synced_replicas() != 3 * replicas
+        {
             if std::time::Instant::now() >= deadline {
                 return Err(io::Error::other(
                     "the cluster never reported cluster_state:ok",
@@ -436,6 +449,29 @@ impl RedisCluster {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         Ok(cluster)
+    }
+
+    /// Indexes in `nodes` of the running nodes whose role is master.
+    pub fn masters(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, node)| {
+                node.pid().is_some()
+                    && info(node.port, "replication").is_ok_and(|i| i.contains("role:master"))
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Replicas whose link to their master is up.
+    fn synced_replicas(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|node| {
+                info(node.port, "replication").is_ok_and(|i| i.contains("master_link_status:up"))
+            })
+            .count()
     }
 
     /// The nodes' URLs, for `redis_url = [...]`.

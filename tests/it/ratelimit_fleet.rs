@@ -239,3 +239,51 @@ async fn a_three_node_redis_cluster_enforces_one_limit_across_two_proxies() {
         .count();
     assert!(busy >= 2, "only {busy} node(s) ran the script");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_failover_is_followed_without_a_restart() {
+    let mut cluster = RedisCluster::start_with_replicas(1).expect(NO_CLUSTER);
+    let backend = named("app").await;
+    let urls = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // deny: a 200 proves Redis answered for that key.
+    let proxy = fleet_proxy(
+        &format!(
+            "key = \"header:x-client\"\nrate = \"1r/m\"\nburst = 1\nnodelay = true\nbackend = \"redis\"\nredis_url = [{urls}]\nredis_cluster = true\non_redis_error = \"deny\"\nredis_timeout = \"300ms\""
+        ),
+        backend.addr(),
+    );
+    let client = TestClient::new();
+    let statuses = sequential(&client, &proxy, "before", 4).await;
+    assert_eq!(ok_count(&statuses), 2, "{statuses:?}");
+    let master = cluster.masters()[0];
+    cluster.nodes[master].stop();
+    // Every key answered by Redis again (30 fresh keys cover the stopped master's slots too).
+    let mut round = 0;
+    wait_until_async(
+        Duration::from_secs(25),
+        "every key served after the failover",
+        || {
+            round += 1;
+            let client = client.clone();
+            let proxy = &proxy;
+            async move {
+                for i in 0..30 {
+                    let statuses = sequential(&client, proxy, &format!("r{round}-{i}"), 1).await;
+                    if statuses != [StatusCode::OK] {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    // And the limit is still one limit.
+    let statuses = sequential(&client, &proxy, "after", 4).await;
+    assert_eq!(ok_count(&statuses), 2, "{statuses:?}");
+}
