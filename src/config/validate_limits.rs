@@ -199,3 +199,79 @@ impl Validator<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, OnRedisError, RateLimitBackend};
+
+    fn zone(keys: &str) -> Result<Config, String> {
+        Config::parse(
+            &format!(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\nrate_limit = [\"api\"]\n[rate_limit.api]\nrate = \"10r/s\"\nbackend = \"redis\"\n{keys}\n[upstream.app]\nservers = [{{ addr = \"127.0.0.1:1\" }}]\n"
+            ),
+            Path::new("t.toml"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn backend(keys: &str) -> RateLimitBackend {
+        let config = zone(keys).unwrap_or_else(|e| panic!("{e}"));
+        config.rate_limits["api"].backend.clone()
+    }
+
+    #[test]
+    fn fleet_keys_parse_with_their_defaults() {
+        let RateLimitBackend::Redis {
+            urls,
+            cluster,
+            on_error,
+            fleet_size,
+            ..
+        } = backend("redis_url = \"redis://127.0.0.1:6379/0\"")
+        else {
+            panic!("a Redis zone");
+        };
+        assert_eq!(urls, ["redis://127.0.0.1:6379/0"]);
+        assert!(!cluster);
+        assert_eq!((on_error, fleet_size), (OnRedisError::Allow, 1));
+        let RateLimitBackend::Redis {
+            urls,
+            cluster,
+            on_error,
+            fleet_size,
+            ..
+        } = backend(
+            "redis_url = [\"redis://a:6379\", \"redis://b:6379\"]\nredis_cluster = true\non_redis_error = \"local\"\nfleet_size = 3",
+        )
+        else {
+            panic!("a Redis zone");
+        };
+        assert_eq!(urls.len(), 2);
+        assert!(cluster);
+        assert_eq!((on_error, fleet_size), (OnRedisError::Local, 3));
+    }
+
+    #[test]
+    fn bad_fleet_keys_are_refused_by_name() {
+        for (keys, key) in [
+            (
+                "redis_url = [\"redis://a:6379\", \"redis://b:6379\"]",
+                "redis_url",
+            ),
+            ("redis_url = []\nredis_cluster = true", "redis_url"),
+            (
+                "redis_url = \"redis://a:6379\"\non_redis_error = \"maybe\"",
+                "on_redis_error",
+            ),
+            (
+                "redis_url = \"redis://a:6379\"\nfleet_size = 0",
+                "fleet_size",
+            ),
+        ] {
+            let error = zone(keys).expect_err(keys);
+            assert!(error.contains(key), "{keys}: {error}");
+        }
+    }
+}
