@@ -274,3 +274,25 @@ impl Runtime {
         )
     }
 }
+
+impl crate::discovery::Publisher for Runtime {
+    fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.snapshot().config)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        Runtime::subscribe(self)
+    }
+
+    fn discovered(&self) -> &Discovered {
+        Runtime::discovered(self)
+    }
+
+    fn rebuild(&self) {
+        Runtime::rebuild(self);
+    }
+
+    fn resolver_error(&self, name: &str, reason: &str) {
+        self.metrics.resolver_error(name, reason);
+    }
+}

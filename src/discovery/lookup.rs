@@ -132,18 +132,13 @@ impl Resolver {
         if name.srv {
             self.srv(name).await
         } else {
-            if let Some(addrs) = self.in_hosts_file(&name.query) {
-                let found = addrs
-                    .into_iter()
-                    .map(|ip| Found {
-                        addr: SocketAddr::new(ip, name.port),
-                        weight: None,
-                        backup: false,
-                    })
-                    .collect();
-                return Ok((found, HOSTS_TTL));
-            }
-            let (addrs, until) = self.addresses(&name.query).await?;
+            let (addrs, ttl) = match self.in_hosts_file(&name.query) {
+                Some(addrs) => (addrs, HOSTS_TTL),
+                None => {
+                    let (addrs, until) = self.addresses(&name.query).await?;
+                    (addrs, ttl(until))
+                }
+            };
             let found = addrs
                 .into_iter()
                 .map(|ip| Found {
@@ -152,7 +147,7 @@ impl Resolver {
                     backup: false,
                 })
                 .collect();
-            Ok((found, ttl(until)))
+            Ok((found, ttl))
         }
     }
 

@@ -20,7 +20,6 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{Config, Discover, ResolverConfig};
-use crate::runtime::Runtime;
 
 pub use lookup::{LookupError, Resolver};
 
@@ -98,6 +97,22 @@ impl Discovered {
     }
 }
 
+/// What discovery needs of the running proxy: the config in force and its changes, the store of found
+/// servers, a rebuild when a set changes, and a count of failed resolutions. The runtime implements it,
+/// so this module does not reach up into the runtime.
+pub trait Publisher: Send + Sync + 'static {
+    /// The config in force.
+    fn config(&self) -> Arc<Config>;
+    /// A receiver that changes whenever a new snapshot is published.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+    /// The sets found so far.
+    fn discovered(&self) -> &Discovered;
+    /// Builds the config in force again with the sets found now, and publishes it.
+    fn rebuild(&self);
+    /// Counts a failed resolution of `name` (`fulcrum_resolver_errors_total`).
+    fn resolver_error(&self, name: &str, reason: &str);
+}
+
 /// Every name `config` follows.
 pub fn names(config: &Config) -> BTreeSet<Discover> {
     config
@@ -110,12 +125,12 @@ pub fn names(config: &Config) -> BTreeSet<Discover> {
 
 /// Follows the names of the config in force until `stop` fires: one task per name, started when a
 /// snapshot names it and stopped when none does; all restarted when `[resolver]` changes.
-pub async fn run(runtime: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
+pub async fn run<P: Publisher>(runtime: Arc<P>, mut stop: watch::Receiver<bool>) {
     let mut published = runtime.subscribe();
     let mut tasks: HashMap<Discover, JoinHandle<()>> = HashMap::new();
     let mut current: Option<(ResolverConfig, Arc<Resolver>)> = None;
     loop {
-        let config = Arc::clone(&runtime.snapshot().config);
+        let config = runtime.config();
         let wanted = names(&config);
         if !wanted.is_empty() {
             let resolver = match &current {
@@ -177,8 +192,8 @@ async fn wait(stop: &mut watch::Receiver<bool>, published: &mut watch::Receiver<
 }
 
 /// Resolves `name` again and again, storing each answer and rebuilding the snapshot when it changes.
-async fn follow(
-    runtime: Arc<Runtime>,
+async fn follow<P: Publisher>(
+    runtime: Arc<P>,
     resolver: Arc<Resolver>,
     name: Discover,
     valid: Option<Duration>,
@@ -188,9 +203,7 @@ async fn follow(
         let (wait, found) = match resolver.lookup(&name).await {
             Ok((found, ttl)) => (valid.unwrap_or(ttl), Some(found)),
             Err(error) => {
-                runtime
-                    .metrics()
-                    .resolver_error(&name.query, error.reason());
+                runtime.resolver_error(&name.query, error.reason());
                 let empties = error.empties();
                 if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                     warned = Some(Instant::now());

@@ -6,11 +6,13 @@ mod listener;
 mod service;
 mod serving;
 mod thread;
+mod timed_io;
 mod timeouts;
 
 pub use service::{ClockedBody, ClockedService};
 pub use thread::{serving_threads, serving_threads_started, worker_index, ServingThread};
-pub use timeouts::{ConnectionClock, TimedIo, Verdict};
+pub use timed_io::TimedIo;
+pub use timeouts::{ConnectionClock, Verdict};
 
 use std::io;
 use std::net::SocketAddr;

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::listener::Shared;
 use super::service::ClockedService;
-use super::timeouts::{TimedIo, PREFACE_LEN};
+use super::timed_io::{TimedIo, PREFACE_LEN};
 use crate::config::HttpLimits;
 
 /// The HTTP/2 client connection preface (RFC 9113 section 3.4).

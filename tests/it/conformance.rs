@@ -231,12 +231,7 @@ async fn userinfo_bad_ports_and_empty_hosts_get_400_and_reach_no_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_authority_wins_over_a_differing_host_field() {
     let (secret, public, proxy) = two_hosts().await;
-    let stream = tokio::net::TcpStream::connect(proxy.addr())
-        .await
-        .expect("connect");
-    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
-    tokio::spawn(connection);
-    let mut client = client.ready().await.expect("h2 ready");
+    let mut client = h2c_client(proxy.addr()).await;
     let request = http::Request::get("http://secret.test/z")
         .header("host", "localhost")
         .body(())
@@ -355,12 +350,7 @@ async fn a_101_to_a_protocol_that_was_not_forwarded_is_answered_502() {
 async fn http2_field_values_with_leading_or_trailing_whitespace_reset_the_stream() {
     let backend = named("app").await;
     let proxy = TestProxy::start(&one_pool(&servers(&[(backend.addr(), 1)]))).await;
-    let stream = tokio::net::TcpStream::connect(proxy.addr())
-        .await
-        .expect("connect");
-    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
-    tokio::spawn(connection);
-    let mut client = client.ready().await.expect("h2 ready");
+    let mut client = h2c_client(proxy.addr()).await;
     for value in ["trailing ", " leading", "\ttab", "tab\t"] {
         let request = http::Request::get("http://app.test/")
             .header(
@@ -386,8 +376,15 @@ async fn http2_field_values_with_leading_or_trailing_whitespace_reset_the_stream
     );
 }
 
-/// A raw upstream that keeps every byte it receives (answering `200` once it has seen a blank line, the
-/// head's end, only when `answer` is set); returns its address and the bytes.
+/// An HTTP/2 (prior knowledge) client connection to `addr`, ready to send.
+async fn h2c_client(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    client.ready().await.expect("h2 ready")
+}
+
+/// A raw upstream that keeps every byte it receives and never answers; returns its address and the bytes.
 async fn recording_upstream() -> (
     std::net::SocketAddr,
     std::sync::Arc<parking_lot::Mutex<Vec<u8>>>,

@@ -48,26 +48,13 @@ fn start_with(
     servers: &str,
     tail: &str,
 ) -> AdminBinary {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let admin = refusing_addr();
-    let path = dir.path().join("fulcrum.toml");
-    let toml = format!(
-        "[admin]\nlisten = \"{admin}\"\n\n\
-         [resolver]\nservers = [\"{}\"]\ntimeout = \"1s\"\n{resolver_keys}\n\n\
+    AdminBinary::from_toml(&format!(
+        "[resolver]\nservers = [\"{}\"]\ntimeout = \"1s\"\n{resolver_keys}\n\n\
          [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n\
          [[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
          [upstream.app]\n{upstream_keys}\nservers = [{servers}]\n{tail}\n",
         dns.addr
-    );
-    std::fs::write(&path, toml).expect("write the config");
-    let mut process = FulcrumProcess::spawn(&path, &[]);
-    let addr = process.listener_addr("public");
-    AdminBinary {
-        process,
-        addr,
-        admin,
-        dir,
-    }
+    ))
 }
 
 /// The servers of `app` in `/status`: (addr, name) in order.
@@ -447,11 +434,7 @@ async fn an_address_that_stays_keeps_its_state_and_a_reload_keeps_the_set() {
     // A reload that keeps the entry keeps the set without asking again first, and the state.
     let asked = dns.queries();
     dns.set("replicas.test", Answer::Silent);
-    let path = binary.config_path();
-    let config = std::fs::read_to_string(&path).expect("read the config");
-    std::fs::write(&path, config.replace("max_fails = 1", "max_fails = 2")).expect("write");
-    binary.process.signal("HUP");
-    binary.process.wait_for_line("config reloaded");
+    binary.reload_replacing("max_fails = 1", "max_fails = 2");
     let after: Vec<String> = servers(&binary).await.into_iter().map(|(a, _)| a).collect();
     assert_eq!(after.len(), 3, "the set after the reload: {after:?}");
     assert_eq!(passive_down(&binary.status().await, &dead), Some(true));
@@ -627,18 +610,10 @@ async fn a_reload_that_removes_the_entry_stops_its_resolution() {
         &format!("{{ addr = \"replicas.test:{port}\", resolve = true }}"),
     );
     wait_servers(&binary, &[&format!("127.0.0.2:{port}")]).await;
-    let path = binary.config_path();
-    let config = std::fs::read_to_string(&path).expect("read the config");
-    std::fs::write(
-        &path,
-        config.replace(
-            &format!("{{ addr = \"replicas.test:{port}\", resolve = true }}"),
-            &format!("{{ addr = \"127.0.0.4:{port}\" }}"),
-        ),
-    )
-    .expect("write");
-    binary.process.signal("HUP");
-    binary.process.wait_for_line("config reloaded");
+    binary.reload_replacing(
+        &format!("{{ addr = \"replicas.test:{port}\", resolve = true }}"),
+        &format!("{{ addr = \"127.0.0.4:{port}\" }}"),
+    );
     wait_servers(&binary, &[&format!("127.0.0.4:{port}")]).await;
     // At most one query already on its way; then none for three of its 1-second intervals.
     tokio::time::sleep(Duration::from_millis(300)).await;

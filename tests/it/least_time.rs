@@ -190,15 +190,7 @@ async fn estimates_show_for_every_strategy_and_survive_a_reload() {
     assert!(slow_seconds > 0.04, "metric {slow_seconds}");
 
     // A reload to least_time keeps each server's estimate: the slow one is avoided from the start.
-    let path = binary.config_path();
-    let config = std::fs::read_to_string(&path).expect("read the config");
-    std::fs::write(
-        &path,
-        config.replace("strategy = \"round_robin\"", "strategy = \"least_time\""),
-    )
-    .expect("write the config");
-    binary.process.signal("HUP");
-    binary.process.wait_for_line("config reloaded");
+    binary.reload_replacing("strategy = \"round_robin\"", "strategy = \"least_time\"");
     let after = latencies(&binary.status().await);
     assert!(
         after[0].is_some_and(|ms| ms > 20.0),

@@ -244,16 +244,20 @@ impl AdminBinary {
         upstream_keys: &str,
         servers: &str,
     ) -> AdminBinary {
+        AdminBinary::from_toml(&format!(
+            "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n{listener_keys}\n\n\
+             [[route]]\npath = \"/\"\nupstream = \"app\"\n{route_keys}\n\n\
+             [upstream.app]\n{upstream_keys}\nservers = [{servers}]\n"
+        ))
+    }
+
+    /// The binary on `toml` (which must have a listener named `public`) plus an admin listener.
+    pub fn from_toml(toml: &str) -> AdminBinary {
         let dir = tempfile::tempdir().expect("temp dir");
         let admin = refusing_addr();
         let path = dir.path().join("fulcrum.toml");
-        let toml = format!(
-            "[admin]\nlisten = \"{admin}\"\n\n\
-             [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n{listener_keys}\n\n\
-             [[route]]\npath = \"/\"\nupstream = \"app\"\n{route_keys}\n\n\
-             [upstream.app]\n{upstream_keys}\nservers = [{servers}]\n"
-        );
-        std::fs::write(&path, toml).expect("write the config");
+        std::fs::write(&path, format!("[admin]\nlisten = \"{admin}\"\n\n{toml}"))
+            .expect("write the config");
         let mut process = FulcrumProcess::spawn(&path, &[]);
         let addr = process.listener_addr("public");
         AdminBinary {
@@ -275,6 +279,16 @@ impl AdminBinary {
     /// The config file it runs.
     pub fn config_path(&self) -> std::path::PathBuf {
         self.dir.path().join("fulcrum.toml")
+    }
+
+    /// Replaces `from` with `to` in the config file, sends SIGHUP and waits for "config reloaded".
+    pub fn reload_replacing(&mut self, from: &str, to: &str) {
+        let path = self.config_path();
+        let config = std::fs::read_to_string(&path).expect("read the config");
+        assert!(config.contains(from), "`{from}` is not in the config");
+        std::fs::write(&path, config.replace(from, to)).expect("write the config");
+        self.process.signal("HUP");
+        self.process.wait_for_line("config reloaded");
     }
 
     /// `/metrics` of the admin API.
