@@ -39,12 +39,88 @@ pub struct Metrics {
     reloads: IntCounterVec,
     last_reload: IntGauge,
     access_log_dropped: IntCounter,
+    /// Gauges of the bodies held by request and response buffering.
+    buffers: BufferMetrics,
     /// `local_answers` handles for the statuses the proxy answers itself, resolved once.
     local_by_status: Vec<(u16, IntCounter)>,
 }
 
 /// Statuses the proxy answers itself (a rate-limit zone may configure another 4xx/5xx).
 const LOCAL_STATUSES: [u16; 9] = [404, 413, 429, 501, 502, 503, 504, 400, 308];
+
+/// What request or response buffering holds now, for one direction: handles cloned into every pool.
+#[derive(Debug, Clone)]
+pub struct BufferGauges {
+    /// Body bytes held in memory (`fulcrum_buffer_memory_bytes`).
+    pub memory_bytes: IntGauge,
+    /// Bytes in open temp files (`fulcrum_buffer_temp_file_bytes`).
+    pub temp_file_bytes: IntGauge,
+    /// Temp files open now (`fulcrum_buffer_temp_files`).
+    pub temp_files: IntGauge,
+    /// Temp files made since start (`fulcrum_buffer_temp_files_total`).
+    pub temp_files_made: IntCounter,
+    /// Bodies that streamed because no temp file could be written (`fulcrum_buffer_fallbacks_total`).
+    pub fallback_temp_error: IntCounter,
+    /// Answers that streamed the rest once `max_temp_file_size` was reached.
+    pub fallback_max_temp_file_size: IntCounter,
+}
+
+/// [`BufferGauges`] for requests and for responses.
+#[derive(Debug, Clone)]
+pub struct BufferMetrics {
+    /// Request bodies (`request_buffering`).
+    pub request: BufferGauges,
+    /// Answers (`buffering`).
+    pub response: BufferGauges,
+}
+
+impl BufferMetrics {
+    fn new(registry: &Registry) -> Self {
+        let memory = gauge_vec(
+            registry,
+            "fulcrum_buffer_memory_bytes",
+            "Body bytes held in memory by request and response buffering.",
+            &["direction"],
+        );
+        let file_bytes = gauge_vec(
+            registry,
+            "fulcrum_buffer_temp_file_bytes",
+            "Bytes in the temp files of buffered bodies now.",
+            &["direction"],
+        );
+        let files = gauge_vec(
+            registry,
+            "fulcrum_buffer_temp_files",
+            "Temp files of buffered bodies open now (unlinked at creation).",
+            &["direction"],
+        );
+        let made = counter_vec(
+            registry,
+            "fulcrum_buffer_temp_files_total",
+            "Temp files made for bodies past buffer_size.",
+            &["direction"],
+        );
+        let fallbacks = counter_vec(
+            registry,
+            "fulcrum_buffer_fallbacks_total",
+            "Buffered bodies that streamed instead: no temp file could be written (temp_file_error), or \
+             an answer reached max_temp_file_size.",
+            &["direction", "reason"],
+        );
+        let direction = |d: &str| BufferGauges {
+            memory_bytes: memory.with_label_values(&[d]),
+            temp_file_bytes: file_bytes.with_label_values(&[d]),
+            temp_files: files.with_label_values(&[d]),
+            temp_files_made: made.with_label_values(&[d]),
+            fallback_temp_error: fallbacks.with_label_values(&[d, "temp_file_error"]),
+            fallback_max_temp_file_size: fallbacks.with_label_values(&[d, "max_temp_file_size"]),
+        };
+        BufferMetrics {
+            request: direction("request"),
+            response: direction("response"),
+        }
+    }
+}
 
 /// `fulcrum_tls_handshake_failures_total` handles of one listener.
 #[derive(Debug, Clone)]
@@ -292,6 +368,7 @@ impl Default for Metrics {
             ),
             last_reload,
             access_log_dropped,
+            buffers: BufferMetrics::new(&r),
             local_by_status: Vec::new(),
             registry: r,
         };
@@ -380,6 +457,11 @@ impl Metrics {
                 .tls_handshake_failures
                 .with_label_values(&[listener, "timeout"]),
         }
+    }
+
+    /// The buffering gauges (shared handles).
+    pub fn buffers(&self) -> &BufferMetrics {
+        &self.buffers
     }
 
     /// The counter of dropped access log lines.

@@ -79,6 +79,8 @@ pub struct Pool {
     pub slow_start_ms: u64,
     /// Servers with `drain = true`: no new requests, listed for status.
     pub drained: Vec<Server>,
+    /// Request and response buffering.
+    pub buffers: Arc<crate::proxy::spool::BufferSettings>,
     /// Metric handles for the pool.
     pub metrics: PoolMetrics,
     /// All metrics, for rare events (transitions).
@@ -203,7 +205,17 @@ impl Snapshot {
         let pools = config
             .upstreams
             .values()
-            .map(|upstream| build_pool(upstream, registry, &client_for, &found, metrics, first))
+            .map(|upstream| {
+                build_pool(
+                    upstream,
+                    registry,
+                    &client_for,
+                    &found,
+                    metrics,
+                    first,
+                    &config.global.temp_path,
+                )
+            })
             .collect();
         let router = Router::new(
             &config.routes,
@@ -270,6 +282,7 @@ fn build_pool(
     found: &impl Fn(&Discover) -> Arc<[Found]>,
     metrics: &Arc<Metrics>,
     first: bool,
+    temp_dir: &Option<std::path::PathBuf>,
 ) -> Pool {
     let configured = expand(upstream, found);
     // nginx: with a single server, max_fails and fail_timeout are ignored; it is never marked down.
@@ -397,6 +410,15 @@ fn build_pool(
             .then(|| registry.queue_for(&upstream.name)),
         queue_size: upstream.queue,
         queue_timeout: upstream.queue_timeout,
+        buffers: Arc::new(crate::proxy::spool::BufferSettings {
+            request: upstream.request_buffering,
+            response: upstream.buffering,
+            buffer_size: upstream.buffer_size,
+            max_temp_file_size: upstream.max_temp_file_size,
+            temp_dir: temp_dir.clone(),
+            request_gauges: metrics.buffers().request.clone(),
+            response_gauges: metrics.buffers().response.clone(),
+        }),
         metrics: metrics.pool(&upstream.name),
         all_metrics: Arc::clone(metrics),
     }

@@ -16,6 +16,19 @@ pub fn status(runtime: &Runtime) -> Value {
         "zones": zones(&snapshot),
         "reloads": { "ok": reloads_ok, "failed": reloads_failed },
         "tunnels": runtime.tunnels().open(),
+        "buffers": {
+            "request": buffers(&runtime.metrics().buffers().request),
+            "response": buffers(&runtime.metrics().buffers().response),
+        },
+    })
+}
+
+/// What request or response buffering holds now.
+fn buffers(gauges: &crate::metrics::BufferGauges) -> Value {
+    json!({
+        "memory_bytes": gauges.memory_bytes.get(),
+        "temp_file_bytes": gauges.temp_file_bytes.get(),
+        "temp_files": gauges.temp_files.get(),
     })
 }
 

@@ -102,6 +102,7 @@ pub struct GlobalFile {
     pub watch_config: Option<bool>,
     pub pid_file: Option<std::path::PathBuf>,
     pub trusted_proxies: Option<Spanned<Vec<String>>>,
+    pub temp_path: Option<Spanned<std::path::PathBuf>>,
 }
 
 /// One `[[listener]]`.
@@ -169,6 +170,8 @@ pub struct RouteFile {
     pub max_body_size: Option<ConfigSize>,
     pub rate_limit: Option<Spanned<Vec<String>>>,
     pub upgrades: Option<Spanned<Vec<String>>>,
+    pub buffering: Option<bool>,
+    pub request_buffering: Option<bool>,
 }
 
 /// The strategies a pool can balance with.
@@ -229,6 +232,10 @@ pub struct UpstreamFile {
     pub max_conns: Option<u32>,
     pub queue: Option<usize>,
     pub queue_timeout: Option<Spanned<ConfigDuration>>,
+    pub request_buffering: Option<bool>,
+    pub buffering: Option<bool>,
+    pub buffer_size: Option<Spanned<ConfigSize>>,
+    pub max_temp_file_size: Option<ConfigSize>,
     pub servers: Spanned<Vec<ServerFile>>,
 }
 

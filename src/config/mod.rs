@@ -115,6 +115,8 @@ pub struct Global {
     pub pid_file: Option<std::path::PathBuf>,
     /// Peers whose `X-Forwarded-For` is believed (nginx `set_real_ip_from`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Where bodies past `buffer_size` spill (nginx `proxy_temp_path`); `None` is the system temp dir.
+    pub temp_path: Option<std::path::PathBuf>,
 }
 
 /// A rate written `10r/s` or `600r/m`.
@@ -306,6 +308,10 @@ pub struct RouteConfig {
     /// `Upgrade` protocols passed to the upstream (lowercase names; default `websocket`); others are
     /// stripped from the request.
     pub upgrades: Vec<String>,
+    /// Overrides the upstream's `buffering` for this route.
+    pub buffering: Option<bool>,
+    /// Overrides the upstream's `request_buffering` for this route.
+    pub request_buffering: Option<bool>,
 }
 
 /// Which failures count against a server and may be retried (nginx `proxy_next_upstream`).
@@ -427,6 +433,14 @@ pub struct UpstreamConfig {
     pub queue: usize,
     /// Longest a request waits in the queue before its 503.
     pub queue_timeout: Duration,
+    /// Read the whole request body before choosing a server (nginx `proxy_request_buffering`).
+    pub request_buffering: bool,
+    /// Read the answer ahead of the client (nginx `proxy_buffering`).
+    pub buffering: bool,
+    /// Bytes of a body held in memory, per direction, before the rest spills to a temp file.
+    pub buffer_size: usize,
+    /// Most bytes of an answer written to its temp file (0: none); past it the answer streams.
+    pub max_temp_file_size: u64,
     /// The servers, primaries and backups, in file order.
     pub servers: Vec<ServerConfig>,
 }

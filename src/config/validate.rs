@@ -14,6 +14,13 @@ use super::{
     RouteConfig, UpstreamConfig,
 };
 
+/// Memory per body and direction before a temp file (nginx's `proxy_buffers 8 8k` and
+/// `client_body_buffer_size` are smaller; one figure covers both here).
+const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+/// The largest `buffer_size` accepted.
+const MAX_BUFFER_SIZE: u64 = 1 << 30;
+/// nginx `proxy_max_temp_file_size` default.
+const DEFAULT_MAX_TEMP_FILE: u64 = 1 << 30;
 /// nginx `client_max_body_size` default.
 const DEFAULT_MAX_BODY_SIZE: u64 = 1 << 20;
 /// Largest weight a server may have; keeps the round-robin table small.
@@ -92,6 +99,20 @@ impl Validator<'_> {
                 Some(list) => self.trusted_proxies(list)?,
                 None => Vec::new(),
             },
+            temp_path: file.global.temp_path.as_ref().map(|path| {
+                // Not an error: a missing or read-only directory degrades buffering to streaming.
+                if !path.get_ref().is_dir() {
+                    self.warn(self.err(
+                        Some(path.span()),
+                        "global.temp_path",
+                        format!(
+                            "{} is not a directory now; bodies past buffer_size will stream until it is",
+                            path.get_ref().display()
+                        ),
+                    ));
+                }
+                path.get_ref().clone()
+            }),
         };
         if file.listeners.is_empty() {
             return Err(self.err(
@@ -287,6 +308,8 @@ impl Validator<'_> {
                     Some(tokens) => self.upgrade_tokens(tokens, i)?,
                     None => vec!["websocket".to_string()],
                 },
+                buffering: file.buffering,
+                request_buffering: file.request_buffering,
             });
         }
         Ok(out)
@@ -450,6 +473,22 @@ impl Validator<'_> {
                 Some(timeout) => timeout.get_ref().0,
                 None => Duration::from_secs(60),
             },
+            request_buffering: file.request_buffering.unwrap_or(true),
+            buffering: file.buffering.unwrap_or(true),
+            buffer_size: match &file.buffer_size {
+                Some(size) if size.get_ref().0 == 0 || size.get_ref().0 > MAX_BUFFER_SIZE => {
+                    return Err(self.err(
+                        Some(size.span()),
+                        key("buffer_size"),
+                        "must be between 1 byte and 1g",
+                    ))
+                }
+                Some(size) => usize::try_from(size.get_ref().0).unwrap_or(DEFAULT_BUFFER_SIZE),
+                None => DEFAULT_BUFFER_SIZE,
+            },
+            max_temp_file_size: file
+                .max_temp_file_size
+                .map_or(DEFAULT_MAX_TEMP_FILE, |s| s.0),
             servers,
         })
     }

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use super::deadline::SendProgress;
 use super::h1conn::{BoxError, ResponseBody};
+use super::spool::{Spool, SpoolCursor};
 use crate::clock::now_ms;
 use crate::upstream::InFlightGuard;
 
@@ -40,6 +41,9 @@ pub struct BodyLimits {
 /// (connect error) leaves it for the next one.
 #[derive(Debug)]
 pub struct BodySlot {
+    /// What request buffering read before the upstream request (all of it, unless no temp file could
+    /// be written and the rest streams from `body`).
+    spool: Option<Spool>,
     body: Mutex<Option<Incoming>>,
     hint: SizeHint,
     touched: AtomicBool,
@@ -70,12 +74,45 @@ impl BodySlot {
             return None;
         }
         Some(Arc::new(BodySlot {
+            spool: None,
             hint: body.size_hint(),
             body: Mutex::new(Some(body)),
             touched: AtomicBool::new(false),
             client_fault: AtomicU8::new(FAULT_NONE),
             progress: SendProgress::new(),
         }))
+    }
+
+    /// A body request buffering read: `spool`, then `rest` (what the client had still to send when no
+    /// temp file could take more), with `hint` as the client announced it. A whole spool is sent again
+    /// by a retry.
+    pub fn spooled(spool: Spool, rest: Option<Incoming>, hint: SizeHint) -> Arc<BodySlot> {
+        let rest = rest.filter(|rest| !rest.is_end_stream());
+        let hint = match rest {
+            None => SizeHint::with_exact(spool.len()),
+            Some(_) => hint,
+        };
+        Arc::new(BodySlot {
+            spool: Some(spool),
+            hint,
+            body: Mutex::new(rest),
+            touched: AtomicBool::new(false),
+            client_fault: AtomicU8::new(FAULT_NONE),
+            progress: SendProgress::new(),
+        })
+    }
+
+    /// Whether the whole body was read before the upstream request (its length is known then).
+    pub fn whole_length(&self) -> Option<u64> {
+        match &self.spool {
+            Some(spool) if self.body.lock().is_none() => Some(spool.len()),
+            _ => None,
+        }
+    }
+
+    /// The size the client announced (or the spool's, once it is whole).
+    pub fn hint(&self) -> &SizeHint {
+        &self.hint
     }
 
     /// Whether some attempt started reading the body (so it cannot be sent again).
@@ -108,6 +145,8 @@ impl BodySlot {
 #[derive(Debug)]
 pub struct RequestBody {
     slot: Option<Arc<BodySlot>>,
+    /// Where this attempt is in the slot's spool.
+    cursor: SpoolCursor,
     inner: Option<Incoming>,
     seen: u64,
     limits: BodyLimits,
@@ -123,10 +162,15 @@ impl RequestBody {
             // The attempt starts by sending the head.
             slot.progress.handed();
         }
+        let seen = slot
+            .as_ref()
+            .and_then(|slot| slot.spool.as_ref())
+            .map_or(0, Spool::len);
         Self {
             slot,
+            cursor: SpoolCursor::default(),
             inner: None,
-            seen: 0,
+            seen,
             limits,
             timer: None,
             timer_armed: false,
@@ -152,6 +196,24 @@ impl RequestBody {
             slot.blame(fault);
         }
     }
+
+    /// What the client has still to send, when this body took it from its slot.
+    pub fn into_rest(self) -> Option<Incoming> {
+        self.inner
+    }
+
+    /// The next piece of the slot's spool, if this attempt has not read all of it.
+    fn next_spooled(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        let slot = self.slot.as_ref()?;
+        let spool = slot.spool.as_ref()?;
+        let piece = spool.next(&mut self.cursor)?;
+        if spool.at_end(&self.cursor) && slot.body.lock().is_none() {
+            slot.progress.ended();
+        } else {
+            slot.progress.handed();
+        }
+        Some(piece.map(Frame::data).map_err(BoxError::from))
+    }
 }
 
 impl Body for RequestBody {
@@ -164,11 +226,18 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         if this.inner.is_none() {
+            if let Some(piece) = this.next_spooled() {
+                return Poll::Ready(Some(piece));
+            }
             let Some(slot) = &this.slot else {
                 return Poll::Ready(None);
             };
-            slot.touched.store(true, Ordering::Release);
             this.inner = slot.body.lock().take();
+            if this.inner.is_some() {
+                slot.touched.store(true, Ordering::Release);
+            } else if slot.spool.is_some() {
+                slot.progress.ended();
+            }
         }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
@@ -221,7 +290,10 @@ impl Body for RequestBody {
         match (&self.slot, &self.inner) {
             (None, _) => true,
             (Some(_), Some(inner)) => inner.is_end_stream(),
-            (Some(_), None) => false,
+            (Some(slot), None) => slot
+                .spool
+                .as_ref()
+                .is_some_and(|spool| spool.at_end(&self.cursor) && slot.body.lock().is_none()),
         }
     }
 
@@ -302,23 +374,20 @@ impl ReadClock {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// An upstream response body that keeps its server's in-flight count until the body ends or is dropped,
-    /// writes the request's access log line then, and fails once the server sends nothing for
-    /// `read_timeout`.
-    #[derive(Debug)]
-    pub struct UpstreamBody {
-        #[pin]
-        inner: ResponseBody,
-        guard: Option<InFlightGuard>,
-        // Boxed: most proxies run without an access log, and this body is moved and kept per connection.
-        log: Option<Box<PendingLog>>,
-        origin: Option<super::forward::BodyOrigin>,
-        read: ReadClock,
-    }
+/// The answer's body as it comes from its server: keeps the server's in-flight count until it ends or is
+/// dropped, and fails once the server sends nothing for `read_timeout` while it is being read.
+#[derive(Debug)]
+pub struct Upstream {
+    inner: ResponseBody,
+    guard: Option<InFlightGuard>,
+    origin: Option<super::forward::BodyOrigin>,
+    read: ReadClock,
+    /// The last poll was pending: the read clock runs from that wait's start. A body nobody polls
+    /// (a slow client, a full buffer) is not waiting on its server.
+    waiting: bool,
 }
 
-impl UpstreamBody {
+impl Upstream {
     /// Wraps `inner`, releasing `guard` at its end; a failure before the end counts against `origin`.
     pub fn new(
         inner: ResponseBody,
@@ -330,15 +399,102 @@ impl UpstreamBody {
         Self {
             inner,
             guard: open.then_some(guard),
-            log: None,
             origin: open.then_some(origin),
             read,
+            waiting: false,
         }
+    }
+}
+
+impl Body for Upstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if !this.waiting {
+            this.read.last_read = now_ms();
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.waiting = polled.is_pending();
+        if polled.is_pending() && this.origin.is_some() && this.read.expired(cx) {
+            let error = UpstreamReadTimedOut;
+            if let Some(origin) = this.origin.take() {
+                origin.body_timed_out(&error);
+            }
+            this.guard.take();
+            return Poll::Ready(Some(Err(Box::new(error))));
+        }
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(origin) = this.origin.take() {
+                    origin.body_ended();
+                }
+                this.guard.take();
+            }
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(origin) = this.origin.take() {
+                    origin.body_failed(&**error);
+                }
+                this.guard.take();
+            }
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Where the client's copy of an answer comes from.
+#[derive(Debug)]
+enum Source {
+    /// Straight from the server, at the client's pace.
+    Direct(Upstream),
+    /// Read ahead of the client by [`super::response_buffer`].
+    Buffered(super::response_buffer::Buffered),
+}
+
+/// The answer's body as the client gets it: from its server directly or through the response buffer;
+/// writes the request's access log line when it ends (or the client goes away).
+#[derive(Debug)]
+pub struct UpstreamBody {
+    source: Source,
+    // Boxed: most proxies run without an access log, and this body is moved and kept per connection.
+    log: Option<Box<PendingLog>>,
+}
+
+impl UpstreamBody {
+    /// Wraps `inner`, releasing `guard` at its end; a failure before the end counts against `origin`.
+    /// With `buffer`, the answer is read ahead of the client ([`super::response_buffer`]).
+    pub fn new(
+        inner: ResponseBody,
+        guard: InFlightGuard,
+        origin: super::forward::BodyOrigin,
+        buffer: Option<&Arc<super::spool::BufferSettings>>,
+    ) -> Self {
+        let upstream = Upstream::new(inner, guard, origin);
+        let source = match buffer {
+            Some(settings) if !upstream.is_end_stream() => {
+                Source::Buffered(super::response_buffer::Buffered::start(upstream, settings))
+            }
+            _ => Source::Direct(upstream),
+        };
+        Self { source, log: None }
     }
 
     /// Writes `log` when the body ends (or the client goes away).
     pub fn attach_log(&mut self, log: Box<PendingLog>) {
-        if self.inner.is_end_stream() {
+        if self.is_end_stream() {
             drop(log);
         } else {
             self.log = Some(log);
@@ -354,34 +510,16 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if polled.is_pending() && this.origin.is_some() && this.read.expired(cx) {
-            let error = UpstreamReadTimedOut;
-            if let Some(origin) = this.origin.take() {
-                origin.body_timed_out(&error);
-            }
-            this.guard.take();
-            this.log.take();
-            return Poll::Ready(Some(Err(Box::new(error))));
-        }
+        let this = self.get_mut();
+        let polled = match &mut this.source {
+            Source::Direct(upstream) => Pin::new(upstream).poll_frame(cx),
+            Source::Buffered(buffered) => Pin::new(buffered).poll_frame(cx),
+        };
         match &polled {
-            Poll::Ready(None) => {
-                if let Some(origin) = this.origin.take() {
-                    origin.body_ended();
-                }
-                this.guard.take();
-                this.log.take();
-            }
-            Poll::Ready(Some(Err(error))) => {
-                if let Some(origin) = this.origin.take() {
-                    origin.body_failed(&**error);
-                }
-                this.guard.take();
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                 this.log.take();
             }
             Poll::Ready(Some(Ok(frame))) => {
-                this.read.last_read = now_ms();
                 if let (Some(log), Some(data)) = (this.log.as_mut(), frame.data_ref()) {
                     log.entry.bytes += data.len() as u64;
                 }
@@ -392,11 +530,17 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            Source::Direct(upstream) => upstream.is_end_stream(),
+            Source::Buffered(buffered) => buffered.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            Source::Direct(upstream) => upstream.size_hint(),
+            Source::Buffered(buffered) => buffered.size_hint(),
+        }
     }
 }
 

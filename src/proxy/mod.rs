@@ -18,8 +18,11 @@ pub mod keys;
 mod limits;
 mod pick;
 mod redirect;
+mod request_buffer;
 pub mod request_id;
+mod response_buffer;
 pub mod router;
+pub mod spool;
 pub mod upgrade;
 
 use std::future::Future;
@@ -189,6 +192,8 @@ impl ProxyService {
             pool: route.pool,
             max_body_size: route.max_body_size,
             zones: (!route.zones.is_empty()).then(|| Arc::clone(&route.zones)),
+            buffering: route.buffering,
+            request_buffering: route.request_buffering,
         };
         let client_upgrade =
             allowed_upgrade.map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
@@ -290,7 +295,44 @@ impl ProxyService {
         let Some(pool) = snapshot.pools.get(pool_index) else {
             return local_answer(&ProxyError::NoRoute);
         };
-        let slot = routed.body.take().and_then(body::BodySlot::new);
+        let mut slot = routed.body.take().and_then(body::BodySlot::new);
+        let body_limits = body::BodyLimits {
+            max_size: routed.route.max_body_size,
+            timeout: self.listener.client_limits.body_timeout,
+        };
+        if let Some(client_body) = slot.take_if(|_| {
+            routed
+                .route
+                .request_buffering
+                .unwrap_or(pool.buffers.request)
+                && routed.client_upgrade.is_none()
+                && pool.protocol == crate::config::UpstreamProtocol::Http1
+        }) {
+            match request_buffer::collect(client_body, body_limits, &pool.buffers, trace.id()).await
+            {
+                Ok(spooled) => {
+                    if let Some(length) = spooled.whole_length() {
+                        // A chunked upload goes on with its length, as nginx sends it.
+                        routed
+                            .parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+                    }
+                    slot = Some(spooled);
+                }
+                Err(error) => {
+                    let mut answer = local_answer(&error);
+                    if routed.parts.version == http::Version::HTTP_11 {
+                        // The rest of the body is unread: the connection closes (after lingering),
+                        // and says so, so that no client sends its next request on it.
+                        answer
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return answer;
+                }
+            }
+        }
         let started = std::time::Instant::now();
         let result = forward(Forward {
             pool,
@@ -299,10 +341,7 @@ impl ProxyService {
             slot: &slot,
             client_ip: routed.client_ip,
             key_hash: routed.key_hash,
-            body_limits: body::BodyLimits {
-                max_size: routed.route.max_body_size,
-                timeout: self.listener.client_limits.body_timeout,
-            },
+            body_limits,
             trace,
             started,
             watch,
@@ -313,9 +352,10 @@ impl ProxyService {
             (Ok(_), Some(at)) => at,
             _ => std::time::Instant::now(),
         };
+        let buffering = routed.route.buffering;
         let mut response = self.answer(
             result,
-            routed.client_upgrade.take(),
+            (routed.client_upgrade.take(), buffering),
             routed.client_ip,
             (snapshot, pool_index),
             trace.id(),
@@ -370,7 +410,10 @@ impl ProxyService {
     fn answer(
         &self,
         result: Result<forward::UpstreamResponse, ProxyError>,
-        client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        (client_upgrade, buffering): (
+            Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+            Option<bool>,
+        ),
         client_ip: IpAddr,
         (snapshot, pool_index): (&Arc<Snapshot>, usize),
         id: &str,
@@ -405,6 +448,12 @@ impl ProxyService {
                         if !h1conn::hop_by_hop_removed(&body) {
                             headers::strip_hop_by_hop(&mut parts.headers);
                         }
+                        let buffer = buffers_answer(
+                            &mut parts.headers,
+                            buffering.unwrap_or(pool.buffers.response),
+                            pool.protocol,
+                        )
+                        .then_some(&pool.buffers);
                         let origin = forward::BodyOrigin {
                             snapshot: Arc::clone(snapshot),
                             pool: pool_index,
@@ -412,7 +461,7 @@ impl ProxyService {
                         };
                         return Response::from_parts(
                             parts,
-                            Either::Left(UpstreamBody::new(body, guard, origin)),
+                            Either::Left(UpstreamBody::new(body, guard, origin, buffer)),
                         );
                     }
                 };
@@ -486,6 +535,29 @@ impl ProxyService {
     }
 }
 
+/// `X-Accel-Buffering`, nginx's header by which an answer turns buffering on or off for itself.
+static X_ACCEL_BUFFERING: header::HeaderName = header::HeaderName::from_static("x-accel-buffering");
+
+/// Whether an answer with `headers` is read ahead of its client: `buffering` as configured, unless the
+/// answer's `X-Accel-Buffering` says otherwise (the header is removed, as nginx does); never an event
+/// stream or an HTTP/2 upstream's answer (gRPC and other streams stay streams).
+fn buffers_answer(
+    headers: &mut http::HeaderMap,
+    buffering: bool,
+    protocol: crate::config::UpstreamProtocol,
+) -> bool {
+    let accel = headers.remove(&X_ACCEL_BUFFERING);
+    let wanted = match accel.as_ref().map(|v| v.as_bytes()) {
+        Some(v) if v.eq_ignore_ascii_case(b"no") => false,
+        Some(v) if v.eq_ignore_ascii_case(b"yes") => true,
+        _ => buffering,
+    };
+    let event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    wanted && !event_stream && protocol == crate::config::UpstreamProtocol::Http1
+}
+
 /// What a client connection does with the answer to a request, and what it offers the request meanwhile.
 pub trait Deliver: Send + 'static {
     /// What the connection's service returns.
@@ -523,6 +595,10 @@ struct RouteAt {
     max_body_size: u64,
     /// The route's rate-limit zones, when it has any.
     zones: Option<Arc<[usize]>>,
+    /// The route's `buffering`, when it overrides the pool's.
+    buffering: Option<bool>,
+    /// The route's `request_buffering`, when it overrides the pool's.
+    request_buffering: Option<bool>,
 }
 
 /// What one request's handling learned, for its access log line.

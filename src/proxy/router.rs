@@ -21,6 +21,10 @@ pub struct Route {
     pub index: usize,
     /// `Upgrade` protocols passed upstream (lowercase); others are stripped.
     pub upgrades: std::sync::Arc<[String]>,
+    /// The route's `buffering`, when it overrides its upstream's.
+    pub buffering: Option<bool>,
+    /// The route's `request_buffering`, when it overrides its upstream's.
+    pub request_buffering: Option<bool>,
 }
 
 /// All routes, grouped by host kind, each group sorted longest prefix first.
@@ -49,6 +53,8 @@ impl Router {
                 max_body_size: config.max_body_size.unwrap_or(default_max_body),
                 zones: config.rate_limit.iter().map(|z| zone_index(z)).collect(),
                 upgrades: config.upgrades.iter().cloned().collect(),
+                buffering: config.buffering,
+                request_buffering: config.request_buffering,
             };
             match config.host.as_deref() {
                 None => router.any_host.push(route),
@@ -127,6 +133,8 @@ mod tests {
             max_body_size: None,
             rate_limit: Vec::new(),
             upgrades: vec!["websocket".to_string()],
+            buffering: None,
+            request_buffering: None,
         }
     }
 

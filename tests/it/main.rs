@@ -5,6 +5,7 @@ mod pki;
 
 mod admin;
 mod backup_and_failover;
+mod buffering;
 mod cli;
 mod client_limits;
 mod conformance;

@@ -431,7 +431,11 @@ async fn an_answer_sent_before_the_request_body_was_read_is_passed_on() {
 #[tokio::test]
 async fn the_upstreams_100_continue_does_not_stop_the_request_body() {
     let (upstream, _) = raw_upstream().await;
-    let proxy = TestProxy::start(&config(upstream)).await;
+    // Streamed: with request buffering the upstream would get the request only with its body.
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "retries = 0\nrequest_buffering = false\nservers = [{{ addr = \"{upstream}\" }}]"
+    )))
+    .await;
     let mut stream = proxy.connect().await;
     stream
         .write_all(b"POST /continue HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
