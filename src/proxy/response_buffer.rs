@@ -367,3 +367,92 @@ async fn pump(mut upstream: Upstream, shared: Arc<Shared>, settings: Arc<BufferS
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: Option<std::path::PathBuf>, max_temp_file_size: u64) -> BufferSettings {
+        let metrics = crate::metrics::Metrics::default();
+        BufferSettings {
+            request: true,
+            response: true,
+            buffer_size: 4,
+            max_temp_file_size,
+            temp_dir: dir,
+            request_gauges: metrics.buffers().request.clone(),
+            response_gauges: metrics.buffers().response.clone(),
+        }
+    }
+
+    fn shared(settings: &BufferSettings) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                memory: 0,
+                charge: MemoryCharge::new(&settings.response_gauges),
+                file: None,
+                file_usable: settings.max_temp_file_size > 0,
+                end: Some(End::Done(None)),
+                reader: None,
+                pump: None,
+                pump_needs_room: false,
+                reader_gone: false,
+            }),
+        }
+    }
+
+    fn drain(shared: &Shared) -> Vec<u8> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        loop {
+            match shared.read(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    out.extend_from_slice(&frame.into_data().expect("data"))
+                }
+                Poll::Ready(None) => return out,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn memory_then_file_then_memory_past_max_temp_file_size_reads_in_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        let settings = settings(Some(dir.path().to_path_buf()), 10);
+        let shared = shared(&settings);
+        {
+            let mut state = shared.state.lock();
+            for piece in ["abc", "defg", "hijk", "lmn"] {
+                state.store(Bytes::from(piece), &settings);
+            }
+            assert_eq!(state.file.as_ref().map(TempFile::len), Some(8));
+            assert!(
+                !state.file_usable,
+                "past max_temp_file_size the rest streams"
+            );
+            assert!(!state.has_room(&settings));
+        }
+        assert_eq!(
+            settings.response_gauges.fallback_max_temp_file_size.get(),
+            1
+        );
+        assert_eq!(drain(&shared), b"abcdefghijklmn");
+        assert_eq!(settings.response_gauges.memory_bytes.get(), 0);
+    }
+
+    #[test]
+    fn a_temp_dir_that_takes_no_file_keeps_the_answer_in_memory_and_counts_a_fallback() {
+        // Nobody, root included, can make a file in /proc.
+        let settings = settings(Some("/proc".into()), 1 << 20);
+        let shared = shared(&settings);
+        {
+            let mut state = shared.state.lock();
+            state.store(Bytes::from("abc"), &settings);
+            state.store(Bytes::from("defg"), &settings);
+            assert!(state.file.is_none() && !state.file_usable);
+        }
+        assert_eq!(settings.response_gauges.fallback_temp_error.get(), 1);
+        assert_eq!(drain(&shared), b"abcdefg");
+    }
+}

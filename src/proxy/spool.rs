@@ -277,3 +277,74 @@ impl<'a> SpoolWriter<'a> {
         self.spool
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: Option<PathBuf>, buffer_size: usize) -> BufferSettings {
+        let metrics = crate::metrics::Metrics::default();
+        BufferSettings {
+            request: true,
+            response: true,
+            buffer_size,
+            max_temp_file_size: 1 << 30,
+            temp_dir: dir,
+            request_gauges: metrics.buffers().request.clone(),
+            response_gauges: metrics.buffers().response.clone(),
+        }
+    }
+
+    fn read_all(spool: &Spool) -> Vec<u8> {
+        let mut cursor = SpoolCursor::default();
+        let mut out = Vec::new();
+        while let Some(piece) = spool.next(&mut cursor) {
+            out.extend_from_slice(&piece.expect("read"));
+        }
+        assert!(spool.at_end(&cursor));
+        out
+    }
+
+    #[test]
+    fn a_body_past_buffer_size_goes_to_an_unnamed_file_and_reads_back_in_order_twice() {
+        let dir = tempfile::tempdir().expect("dir");
+        let settings = settings(Some(dir.path().to_path_buf()), 10);
+        let mut writer = SpoolWriter::new(&settings);
+        let pieces: Vec<Bytes> = (0..20u8).map(|i| Bytes::from(vec![i; 7])).collect();
+        for piece in &pieces {
+            writer.push(piece.clone()).expect("push");
+        }
+        let spool = writer.finish();
+        assert_eq!(settings.request_gauges.temp_files.get(), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+        let expected: Vec<u8> = pieces.concat();
+        assert_eq!(spool.len(), expected.len() as u64);
+        assert_eq!(read_all(&spool), expected);
+        assert_eq!(
+            read_all(&spool),
+            expected,
+            "a second reader (a retry) gets it all again"
+        );
+        drop(spool);
+        assert_eq!(settings.request_gauges.temp_files.get(), 0);
+        assert_eq!(settings.request_gauges.temp_file_bytes.get(), 0);
+        assert_eq!(settings.request_gauges.memory_bytes.get(), 0);
+    }
+
+    #[test]
+    fn a_write_that_fails_after_the_file_keeps_the_order() {
+        use std::os::fd::AsRawFd;
+        let settings = settings(None, 4);
+        let mut writer = SpoolWriter::new(&settings);
+        writer.push(Bytes::from_static(b"abc")).expect("memory");
+        writer.push(Bytes::from_static(b"defg")).expect("file");
+        // The disk is full from here on: the same file, reopened read-only, refuses writes.
+        let file = writer.spool.file.as_mut().expect("a temp file");
+        let fd = file.file.as_raw_fd();
+        file.file = File::open(format!("/proc/self/fd/{fd}")).expect("reopen read-only");
+        assert!(writer.push(Bytes::from_static(b"hij")).is_err());
+        let spool = writer.finish();
+        assert_eq!(spool.len(), 10);
+        assert_eq!(read_all(&spool), b"abcdefghij");
+    }
+}

@@ -661,12 +661,20 @@ async fn temp_files_are_gone_after_client_abort_upstream_failure_reload_and_sigt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_temp_path_degrades_to_streaming() {
-    let (upstream, seen) = raw_upstream(HUGE).await;
     let temp = tempfile::tempdir().expect("temp dir");
-    // A path that is not a directory: no temp file can be made there.
+    // A path that is not a directory, and a directory no one (root included) can make a file in.
     let not_a_dir = temp.path().join("file");
     std::fs::write(&not_a_dir, b"x").expect("write");
-    let binary = buffered_binary(&not_a_dir, "buffer_size = \"16k\"", upstream);
+    for path in [not_a_dir.as_path(), Path::new("/proc")] {
+        streams_without_a_temp_file(path).await;
+    }
+}
+
+/// A binary whose `temp_path` is `path` serves a large answer to a slow reader and a large upload whole,
+/// streaming, and counts a fallback for each.
+async fn streams_without_a_temp_file(path: &Path) {
+    let (upstream, seen) = raw_upstream(HUGE).await;
+    let binary = buffered_binary(path, "buffer_size = \"16k\"", upstream);
     // An answer past buffer_size streams at the client's pace, whole.
     let (mut reader, prefix) = slow_reader(binary.addr, 12).await;
     wait_until_async(Duration::from_secs(5), "a response fallback", || async {
