@@ -1,12 +1,17 @@
-//! Response buffering (nginx `proxy_buffering`): the answer is read as fast as its server sends it, into
-//! memory up to `buffer_size` and then a temp file, so the server's connection is free once the answer is
-//! complete while a slow client is fed from the buffer. Past `max_temp_file_size`, or when no temp file can
-//! be written, the rest of the answer goes at the client's pace.
+//! Response buffering (nginx `proxy_buffering`): an answer whose client stops taking it is read from its
+//! server as fast as the server sends it, into memory up to `buffer_size` and then a temp file, so the
+//! server's connection is free once the answer is complete while the slow client is fed from the buffer.
+//! Past `max_temp_file_size`, or when no temp file can be written, the rest goes at the client's pace.
 //!
-//! A small answer that is already whole when its head is parsed is held as it is, with no task; a larger
-//! one gets a pump task that reads the server while the client's body reads the buffer.
+//! A client that keeps up reads its answer straight from the server, as without buffering (no copy, no
+//! task switch per read). What the server has sent when the head is parsed is taken at once: most small
+//! answers are whole by then and need nothing more. A larger one gets a pump task that wakes every
+//! [`SPILL_AFTER`]; once the client has left a piece untaken for that long, the pump takes over the
+//! server's side and reads the rest ahead of it (nginx spills to its temp file when its buffers are full
+//! and the client's socket takes nothing).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -83,6 +88,9 @@ impl Buffered {
         remaining: Option<u64>,
     ) -> Self {
         let mut state = State {
+            upstream: Some(upstream),
+            reader_waiting: false,
+            reader_took_at: crate::clock::now_ms(),
             queue: VecDeque::new(),
             memory: 0,
             charge: MemoryCharge::new(&settings.response_gauges),
@@ -92,6 +100,7 @@ impl Buffered {
             reader: None,
             pump: None,
             pump_needs_room: false,
+            spilling: false,
             reader_gone: false,
         };
         for frame in frames {
@@ -103,7 +112,7 @@ impl Buffered {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
         });
-        tokio::spawn(pump(upstream, Arc::clone(&shared), Arc::clone(settings)));
+        tokio::spawn(pump(Arc::clone(&shared), Arc::clone(settings)));
         Self {
             state: Held::Pumped(shared),
             remaining,
@@ -165,9 +174,7 @@ impl Drop for Buffered {
             // The client went away: the pump stops, and the server's connection closes unless its
             // answer was complete.
             state.reader_gone = true;
-            if let Some(pump) = state.pump.take() {
-                pump.wake();
-            }
+            state.wake_pump();
         }
     }
 }
@@ -195,6 +202,13 @@ enum End {
 
 #[derive(Debug)]
 struct State {
+    /// The server's side, while the client's body reads it directly (`None` once the pump took it
+    /// or it ended).
+    upstream: Option<Upstream>,
+    /// The client's last poll found nothing to take (it waits on the server, not the other way round).
+    reader_waiting: bool,
+    /// When the client last took a piece ([`now_ms`](crate::clock::now_ms)).
+    reader_took_at: u64,
     queue: VecDeque<Segment>,
     /// Bytes of the queue in memory.
     memory: usize,
@@ -207,6 +221,8 @@ struct State {
     pump: Option<Waker>,
     /// The pump waits for the client to take something.
     pump_needs_room: bool,
+    /// The client was found slow: what does not fit in memory goes to the temp file.
+    spilling: bool,
     reader_gone: bool,
 }
 
@@ -217,14 +233,21 @@ impl State {
         self.queue.push_back(Segment::Memory(data));
     }
 
-    fn has_room(&self, settings: &BufferSettings) -> bool {
-        self.memory < settings.buffer_size || self.file_usable
+    /// Whether the memory budget is spent (one read may pass it).
+    fn memory_full(&self, settings: &BufferSettings) -> bool {
+        self.memory >= settings.buffer_size
     }
 
-    /// Queues `data`: in memory while it fits, else in the temp file while that is usable, else in
-    /// memory anyway (and the pump then waits for the client).
+    /// Whether the pump may read on: memory is left, or the client was found slow and the temp file
+    /// takes the rest.
+    fn has_room(&self, settings: &BufferSettings) -> bool {
+        !self.memory_full(settings) || (self.spilling && self.file_usable)
+    }
+
+    /// Queues `data`: in memory, unless the client was found slow ([`SPILL_AFTER`]) and it does not fit
+    /// there, when it goes to the temp file while that is usable.
     fn store(&mut self, data: Bytes, settings: &BufferSettings) {
-        if self.memory + data.len() <= settings.buffer_size || !self.file_usable {
+        if !self.spilling || self.memory + data.len() <= settings.buffer_size || !self.file_usable {
             self.keep_in_memory(data);
             return;
         }
@@ -255,6 +278,19 @@ impl State {
                 self.file_usable = false;
                 self.keep_in_memory(data);
             }
+        }
+    }
+
+    fn wake_pump(&mut self) {
+        if let Some(pump) = self.pump.take() {
+            pump.wake();
+        }
+    }
+
+    /// Registers the pump's waker.
+    fn pump_waits(&mut self, cx: &Context<'_>) {
+        if !self.pump.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.pump = Some(cx.waker().clone());
         }
     }
 
@@ -298,36 +334,88 @@ impl Shared {
                 read
             }
             None => {
-                return match state.end.take() {
+                let polled = match state.end.take() {
                     Some(End::Done(trailers)) => {
                         Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
                     }
                     Some(End::Failed(error)) => Poll::Ready(Some(Err(error))),
-                    None => {
-                        if !state
-                            .reader
-                            .as_ref()
-                            .is_some_and(|w| w.will_wake(cx.waker()))
-                        {
-                            state.reader = Some(cx.waker().clone());
+                    None => match state.upstream.as_mut() {
+                        // The client keeps up: it reads the server itself.
+                        Some(upstream) => {
+                            let polled = Pin::new(upstream).poll_frame(cx);
+                            if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                                state.upstream = None;
+                                state.wake_pump();
+                            }
+                            polled
                         }
-                        Poll::Pending
-                    }
+                        None => Poll::Pending,
+                    },
                 };
+                state.reader_waiting = polled.is_pending();
+                if polled.is_pending()
+                    && !state
+                        .reader
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    // Woken by the server's side too: the pump may take it over meanwhile.
+                    state.reader = Some(cx.waker().clone());
+                }
+                if !state.reader_waiting {
+                    state.reader_took_at = crate::clock::now_ms();
+                }
+                return polled;
             }
         };
+        state.reader_waiting = false;
+        state.reader_took_at = crate::clock::now_ms();
         if state.pump_needs_room {
             state.pump_needs_room = false;
-            if let Some(pump) = state.pump.take() {
-                pump.wake();
-            }
+            state.wake_pump();
         }
         Poll::Ready(Some(data.map(Frame::data)))
     }
 }
 
-/// Reads `upstream` into the buffer until its answer ends or fails, or the client goes away.
-async fn pump(mut upstream: Upstream, shared: Arc<Shared>, settings: Arc<BufferSettings>) {
+/// How long a client may leave a piece of its answer untaken before it is taken for a slow one and the
+/// pump reads the rest of the answer ahead of it.
+const SPILL_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Watches the client's side every [`SPILL_AFTER`] while it reads the server itself, takes the server's
+/// side over once the client is slow, and then reads it into the buffer until the answer ends or fails,
+/// or the client goes away.
+async fn pump(shared: Arc<Shared>, settings: Arc<BufferSettings>) {
+    let slow_ms = u64::try_from(SPILL_AFTER.as_millis()).unwrap_or(50);
+    let mut timer = Box::pin(tokio::time::sleep(SPILL_AFTER));
+    let upstream = std::future::poll_fn(|cx| {
+        let mut state = shared.state.lock();
+        loop {
+            if state.reader_gone || state.upstream.is_none() {
+                return Poll::Ready(None);
+            }
+            let now = crate::clock::now_ms();
+            if !state.reader_waiting && now.saturating_sub(state.reader_took_at) >= slow_ms {
+                state.spilling = true;
+                return Poll::Ready(state.upstream.take());
+            }
+            state.pump_waits(cx);
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + SPILL_AFTER);
+        }
+    })
+    .await;
+    if let Some(upstream) = upstream {
+        read_ahead(upstream, &shared, &settings).await;
+    }
+}
+
+/// Reads `upstream` into the buffer for a slow client.
+async fn read_ahead(mut upstream: Upstream, shared: &Shared, settings: &BufferSettings) {
     // Trailers come before the body's end, which is read too (it releases the server's count).
     let mut trailers = None;
     loop {
@@ -337,10 +425,8 @@ async fn pump(mut upstream: Upstream, shared: Arc<Shared>, settings: Arc<BufferS
                 if state.reader_gone {
                     return Poll::Ready(None);
                 }
-                if !state.pump.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    state.pump = Some(cx.waker().clone());
-                }
-                if !state.has_room(&settings) {
+                state.pump_waits(cx);
+                if !state.has_room(settings) {
                     state.pump_needs_room = true;
                     return Poll::Pending;
                 }
@@ -355,7 +441,7 @@ async fn pump(mut upstream: Upstream, shared: Arc<Shared>, settings: Arc<BufferS
         let mut state = shared.state.lock();
         match frame {
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => state.store(data, &settings),
+                Ok(data) => state.store(data, settings),
                 Err(frame) => trailers = frame.into_trailers().ok(),
             },
             Some(Err(error)) => state.end = Some(End::Failed(error)),
@@ -388,6 +474,9 @@ mod tests {
     fn shared(settings: &BufferSettings) -> Shared {
         Shared {
             state: Mutex::new(State {
+                upstream: None,
+                reader_waiting: false,
+                reader_took_at: 0,
                 queue: VecDeque::new(),
                 memory: 0,
                 charge: MemoryCharge::new(&settings.response_gauges),
@@ -397,6 +486,7 @@ mod tests {
                 reader: None,
                 pump: None,
                 pump_needs_room: false,
+                spilling: true,
                 reader_gone: false,
             }),
         }
