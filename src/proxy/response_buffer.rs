@@ -244,11 +244,12 @@ impl State {
         !self.memory_full(settings) || (self.spilling && self.file_usable)
     }
 
-    /// Queues `data`: in memory, unless the client was found slow ([`SPILL_AFTER`]) and it does not fit
-    /// there, when it goes to the temp file while that is usable.
+    /// Queues `data` for a slow client: in memory while it fits, else in the temp file while that is
+    /// usable. What stays in memory is copied out of the read buffer it shares: a slow client would
+    /// otherwise pin the connection's whole read buffer (up to 256k) for a few bytes.
     fn store(&mut self, data: Bytes, settings: &BufferSettings) {
         if !self.spilling || self.memory + data.len() <= settings.buffer_size || !self.file_usable {
-            self.keep_in_memory(data);
+            self.keep_in_memory(Bytes::copy_from_slice(&data));
             return;
         }
         let written = self.file.as_ref().map_or(0, TempFile::len);
@@ -256,7 +257,7 @@ impl State {
             // nginx's rule: past max_temp_file_size the answer goes at the client's pace.
             settings.response_gauges.fallback_max_temp_file_size.inc();
             self.file_usable = false;
-            self.keep_in_memory(data);
+            self.keep_in_memory(Bytes::copy_from_slice(&data));
             return;
         }
         let file = match &mut self.file {
@@ -276,7 +277,7 @@ impl State {
                 settings.warn_temp_failure("response", &error);
                 settings.response_gauges.fallback_temp_error.inc();
                 self.file_usable = false;
-                self.keep_in_memory(data);
+                self.keep_in_memory(Bytes::copy_from_slice(&data));
             }
         }
     }
