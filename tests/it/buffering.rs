@@ -737,3 +737,33 @@ async fn status_shows_what_buffering_holds() {
         "{status}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_clients_upload_is_buffered_and_goes_on_with_its_length() {
+    let (upstream, seen) = raw_upstream(2).await;
+    let temp = tempfile::tempdir().expect("temp dir");
+    let binary = buffered_binary(temp.path(), "buffer_size = \"16k\"", upstream);
+    let upload = pattern(100_000);
+    let reply = TestClient::h2c()
+        .send(
+            http::Request::post(format!("http://{}/up", binary.addr))
+                .body(chunked(
+                    upload.chunks(10_000).map(Bytes::copy_from_slice).collect(),
+                ))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        *seen.last_body.lock(),
+        upload,
+        "the body, with a Content-Length the upstream read it by"
+    );
+    assert!(
+        sample(
+            &binary.metrics().await,
+            "fulcrum_buffer_temp_files_total",
+            &["direction=\"request\""],
+        ) >= 1.0
+    );
+}
