@@ -29,6 +29,11 @@ use super::spool::{BufferSettings, MemoryCharge, TempFile, FILE_READ};
 #[derive(Debug)]
 pub struct Buffered {
     state: Held,
+    /// A failure held back for one poll: the data handed out before it goes to the client first (hyper
+    /// drops what it has buffered when a body fails).
+    deferred: Option<BoxError>,
+    /// Something was handed out since the last pending poll.
+    handed_since_wait: bool,
     /// The answer's length as its server announced it, less what the client has had.
     remaining: Option<u64>,
 }
@@ -77,6 +82,8 @@ impl Buffered {
                 frames,
                 error: first_frames,
             },
+            deferred: None,
+            handed_since_wait: false,
             remaining,
         }
     }
@@ -115,6 +122,8 @@ impl Buffered {
         tokio::spawn(pump(Arc::clone(&shared), Arc::clone(settings)));
         Self {
             state: Held::Pumped(shared),
+            deferred: None,
+            handed_since_wait: false,
             remaining,
         }
     }
@@ -135,6 +144,10 @@ impl Body for Buffered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(error) = this.deferred.take() {
+            this.state = Held::Done;
+            return Poll::Ready(Some(Err(error)));
+        }
         let polled = match &mut this.state {
             Held::Whole { frames, error } => match frames.pop_front() {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
@@ -143,15 +156,33 @@ impl Body for Buffered {
             Held::Pumped(shared) => shared.read(cx),
             Held::Done => Poll::Ready(None),
         };
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => this.handed(frame),
-            Poll::Ready(_) => this.state = Held::Done,
-            Poll::Pending => {}
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.handed(&frame);
+                this.handed_since_wait = true;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) if this.handed_since_wait => {
+                this.deferred = Some(error);
+                this.handed_since_wait = false;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(end) => {
+                this.state = Held::Done;
+                Poll::Ready(end)
+            }
+            Poll::Pending => {
+                this.handed_since_wait = false;
+                Poll::Pending
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.deferred.is_some() {
+            return false;
+        }
         match &self.state {
             Held::Whole { frames, error } => frames.is_empty() && error.is_none(),
             Held::Pumped(_) => false,
