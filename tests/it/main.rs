@@ -24,6 +24,7 @@ mod properties;
 mod ratelimit;
 mod ratelimit_fleet;
 mod reload;
+mod route_rules;
 mod smuggling;
 mod status_page;
 mod strategies;
