@@ -31,22 +31,29 @@ pub struct Imported {
 /// Reads the nginx config at `path` (and what it includes) and translates it.
 pub fn import(path: &Path) -> Result<Imported, SyntaxError> {
     let tree = parse::parse_file(path)?;
-    Ok(translate_tree(&tree, path))
+    translate_tree(&tree, path)
 }
 
 /// Translates nginx config `text` as if read from `path` (includes are read relative to its directory).
 pub fn import_text(text: &str, path: &Path) -> Result<Imported, SyntaxError> {
     let tree = parse::parse_text(text, path, 0)?;
-    Ok(translate_tree(&tree, path))
+    translate_tree(&tree, path)
 }
 
-fn translate_tree(tree: &[parse::Directive], path: &Path) -> Imported {
+fn translate_tree(tree: &[parse::Directive], path: &Path) -> Result<Imported, SyntaxError> {
     let base = path.parent().unwrap_or(Path::new("."));
     let mut translator = translate::Translator::new(base);
     translator.run(tree);
-    Imported {
+    if let Some((origin, why)) = translator.invalid.take() {
+        return Err(SyntaxError {
+            file: origin.file.to_path_buf(),
+            line: origin.line,
+            why,
+        });
+    }
+    Ok(Imported {
         toml: translator.toml(path),
         report: translator.report.lines(),
         incomplete: translator.report.has_unsupported(),
-    }
+    })
 }

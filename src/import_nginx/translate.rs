@@ -81,6 +81,8 @@ pub struct Translator {
     pub resolver: Option<Table>,
     /// `log_format` names.
     pub log_formats: HashSet<String>,
+    /// A directive `nginx -t` would refuse (the import then fails with exit status 1).
+    pub invalid: Option<(Origin, String)>,
 }
 
 impl Translator {
@@ -101,6 +103,7 @@ impl Translator {
             access_log: None,
             resolver: None,
             log_formats: HashSet::new(),
+            invalid: None,
         }
     }
 
@@ -228,6 +231,13 @@ impl Translator {
     fn unsupported_block(&mut self, d: &Directive) {
         let why = match d.name.as_str() {
             "if" => "`if` has no equivalent (routes match host and path only)",
+            "map" if d.args.first().is_some_and(|a| a == "$http_upgrade") => {
+                self.report.ignored(
+                    d,
+                    "the WebSocket Connection map: fulcrum passes WebSocket upgrades by default (a route's `upgrades`)",
+                );
+                return;
+            }
             "map" | "geo" | "split_clients" => {
                 "variables made by `map`, `geo` or `split_clients` have no equivalent"
             }
@@ -409,7 +419,17 @@ impl Translator {
                     unsupported.push("the PROXY protocol is not supported on listeners".to_string())
                 }
                 "http3" | "quic" => unsupported.push("HTTP/3 is not supported".to_string()),
-                _ => unsupported.push(format!("unknown listen parameter `{param}`")),
+                _ => {
+                    // `nginx -t` refuses it too; most often a `;` is missing after the address.
+                    if self.invalid.is_none() {
+                        self.invalid = Some((
+                            d.origin.clone(),
+                            format!(
+                                "invalid parameter \"{param}\" in \"listen\" (a missing \";\"?)"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         if !http2 && self.listeners[index].tls {

@@ -15,6 +15,7 @@ mod failing_upstreams;
 mod forwarding;
 mod h2_abuse;
 mod health;
+mod import_nginx;
 mod least_time;
 mod observability;
 mod overload;
