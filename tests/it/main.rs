@@ -17,6 +17,7 @@ mod h2_abuse;
 mod health;
 mod import_nginx;
 mod least_time;
+mod nginx_differential;
 mod observability;
 mod overload;
 mod packaging;
