@@ -389,9 +389,10 @@ impl Translator {
             format!("0.0.0.0:{address}")
         } else if let Some(port) = address.strip_prefix("*:") {
             format!("0.0.0.0:{port}")
-        } else if address.starts_with('[') && !address.contains("]:") {
-            format!("{address}:80")
-        } else if !address.starts_with('[') && !address.contains(':') {
+        } else if (address.starts_with('[') && !address.contains("]:"))
+            || (!address.starts_with('[') && !address.contains(':'))
+        {
+            // An address without a port: nginx listens on 80.
             format!("{address}:80")
         } else {
             address.clone()

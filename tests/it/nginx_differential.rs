@@ -322,14 +322,14 @@ async fn statuses_and_answers_match_nginx() {
                 "example.test",
             )
             .await;
-        answers.push(format!(
-            "{}",
+        answers.push(
             to_https
                 .headers
                 .get("location")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
-        ));
+                .to_string(),
+        );
         seen.push((answers, to_https.status));
     }
     assert_eq!(seen[0].0, seen[1].0, "nginx, then fulcrum");
