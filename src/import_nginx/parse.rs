@@ -94,7 +94,8 @@ pub fn parse_text(text: &str, path: &Path, depth: usize) -> Result<Vec<Directive
         tokens,
         at: 0,
         file: Arc::clone(&file),
-        last_line: text.lines().count().max(1),
+        // nginx names the line it reached at the end of the file: one past a final newline.
+        last_line: text.matches('\n').count() + 1,
         depth,
     };
     parser.block(false)
