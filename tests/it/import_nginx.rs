@@ -239,7 +239,7 @@ fn broken_configs_exit_1_naming_file_and_line() {
     let cases = [
         (
             "unbalanced.conf",
-            9,
+            10,
             "unexpected end of file, expecting \"}\"",
         ),
         ("extra-brace.conf", 7, "unexpected \"}\""),
