@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod demo;
 pub mod discovery;
 pub mod health;
+pub mod import_nginx;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

@@ -77,6 +77,34 @@ enum Command {
     },
     /// Print the man page (roff) to stdout: `fulcrum man | man -l -`.
     Man,
+    /// Translate an nginx config into fulcrum's TOML, with a report of every directive not translated
+    /// exactly.
+    ///
+    /// Reads PATH and the files its `include` directives name (globs, relative to the including file's
+    /// directory), its `events`, `http`, `server`, `location` and `upstream` blocks, and writes TOML that
+    /// `fulcrum check -c` accepts (to stdout unless -o), each table headed by a comment naming the nginx
+    /// file and line it came from. On stderr, one line per directive that was not translated exactly:
+    ///
+    ///   FILE:LINE: DIRECTIVE: translated with a difference: WHY
+    ///   FILE:LINE: DIRECTIVE: not supported: WHY
+    ///   FILE:LINE: DIRECTIVE: ignored: WHY (no effect here)
+    ///
+    /// then a one-line summary (directives read, translated exactly, with differences, not supported,
+    /// ignored). docs/migrating-from-nginx.md has the full table.
+    ///
+    /// Exit status: 0 when everything that changes behaviour was translated (exactly or with a stated
+    /// difference); 1 when the input is not valid nginx syntax (FILE:LINE: why, like `nginx -t`) or
+    /// cannot be read; 3 when something that changes behaviour was not translated (the TOML is still
+    /// written, to be finished by hand).
+    #[command(name = "import-nginx")]
+    ImportNginx {
+        /// The nginx config file, e.g. /etc/nginx/nginx.conf.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Write the TOML here instead of stdout.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -137,6 +165,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::ImportNginx { path, output } => import_nginx(&path, output.as_deref()),
         Command::Man => {
             match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -146,6 +175,39 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `fulcrum import-nginx`: the TOML to stdout or `output`, the report to stderr; exit 0, 1 or 3.
+fn import_nginx(path: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode {
+    let imported = match fulcrum::import_nginx::import(path) {
+        Ok(imported) => imported,
+        Err(error) => {
+            eprintln!("fulcrum import-nginx: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let written = match output {
+        Some(out) => std::fs::write(out, &imported.toml)
+            .with_context(|| format!("cannot write {}", out.display())),
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(imported.toml.as_bytes())
+                .context("cannot write to stdout")
+        }
+    };
+    for line in &imported.report {
+        eprintln!("{line}");
+    }
+    if let Err(error) = written {
+        eprintln!("fulcrum import-nginx: {error:#}");
+        return ExitCode::FAILURE;
+    }
+    if imported.incomplete {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

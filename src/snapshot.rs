@@ -234,7 +234,8 @@ impl Snapshot {
                 .iter()
                 .map(|route| {
                     let host = route.host.as_deref().unwrap_or("*");
-                    metrics.route(&format!("{host}{}", route.path))
+                    let exact = if route.exact { "=" } else { "" };
+                    metrics.route(&format!("{host}{exact}{}", route.path))
                 })
                 .collect(),
         }

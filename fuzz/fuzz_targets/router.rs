@@ -22,10 +22,16 @@ fuzz_target!(|input: Input| {
         .map(|(host, path)| RouteConfig {
             host: host.clone(),
             path: path.clone(),
-            upstream: String::new(),
+            exact: false,
+            upstream: None,
             max_body_size: None,
             rate_limit: Vec::new(),
             upgrades: Vec::new(),
+            path_rewrite: None,
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+            access_log: true,
+            answer: None,
         })
         .collect();
     let router = Router::new(&routes, |_| 0, |_| 0, 1 << 20);

@@ -166,12 +166,42 @@ pub struct CertificateFile {
 pub struct RouteFile {
     pub host: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
-    pub upstream: Spanned<String>,
+    /// `"prefix"` (default) or `"exact"`.
+    #[serde(rename = "match")]
+    pub match_kind: Option<Spanned<String>>,
+    /// Required unless the route has `return`.
+    pub upstream: Option<Spanned<String>>,
     pub max_body_size: Option<ConfigSize>,
     pub rate_limit: Option<Spanned<Vec<String>>>,
     pub upgrades: Option<Spanned<Vec<String>>>,
     pub buffering: Option<bool>,
     pub request_buffering: Option<bool>,
+    pub strip_prefix: Option<Spanned<bool>>,
+    pub rewrite_prefix: Option<Spanned<String>>,
+    pub request_headers: Option<Spanned<HeaderRulesFile>>,
+    pub response_headers: Option<Spanned<HeaderRulesFile>>,
+    pub access_log: Option<bool>,
+    #[serde(rename = "return")]
+    pub answer: Option<Spanned<ReturnFile>>,
+}
+
+/// `request_headers` / `response_headers` of a route: `{ set = { NAME = VALUE }, remove = [NAME] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesFile {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A route's `return = { status = 301, location = "..." }` or `{ status = 200, body = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnFile {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: Option<String>,
 }
 
 /// The strategies a pool can balance with.

@@ -2,11 +2,13 @@
 
 mod error;
 mod file;
+mod route;
 mod validate;
 mod validate_client;
 mod validate_health;
 mod validate_http;
 mod validate_limits;
+mod validate_routes;
 mod validate_servers;
 mod validate_tls;
 pub mod values;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 pub use error::ConfigError;
 pub use file::{AllUnhealthy, LeastTimeMode, ProbeKind, Strategy, UpstreamProtocol};
+pub use route::{HeaderRules, PathRewrite, ReturnConfig};
 pub use values::HashKey;
 
 /// A validated config, ready to build a snapshot from.
@@ -297,10 +300,13 @@ pub struct ListenerTls {
 pub struct RouteConfig {
     /// Host to match: exact (`example.com`) or wildcard (`*.example.com`); `None` matches any host.
     pub host: Option<String>,
-    /// Path prefix to match.
+    /// Path prefix to match (the whole path with `exact`).
     pub path: String,
-    /// Name of the upstream to send to.
-    pub upstream: String,
+    /// `match = "exact"`: the path must equal `path` (nginx `location = /x`); an exact route is tried
+    /// before every prefix route of its host group.
+    pub exact: bool,
+    /// Name of the upstream to send to; `None` for a route with `return`.
+    pub upstream: Option<String>,
     /// Per-route override of `global.max_body_size`.
     pub max_body_size: Option<u64>,
     /// Rate-limit zones checked for this route, in order.
@@ -312,6 +318,16 @@ pub struct RouteConfig {
     pub buffering: Option<bool>,
     /// Overrides the upstream's `request_buffering` for this route.
     pub request_buffering: Option<bool>,
+    /// `strip_prefix` / `rewrite_prefix`: how the upstream path is made.
+    pub path_rewrite: Option<PathRewrite>,
+    /// Headers set on and removed from the request sent upstream.
+    pub request_headers: HeaderRules,
+    /// Headers set on and removed from the answer to the client.
+    pub response_headers: HeaderRules,
+    /// Whether requests of this route are written to the access log (`access_log = false`: not).
+    pub access_log: bool,
+    /// `return`: the route answers itself.
+    pub answer: Option<ReturnConfig>,
 }
 
 /// Which failures count against a server and may be retried (nginx `proxy_next_upstream`).

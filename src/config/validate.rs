@@ -7,11 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::file::{FileConfig, LeastTimeMode, ListenerFile, RouteFile, Strategy, UpstreamFile};
+use super::file::{FileConfig, LeastTimeMode, ListenerFile, Strategy, UpstreamFile};
 use super::values::HashKey;
 use super::{
-    AccessLogConfig, Config, ConfigSource, Global, ListenerConfig, RateLimitConfig, RetryOn,
-    RouteConfig, UpstreamConfig,
+    AccessLogConfig, Config, ConfigSource, Global, ListenerConfig, RetryOn, UpstreamConfig,
 };
 
 /// Memory per body and direction before a temp file (nginx's `proxy_buffers 8 8k` and
@@ -231,119 +230,7 @@ impl Validator<'_> {
         Ok(out)
     }
 
-    fn routes(
-        &self,
-        files: &[RouteFile],
-        upstreams: &BTreeMap<String, UpstreamConfig>,
-        zones: &BTreeMap<String, RateLimitConfig>,
-    ) -> Result<Vec<RouteConfig>, ConfigError> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::with_capacity(files.len());
-        for (i, file) in files.iter().enumerate() {
-            let upstream = file.upstream.get_ref();
-            if !upstreams.contains_key(upstream) {
-                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-                return Err(self.err(
-                    Some(file.upstream.span()),
-                    format!("route[{i}].upstream"),
-                    format!(
-                        "no upstream named `{upstream}` (defined: {})",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                ));
-            }
-            let host =
-                match &file.host {
-                    Some(host) => Some(self.host_pattern(host.get_ref()).map_err(|why| {
-                        self.err(Some(host.span()), format!("route[{i}].host"), why)
-                    })?),
-                    None => None,
-                };
-            let path = match &file.path {
-                Some(path) if !path.get_ref().starts_with('/') => {
-                    return Err(self.err(
-                        Some(path.span()),
-                        format!("route[{i}].path"),
-                        format!("`{}` must start with /", path.get_ref()),
-                    ))
-                }
-                Some(path) => path.get_ref().clone(),
-                None => "/".to_string(),
-            };
-            if !seen.insert((host.clone(), path.clone())) {
-                return Err(self.err(
-                    Some(file.upstream.span()),
-                    format!("route[{i}]"),
-                    format!(
-                        "another route already matches host {} and path {path}",
-                        host.as_deref().unwrap_or("(any)")
-                    ),
-                ));
-            }
-            out.push(RouteConfig {
-                host,
-                path,
-                upstream: upstream.clone(),
-                max_body_size: file.max_body_size.map(|s| s.0),
-                rate_limit: match &file.rate_limit {
-                    Some(names) => {
-                        for name in names.get_ref() {
-                            if !zones.contains_key(name) {
-                                return Err(self.err(
-                                    Some(names.span()),
-                                    format!("route[{i}].rate_limit"),
-                                    format!("no [rate_limit.{name}] zone is defined"),
-                                ));
-                            }
-                        }
-                        names.get_ref().clone()
-                    }
-                    None => Vec::new(),
-                },
-                upgrades: match &file.upgrades {
-                    Some(tokens) => self.upgrade_tokens(tokens, i)?,
-                    None => vec!["websocket".to_string()],
-                },
-                buffering: file.buffering,
-                request_buffering: file.request_buffering,
-            });
-        }
-        Ok(out)
-    }
-
-    /// `upgrades`: protocol names (RFC 9110 7.8: a token, optionally `/version`), lowercased.
-    fn upgrade_tokens(
-        &self,
-        tokens: &toml::Spanned<Vec<String>>,
-        route: usize,
-    ) -> Result<Vec<String>, ConfigError> {
-        tokens
-            .get_ref()
-            .iter()
-            .map(|token| {
-                let name = token.to_ascii_lowercase();
-                let valid = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
-                if valid {
-                    Ok(name)
-                } else {
-                    Err(self.err(
-                        Some(tokens.span()),
-                        format!("route[{route}].upgrades"),
-                        format!("`{token}` is not a protocol name; write e.g. \"websocket\""),
-                    ))
-                }
-            })
-            .collect()
-    }
-
-    fn host_pattern(&self, host: &str) -> Result<String, String> {
+    pub(super) fn host_pattern(&self, host: &str) -> Result<String, String> {
         let lower = host.to_ascii_lowercase();
         let name = lower.strip_prefix("*.").unwrap_or(&lower);
         let valid = !name.is_empty()

@@ -68,3 +68,22 @@ fn public_reason(error: &ProxyError) -> &'static str {
         }
     }
 }
+
+/// A route's `return`: its status, `Location` for a redirect, its body (as `text/plain` when there is one).
+pub(crate) fn route_answer(answer: &crate::config::ReturnConfig) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(answer.body.clone())));
+    *response.status_mut() = answer.status;
+    response.extensions_mut().insert(LocalAnswer);
+    if let Some(location) = &answer.location {
+        response
+            .headers_mut()
+            .insert(header::LOCATION, location.clone());
+    }
+    if !answer.body.is_empty() {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    response
+}

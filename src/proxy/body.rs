@@ -314,10 +314,15 @@ pub struct PendingLog {
     pub log: std::sync::Arc<crate::access_log::AccessLog>,
     /// When the request arrived.
     pub started: std::time::Instant,
+    /// Written at all: false for a route with `access_log = false`.
+    pub enabled: bool,
 }
 
 impl Drop for PendingLog {
     fn drop(&mut self) {
+        if !self.enabled {
+            return;
+        }
         self.entry.duration = self.started.elapsed();
         self.log.log(&self.entry);
     }

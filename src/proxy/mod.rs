@@ -39,7 +39,7 @@ use tracing::{debug, warn};
 
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
-pub(crate) use answer::{local_answer, LocalAnswer};
+pub(crate) use answer::{local_answer, route_answer, LocalAnswer};
 use body::{ProxyBody, UpstreamBody};
 use error::ProxyError;
 use forward::{forward, Forward};
@@ -176,6 +176,14 @@ impl ProxyService {
             return Err(local_answer(&ProxyError::NoRoute));
         };
         trace.route = Some(route.index);
+        trace.log = route.access_log;
+        if let Some(answer) = route.rules.as_ref().and_then(|rules| rules.answer.as_ref()) {
+            let mut response = route_answer(answer);
+            if let Some(rules) = &route.rules {
+                rules.response_headers.apply(response.headers_mut());
+            }
+            return Err(response);
+        }
         // Only the protocols the route allows go upstream; without one the request goes as a plain one
         // (hop-by-hop stripping drops `Upgrade` and its mention in `Connection`).
         let allowed_upgrade = (asks_upgrade && request.version() == http::Version::HTTP_11)
@@ -194,6 +202,7 @@ impl ProxyService {
             zones: (!route.zones.is_empty()).then(|| Arc::clone(&route.zones)),
             buffering: route.buffering,
             request_buffering: route.request_buffering,
+            rules: route.rules.clone(),
         };
         let client_upgrade =
             allowed_upgrade.map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
@@ -252,6 +261,15 @@ impl ProxyService {
         ));
         if let Some((protocol, _)) = &routed.client_upgrade {
             upgrade::restore_upgrade_headers(&mut parts.headers, protocol.clone());
+        }
+        if let Some(rules) = &routed.route.rules {
+            rules.request_headers.apply(&mut parts.headers);
+            if let Some((rewrite, prefix)) = &rules.path_rewrite {
+                if let Err(why) = rewrite_path(&mut parts.uri, rewrite, prefix) {
+                    warn!(id = trace.id(), client = %routed.client_ip, path = parts.uri.path(), %why, "the rewritten path is not a valid request target");
+                    return Err(local_answer(&ProxyError::NoRoute));
+                }
+            }
         }
         if let Some(host) = routed.host.take() {
             // Usually it is there already (HTTP/1.1); an insert would still make a full map grow.
@@ -363,6 +381,11 @@ impl ProxyService {
         pool.metrics
             .request_duration
             .observe(ended.saturating_duration_since(started).as_secs_f64());
+        if let Some(rules) = &routed.route.rules {
+            if response.extensions().get::<LocalAnswer>().is_none() {
+                rules.response_headers.apply(response.headers_mut());
+            }
+        }
         if let Some(quota) = quota {
             quota.add_to(response.headers_mut());
         }
@@ -389,6 +412,8 @@ impl ProxyService {
                 .local_answer(response.status().as_u16());
         }
         if let Some(mut pending) = pending {
+            // Known only once the route is: the line was begun before (from the request's head).
+            pending.enabled = trace.log;
             pending.entry.status = response.status().as_u16();
             pending.entry.client = trace.client;
             pending.entry.upstream = trace.upstream.map(|a| a.to_string());
@@ -599,6 +624,25 @@ struct RouteAt {
     buffering: Option<bool>,
     /// The route's `request_buffering`, when it overrides the pool's.
     request_buffering: Option<bool>,
+    /// The route's path and header rules, when it has any.
+    rules: Option<Arc<router::RouteRules>>,
+}
+
+/// Replaces the path of `uri` as `rewrite` says (the route matched `prefix`), keeping its query.
+fn rewrite_path(
+    uri: &mut http::Uri,
+    rewrite: &crate::config::PathRewrite,
+    prefix: &str,
+) -> Result<(), http::Error> {
+    let mut target = rewrite.apply(prefix, uri.path());
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(target)?);
+    *uri = http::Uri::from_parts(parts)?;
+    Ok(())
 }
 
 /// What one request's handling learned, for its access log line.
@@ -618,6 +662,8 @@ pub struct Trace {
     pub route: Option<usize>,
     /// The request ID, for log lines about the request.
     pub id: HeaderValue,
+    /// Whether the access log gets a line (the route's `access_log`).
+    pub log: bool,
 }
 
 impl Trace {
@@ -631,6 +677,7 @@ impl Trace {
             rate_limit: "none",
             route: None,
             id,
+            log: true,
         }
     }
 
@@ -666,5 +713,6 @@ fn access_entry(
         },
         log,
         started: std::time::Instant::now(),
+        enabled: true,
     }
 }

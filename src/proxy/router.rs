@@ -1,16 +1,19 @@
-//! Routing: host (exact, then wildcard, then any) and longest path prefix, compiled when a snapshot is built.
+//! Routing: host (exact, then wildcard, then any), then an exact path or the longest path prefix, compiled
+//! when a snapshot is built.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::config::RouteConfig;
+use crate::config::{HeaderRules, PathRewrite, ReturnConfig, RouteConfig};
 
 /// A compiled route: where matching requests go.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// Path prefix.
+    /// Path prefix (the whole path when `exact`).
     pub prefix: String,
-    /// Index of the pool in the snapshot.
+    /// `match = "exact"`: the path must equal `prefix`.
+    pub exact: bool,
+    /// Index of the pool in the snapshot (0 and unused for a route with `answer`).
     pub pool: usize,
     /// Largest request body accepted.
     pub max_body_size: u64,
@@ -25,6 +28,24 @@ pub struct Route {
     pub buffering: Option<bool>,
     /// The route's `request_buffering`, when it overrides its upstream's.
     pub request_buffering: Option<bool>,
+    /// Rules the request and its answer go through; `None` when the route has none of them (most routes:
+    /// nothing is cloned per request).
+    pub rules: Option<std::sync::Arc<RouteRules>>,
+    /// Whether the route's requests are written to the access log.
+    pub access_log: bool,
+}
+
+/// What a route changes in the request it forwards and in the answer, or the answer it gives itself.
+#[derive(Debug)]
+pub struct RouteRules {
+    /// `strip_prefix` / `rewrite_prefix`, with the route's prefix.
+    pub path_rewrite: Option<(PathRewrite, String)>,
+    /// Applied to the request sent upstream, after the forwarding fields are made.
+    pub request_headers: HeaderRules,
+    /// Applied to the answer from the upstream (and to `answer`).
+    pub response_headers: HeaderRules,
+    /// `return`: the route answers itself.
+    pub answer: Option<ReturnConfig>,
 }
 
 /// All routes, grouped by host kind, each group sorted longest prefix first.
@@ -46,15 +67,32 @@ impl Router {
     ) -> Self {
         let mut router = Router::default();
         for (index, config) in routes.iter().enumerate() {
+            let has_rules = config.path_rewrite.is_some()
+                || !config.request_headers.is_empty()
+                || !config.response_headers.is_empty()
+                || config.answer.is_some();
             let route = Route {
                 index,
                 prefix: config.path.clone(),
-                pool: pool_index(&config.upstream),
+                exact: config.exact,
+                pool: config.upstream.as_deref().map_or(0, &pool_index),
                 max_body_size: config.max_body_size.unwrap_or(default_max_body),
                 zones: config.rate_limit.iter().map(|z| zone_index(z)).collect(),
                 upgrades: config.upgrades.iter().cloned().collect(),
                 buffering: config.buffering,
                 request_buffering: config.request_buffering,
+                rules: has_rules.then(|| {
+                    std::sync::Arc::new(RouteRules {
+                        path_rewrite: config
+                            .path_rewrite
+                            .clone()
+                            .map(|rewrite| (rewrite, config.path.clone())),
+                        request_headers: config.request_headers.clone(),
+                        response_headers: config.response_headers.clone(),
+                        answer: config.answer.clone(),
+                    })
+                }),
+                access_log: config.access_log,
             };
             match config.host.as_deref() {
                 None => router.any_host.push(route),
@@ -71,7 +109,8 @@ impl Router {
                 },
             }
         }
-        let longest_first = |r: &Route| std::cmp::Reverse(r.prefix.len());
+        // Exact routes first (nginx tries `location =` before any prefix), then longest prefix first.
+        let longest_first = |r: &Route| (!r.exact, std::cmp::Reverse(r.prefix.len()));
         router.any_host.sort_by_key(longest_first);
         for group in router.exact.values_mut() {
             group.sort_by_key(longest_first);
@@ -85,10 +124,17 @@ impl Router {
         router
     }
 
-    /// The route for a request: the most specific host group that has a matching prefix, longest prefix first.
+    /// The route for a request: the most specific host group that has a matching route; in a group, an
+    /// exact path first, then the longest prefix.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         fn longest<'r>(group: &'r [Route], path: &str) -> Option<&'r Route> {
-            group.iter().find(|r| path.starts_with(&r.prefix))
+            group.iter().find(|r| {
+                if r.exact {
+                    path == r.prefix
+                } else {
+                    path.starts_with(&r.prefix)
+                }
+            })
         }
         if let Some(host) = host.map(normalize_host) {
             if let Some(route) = self.exact.get(host.as_ref()).and_then(|g| longest(g, path)) {
@@ -129,12 +175,18 @@ mod tests {
         RouteConfig {
             host: host.map(str::to_string),
             path: path.into(),
-            upstream: upstream.into(),
+            exact: false,
+            upstream: Some(upstream.into()),
             max_body_size: None,
             rate_limit: Vec::new(),
             upgrades: vec!["websocket".to_string()],
             buffering: None,
             request_buffering: None,
+            path_rewrite: None,
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
+            access_log: true,
+            answer: None,
         }
     }
 
@@ -176,6 +228,17 @@ mod tests {
             Some(4)
         );
         assert_eq!(r.find(Some("other.org"), "/api/").map(|r| r.pool), Some(1));
+    }
+
+    #[test]
+    fn an_exact_path_wins_over_any_prefix_and_matches_nothing_else() {
+        let mut exact = route(None, "/api/", "5");
+        exact.exact = true;
+        let routes = [route(None, "/", "0"), route(None, "/api/", "1"), exact];
+        let r = Router::new(&routes, |name| name.parse().unwrap_or(99), |_| 0, 1);
+        assert_eq!(r.find(None, "/api/").map(|r| r.pool), Some(5));
+        assert_eq!(r.find(None, "/api/x").map(|r| r.pool), Some(1));
+        assert_eq!(r.find(None, "/api").map(|r| r.pool), Some(0));
     }
 
     #[test]
