@@ -227,6 +227,40 @@ pub fn setting(t: &mut Translator, d: &Directive, scope: &mut Scope, level: Leve
                 scope.set("route:max_body_size", string(&size), d);
             }
         }
+        // Buffering (on by default in both).
+        "proxy_buffering" | "proxy_request_buffering" => match first {
+            "on" | "off" => {
+                let key = if name == "proxy_buffering" {
+                    "route:buffering"
+                } else {
+                    "route:request_buffering"
+                };
+                scope.set(key, (first == "on").to_string(), d);
+                report.exact(d);
+            }
+            _ => report.unsupported(d, "expects on or off"),
+        },
+        "proxy_max_temp_file_size" => {
+            scope.set("upstream:max_temp_file_size", string(first), d);
+            report.exact(d);
+        }
+        "proxy_temp_path" | "client_body_temp_path" => {
+            let path = t.base.join(first).display().to_string();
+            t.global.set("temp_path", string(&path));
+            if d.args.len() > 1 {
+                report.differ(d, "one temp_path for request and response bodies; `levels` has no use (temp files have no name)");
+            } else {
+                report.differ(d, "one temp_path for request and response bodies");
+            }
+        }
+        "client_body_buffer_size"
+        | "proxy_buffers"
+        | "proxy_buffer_size"
+        | "proxy_busy_buffers_size"
+        | "proxy_temp_file_write_size" => report.differ(
+            d,
+            "one buffer_size per upstream (default 64k) holds each direction's body in memory before the temp file; not set from this",
+        ),
         "access_log" => access_log(t, d, scope, level),
         "log_format" => {
             t.log_formats.insert(first.to_string());
@@ -382,17 +416,7 @@ pub fn setting(t: &mut Translator, d: &Directive, scope: &mut Scope, level: Leve
         | "server_names_hash_max_size"
         | "variables_hash_max_size"
         | "variables_hash_bucket_size"
-        | "client_body_buffer_size"
         | "client_header_buffer_size"
-        | "proxy_buffering"
-        | "proxy_buffer_size"
-        | "proxy_buffers"
-        | "proxy_busy_buffers_size"
-        | "proxy_request_buffering"
-        | "proxy_max_temp_file_size"
-        | "proxy_temp_file_write_size"
-        | "proxy_temp_path"
-        | "client_body_temp_path"
         | "open_file_cache"
         | "open_file_cache_valid"
         | "open_file_cache_min_uses"
@@ -410,7 +434,7 @@ pub fn setting(t: &mut Translator, d: &Directive, scope: &mut Scope, level: Leve
         | "postpone_output"
         | "send_lowat" => report.ignored(
             d,
-            "fulcrum serves no files and streams bodies without buffering them",
+            "fulcrum serves no files",
         ),
         _ => unsupported_setting(t, d),
     }
@@ -1092,6 +1116,13 @@ pub fn location_route(
     }
     if scope.value("route:access_log").is_some() {
         keys.set("access_log", "false");
+    }
+    for key in ["buffering", "request_buffering"] {
+        if let Some((on, _)) = scope.value(&format!("route:{key}")) {
+            if on == "false" {
+                keys.set(key, "false");
+            }
+        }
     }
     // Rate limits.
     let mut zones = Vec::new();

@@ -319,3 +319,54 @@ fn output_flag_writes_the_file_and_help_documents_the_command() {
         );
     }
 }
+
+#[test]
+fn buffering_directives_become_buffering_keys() {
+    let run = import(&fixtures().join("configs/buffering.conf"));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_checks(&run.toml, "buffering.conf");
+    let config: toml::Value = toml::from_str(&run.toml).expect("TOML");
+    let routes = config["route"].as_array().expect("routes");
+    let route = |path: &str| {
+        routes
+            .iter()
+            .find(|r| r["path"].as_str() == Some(path))
+            .unwrap_or_else(|| panic!("a route for {path}: {}", run.toml))
+    };
+    assert_eq!(
+        route("/stream/").get("buffering").and_then(|v| v.as_bool()),
+        Some(false)
+    );
+    assert_eq!(
+        route("/upload/")
+            .get("request_buffering")
+            .and_then(|v| v.as_bool()),
+        Some(false)
+    );
+    assert!(
+        route("/").get("buffering").is_none(),
+        "on is the default: {}",
+        run.toml
+    );
+    assert_eq!(
+        config["upstream"]["app"]["max_temp_file_size"].as_str(),
+        Some("512m")
+    );
+    assert_eq!(
+        config["global"]["temp_path"].as_str(),
+        Some("/tmp/fulcrum-import-test")
+    );
+    for (line, directive) in [
+        (4, "proxy_temp_path"),
+        (5, "client_body_buffer_size"),
+        (6, "proxy_buffers"),
+    ] {
+        assert!(
+            run.stderr.contains(&format!(
+                "buffering.conf:{line}: {directive}: translated with a difference"
+            )),
+            "{directive}: {}",
+            run.stderr
+        );
+    }
+}
