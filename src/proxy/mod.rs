@@ -45,8 +45,9 @@ use error::ProxyError;
 use forward::{forward, Forward};
 
 /// Headers the proxy may add to a request's map: X-Request-Id, and the four of [`headers::Forwarding`]
-/// when the upstream's client is not our HTTP/1.1 pool.
-const ADDED_HEADERS: usize = 5;
+/// when the upstream's client is not our HTTP/1.1 pool. The HTTP/1 server makes a request's map with
+/// room for them (`http1::Builder::header_room`, our hyper patch).
+pub const ADDED_HEADERS: usize = 5;
 
 /// What every connection of one listener shares: kept once per listener (and config), not per connection.
 #[derive(Debug)]
@@ -527,9 +528,9 @@ impl ProxyService {
         mut request: Request<Incoming>,
         deliver: D,
     ) -> impl Future<Output = D::Output> + Send + 'static {
-        // Room for what the proxy adds (request id, forwarding headers) in one step. The patched hyper
-        // makes an HTTP/1 request's new map that size already; an HTTP/2 request's map, or a reused one,
-        // may be sized for the client's headers only.
+        // Room for what the proxy adds (request id, forwarding headers) in one step. The HTTP/1 server
+        // makes a request's new map that size already (`header_room`); an HTTP/2 request's map, or a
+        // reused one, may be sized for the client's headers only.
         request.headers_mut().reserve(ADDED_HEADERS);
         let id = request_id::assign(request.headers_mut());
         let snapshot = self.listener.runtime.snapshot();

@@ -529,30 +529,13 @@ fn log_end(peer: SocketAddr, result: Result<(), ServeError>) {
     }
 }
 
-/// Client connections open in the process, over every listener and runtime.
-static OPEN_IN_PROCESS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// While at most this many client connections are open, an idle HTTP/1 connection that has carried more
-/// than one request keeps hyper's read and write buffers and header map for its next request, instead of
-/// allocating them again per request. Connections that made one request, and every connection once more
-/// are open, hold none while idle (the patched hyper's default: `vendor/README.md`). Measured: 2,000 idle
-/// connections that made two requests each hold 5.5 KiB of RSS apiece, 1.9 more than after one request;
-/// so at most about 8 MB more for 4,096 keep-alive clients in steady use.
-const KEEP_IDLE_BUFFERS_UP_TO: usize = 4096;
-
-/// Notes the number of open connections for [`KEEP_IDLE_BUFFERS_UP_TO`].
-fn note_open_connections(open: usize) {
-    hyper::server::conn::http1::keep_idle_buffers(open <= KEEP_IDLE_BUFFERS_UP_TO);
-}
-
 /// The open-connections gauge, counted up for one connection until dropped (with the process's count).
 struct OpenGauge(prometheus::IntGauge);
 
 impl OpenGauge {
     fn new(gauge: prometheus::IntGauge) -> Self {
         gauge.inc();
-        let open = OPEN_IN_PROCESS.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-        note_open_connections(open);
+        super::serving::connection_opened();
         Self(gauge)
     }
 }
@@ -560,8 +543,7 @@ impl OpenGauge {
 impl Drop for OpenGauge {
     fn drop(&mut self) {
         self.0.dec();
-        let open = OPEN_IN_PROCESS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) - 1;
-        note_open_connections(open);
+        super::serving::connection_closed();
     }
 }
 

@@ -59,6 +59,8 @@ where
                 h1_parser_config: ParserConfig::default(),
                 h1_max_headers: None,
                 h1_max_header_size: None,
+                h1_header_room: 0,
+                keep_idle_buffers: false,
                 #[cfg(feature = "server")]
                 h1_header_read_timeout: None,
                 #[cfg(feature = "server")]
@@ -145,6 +147,18 @@ where
 
     pub(crate) fn set_http1_max_header_size(&mut self, val: usize) {
         self.state.h1_max_header_size = Some(val);
+    }
+
+    /// fulcrum patch: see `server::conn::http1::Builder::header_room`.
+    #[cfg(feature = "server")]
+    pub(crate) fn set_h1_header_room(&mut self, room: usize) {
+        self.state.h1_header_room = room;
+    }
+
+    /// fulcrum patch: see `server::conn::http1::Builder::keep_idle_buffers`.
+    #[cfg(feature = "server")]
+    pub(crate) fn set_keep_idle_buffers(&mut self, keep: bool) {
+        self.state.keep_idle_buffers = keep;
     }
 
     #[cfg(feature = "server")]
@@ -248,6 +262,7 @@ where
                 h1_parser_config: self.state.h1_parser_config.clone(),
                 h1_max_headers: self.state.h1_max_headers,
                 h1_max_header_size: self.state.h1_max_header_size,
+                h1_header_room: self.state.h1_header_room,
                 preserve_header_case: self.state.preserve_header_case,
                 #[cfg(feature = "ffi")]
                 preserve_header_order: self.state.preserve_header_order,
@@ -867,11 +882,11 @@ where
         self.try_keep_alive(cx);
         // fulcrum patch: an idle server connection keeps no read buffer, write buffer or header map,
         // unless it has carried more than one exchange and the application allows it
-        // (`server::conn::http1::keep_idle_buffers`): a client in steady keep-alive use then costs no
+        // (`server::conn::http1::Builder::keep_idle_buffers`): a client in steady keep-alive use then costs no
         // allocations for them per request. A client's connection (a proxy's pooled upstream
         // connection) keeps them, as hyper does: a pool holds few such connections.
         if T::is_server() && self.state.is_idle() {
-            let keep = self.state.served >= 2 && super::io::keeps_idle_buffers();
+            let keep = self.state.served >= 2 && self.state.keep_idle_buffers;
             self.io.keep_idle_read_buf = keep;
             if !keep {
                 self.io.release_write_buf();
@@ -976,6 +991,11 @@ struct State {
     h1_parser_config: ParserConfig,
     h1_max_headers: Option<usize>,
     h1_max_header_size: Option<usize>,
+    /// fulcrum patch: room for this many more fields in a server's new header map.
+    h1_header_room: usize,
+    /// fulcrum patch: an idle server connection that has carried more than one exchange keeps its
+    /// buffers and header map.
+    keep_idle_buffers: bool,
     #[cfg(feature = "server")]
     h1_header_read_timeout: Option<Duration>,
     #[cfg(feature = "server")]

@@ -19,20 +19,6 @@ const HEAD_BUF_SIZE: usize = 1024;
 /// fulcrum patch: the room a kept idle read buffer needs to be read into without a new reservation.
 const KEPT_READ_ROOM: usize = 2048;
 
-/// fulcrum patch: whether idle server connections that have carried more than one exchange may keep
-/// their buffers (see `Conn::poll_flush`); set by the application.
-static KEEP_IDLE_BUFFERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// fulcrum patch: sets [`keeps_idle_buffers`].
-pub(crate) fn keep_idle_buffers(keep: bool) {
-    KEEP_IDLE_BUFFERS.store(keep, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// fulcrum patch: whether idle server connections in steady use may keep their buffers.
-pub(crate) fn keeps_idle_buffers() -> bool {
-    KEEP_IDLE_BUFFERS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// The minimum value that can be set to max buffer size.
 pub(crate) const MINIMUM_MAX_BUFFER_SIZE: usize = INIT_BUFFER_SIZE;
 
@@ -216,6 +202,7 @@ where
                     h1_parser_config: parse_ctx.h1_parser_config.clone(),
                     h1_max_headers: parse_ctx.h1_max_headers,
                     h1_max_header_size: parse_ctx.h1_max_header_size,
+                    h1_header_room: parse_ctx.h1_header_room,
                     preserve_header_case: parse_ctx.preserve_header_case,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: parse_ctx.preserve_header_order,
@@ -811,6 +798,7 @@ mod tests {
                 h1_parser_config: Default::default(),
                 h1_max_headers: None,
                 h1_max_header_size: None,
+                h1_header_room: 0,
                 preserve_header_case: false,
                 #[cfg(feature = "ffi")]
                 preserve_header_order: false,

@@ -11,9 +11,6 @@ pub(crate) use self::dispatch::Dispatcher;
 pub(crate) use self::encode::{EncodedBuf, Encoder};
 //TODO: move out of h1::io
 pub(crate) use self::io::MINIMUM_MAX_BUFFER_SIZE;
-// fulcrum patch
-#[cfg(feature = "server")]
-pub(crate) use self::io::keep_idle_buffers;
 
 mod conn;
 mod decode;
@@ -77,6 +74,8 @@ pub(crate) struct ParseContext<'ctx> {
     h1_parser_config: ParserConfig,
     h1_max_headers: Option<usize>,
     h1_max_header_size: Option<usize>,
+    /// fulcrum patch: room for this many more fields in a server's new header map.
+    h1_header_room: usize,
     preserve_header_case: bool,
     #[cfg(feature = "ffi")]
     preserve_header_order: bool,

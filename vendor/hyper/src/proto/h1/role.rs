@@ -30,9 +30,6 @@ use crate::proto::{BodyLength, MessageHead, RequestLine};
 
 pub(crate) const DEFAULT_MAX_HEADERS: usize = 100;
 const AVERAGE_HEADER_SIZE: usize = 30;
-/// fulcrum patch: headers a proxy adds to a request it parsed (see `Server::parse`).
-#[cfg(feature = "server")]
-const PROXY_ADDED_HEADERS: usize = 5; // totally scientific
 #[cfg(feature = "server")]
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 
@@ -269,7 +266,7 @@ impl Http1Transaction for Server {
         let mut headers = ctx
             .cached_headers
             .take()
-            .unwrap_or_else(|| HeaderMap::with_capacity(headers_len + PROXY_ADDED_HEADERS));
+            .unwrap_or_else(|| HeaderMap::with_capacity(headers_len + ctx.h1_header_room));
         let mut saw_connection_close = false;
 
         headers.reserve(headers_len);
@@ -1727,6 +1724,7 @@ mod tests {
                 h1_parser_config: Default::default(),
                 h1_max_headers: None,
                 h1_max_header_size: None,
+                h1_header_room: 0,
                 preserve_header_case: false,
                 #[cfg(feature = "ffi")]
                 preserve_header_order: false,
@@ -1756,6 +1754,7 @@ mod tests {
             h1_parser_config: Default::default(),
             h1_max_headers: None,
             h1_max_header_size: None,
+            h1_header_room: 0,
             preserve_header_case: false,
             #[cfg(feature = "ffi")]
             preserve_header_order: false,
@@ -1781,6 +1780,7 @@ mod tests {
             h1_parser_config: Default::default(),
             h1_max_headers: None,
             h1_max_header_size: None,
+            h1_header_room: 0,
             preserve_header_case: false,
             #[cfg(feature = "ffi")]
             preserve_header_order: false,
@@ -1803,6 +1803,7 @@ mod tests {
             h1_parser_config: Default::default(),
             h1_max_headers: None,
             h1_max_header_size: None,
+            h1_header_room: 0,
             preserve_header_case: false,
             #[cfg(feature = "ffi")]
             preserve_header_order: false,
@@ -1827,6 +1828,7 @@ mod tests {
             h1_parser_config: Default::default(),
             h1_max_headers: None,
             h1_max_header_size: None,
+            h1_header_room: 0,
             preserve_header_case: false,
             #[cfg(feature = "ffi")]
             preserve_header_order: false,
@@ -1855,6 +1857,7 @@ mod tests {
             h1_parser_config,
             h1_max_headers: None,
             h1_max_header_size: None,
+            h1_header_room: 0,
             preserve_header_case: false,
             #[cfg(feature = "ffi")]
             preserve_header_order: false,
@@ -1880,6 +1883,7 @@ mod tests {
             h1_parser_config: Default::default(),
             h1_max_headers: None,
             h1_max_header_size: None,
+            h1_header_room: 0,
             preserve_header_case: false,
             #[cfg(feature = "ffi")]
             preserve_header_order: false,
@@ -1909,6 +1913,7 @@ mod tests {
             h1_parser_config,
             h1_max_headers: None,
             h1_max_header_size: None,
+            h1_header_room: 0,
             preserve_header_case: false,
             #[cfg(feature = "ffi")]
             preserve_header_order: false,
@@ -1937,6 +1942,7 @@ mod tests {
             h1_parser_config: Default::default(),
             h1_max_headers: None,
             h1_max_header_size: None,
+            h1_header_room: 0,
             preserve_header_case: false,
             #[cfg(feature = "ffi")]
             preserve_header_order: false,
@@ -1958,6 +1964,7 @@ mod tests {
             h1_parser_config: Default::default(),
             h1_max_headers: None,
             h1_max_header_size: None,
+            h1_header_room: 0,
             preserve_header_case: true,
             #[cfg(feature = "ffi")]
             preserve_header_order: false,
@@ -1998,6 +2005,7 @@ mod tests {
                     h1_parser_config: Default::default(),
                     h1_max_headers: None,
                     h1_max_header_size: None,
+                    h1_header_room: 0,
                     preserve_header_case: false,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: false,
@@ -2020,6 +2028,7 @@ mod tests {
                     h1_parser_config: Default::default(),
                     h1_max_headers: None,
                     h1_max_header_size: None,
+                    h1_header_room: 0,
                     preserve_header_case: false,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: false,
@@ -2261,6 +2270,7 @@ mod tests {
                     h1_parser_config: Default::default(),
                     h1_max_headers: None,
                     h1_max_header_size: None,
+                    h1_header_room: 0,
                     preserve_header_case: false,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: false,
@@ -2283,6 +2293,7 @@ mod tests {
                     h1_parser_config: Default::default(),
                     h1_max_headers: None,
                     h1_max_header_size: None,
+                    h1_header_room: 0,
                     preserve_header_case: false,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: false,
@@ -2305,6 +2316,7 @@ mod tests {
                     h1_parser_config: Default::default(),
                     h1_max_headers: None,
                     h1_max_header_size: None,
+                    h1_header_room: 0,
                     preserve_header_case: false,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: false,
@@ -2589,6 +2601,7 @@ mod tests {
                     h1_parser_config: Default::default(),
                     h1_max_headers: None,
                     h1_max_header_size: None,
+                    h1_header_room: 0,
                     preserve_header_case: false,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: false,
@@ -2667,6 +2680,7 @@ mod tests {
                     h1_parser_config: Default::default(),
                     h1_max_headers: None,
                     h1_max_header_size: None,
+                    h1_header_room: 0,
                     preserve_header_case: false,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: false,
@@ -3148,6 +3162,7 @@ mod tests {
                 h1_parser_config: Default::default(),
                 h1_max_headers: None,
                 h1_max_header_size: None,
+                h1_header_room: 0,
                 preserve_header_case: false,
                 #[cfg(feature = "ffi")]
                 preserve_header_order: false,
@@ -3193,6 +3208,7 @@ mod tests {
                         h1_parser_config: Default::default(),
                         h1_max_headers: max_headers,
                         h1_max_header_size: None,
+                        h1_header_room: 0,
                         preserve_header_case: false,
                         #[cfg(feature = "ffi")]
                         preserve_header_order: false,
@@ -3218,6 +3234,7 @@ mod tests {
                         h1_parser_config: Default::default(),
                         h1_max_headers: max_headers,
                         h1_max_header_size: None,
+                        h1_header_room: 0,
                         preserve_header_case: false,
                         #[cfg(feature = "ffi")]
                         preserve_header_order: false,
@@ -3312,6 +3329,7 @@ mod tests {
                     h1_parser_config: Default::default(),
                     h1_max_headers: None,
                     h1_max_header_size: max_header_size,
+                    h1_header_room: 0,
                     preserve_header_case: false,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: false,
@@ -3348,6 +3366,7 @@ mod tests {
                     h1_parser_config: Default::default(),
                     h1_max_headers: None,
                     h1_max_header_size: max_header_size,
+                    h1_header_room: 0,
                     preserve_header_case: false,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: false,
@@ -3411,6 +3430,7 @@ mod tests {
                 h1_parser_config: Default::default(),
                 h1_max_headers: None,
                 h1_max_header_size: None,
+                h1_header_room: 0,
                 preserve_header_case: false,
                 #[cfg(feature = "ffi")]
                 preserve_header_order: false,
@@ -3495,6 +3515,7 @@ mod tests {
                     h1_parser_config: Default::default(),
                     h1_max_headers: None,
                     h1_max_header_size: None,
+                    h1_header_room: 0,
                     preserve_header_case: false,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: false,
@@ -3541,6 +3562,7 @@ mod tests {
                     h1_parser_config: Default::default(),
                     h1_max_headers: None,
                     h1_max_header_size: None,
+                    h1_header_room: 0,
                     preserve_header_case: false,
                     #[cfg(feature = "ffi")]
                     preserve_header_order: false,

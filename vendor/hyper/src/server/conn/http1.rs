@@ -12,13 +12,6 @@ use crate::rt::{Read, Write};
 use crate::upgrade::Upgraded;
 use bytes::Bytes;
 
-/// fulcrum patch: whether idle HTTP/1 server connections that have carried more than one exchange keep
-/// their read buffer, write buffer and header map, as unpatched hyper does (no allocations for them per
-/// request), rather than release them (an idle connection then holds none). Process-wide; off by
-/// default.
-pub fn keep_idle_buffers(keep: bool) {
-    crate::proto::h1::keep_idle_buffers(keep);
-}
 use futures_core::ready;
 use httparse::ParserConfig;
 
@@ -91,6 +84,9 @@ pub struct Builder {
     max_buf_size: Option<usize>,
     pipeline_flush: bool,
     date_header: bool,
+    // fulcrum patch: see `header_room` and `keep_idle_buffers`.
+    header_room: usize,
+    keep_idle_buffers: bool,
 }
 
 /// Deconstructed parts of a `Connection`.
@@ -263,6 +259,8 @@ impl Builder {
             max_buf_size: None,
             pipeline_flush: false,
             date_header: true,
+            header_room: 0,
+            keep_idle_buffers: false,
         }
     }
     /// Set whether HTTP/1 connections should support half-closures.
@@ -413,6 +411,27 @@ impl Builder {
         self
     }
 
+    /// fulcrum patch: room for `room` more fields in the header map of each parsed request (made for
+    /// the fields it arrived with plus this many), so a service that adds fields (a proxy's forwarding
+    /// headers) does not grow the map.
+    ///
+    /// Default is 0.
+    pub fn header_room(&mut self, room: usize) -> &mut Self {
+        self.header_room = room;
+        self
+    }
+
+    /// fulcrum patch: whether an idle connection that has carried more than one exchange keeps its read
+    /// buffer, write buffer and header map for the next one (no allocations for them per request), as
+    /// unpatched hyper does for every connection, rather than release them (an idle connection then
+    /// holds none).
+    ///
+    /// Default is `false`.
+    pub fn keep_idle_buffers(&mut self, keep: bool) -> &mut Self {
+        self.keep_idle_buffers = keep;
+        self
+    }
+
     /// Set whether the `date` header should be included in HTTP responses.
     ///
     /// Note that including the `date` header is recommended by RFC 7231.
@@ -524,6 +543,8 @@ impl Builder {
         if !self.date_header {
             conn.disable_date_header();
         }
+        conn.set_h1_header_room(self.header_room);
+        conn.set_keep_idle_buffers(self.keep_idle_buffers);
         let sd = proto::h1::dispatch::Server::new(service);
         let proto = proto::h1::Dispatcher::new(sd, conn);
         Connection { conn: proto }
