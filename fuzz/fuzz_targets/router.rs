@@ -32,6 +32,8 @@ fuzz_target!(|input: Input| {
             response_headers: Default::default(),
             access_log: true,
             answer: None,
+            buffering: None,
+            request_buffering: None,
         })
         .collect();
     let router = Router::new(&routes, |_| 0, |_| 0, 1 << 20);
