@@ -243,7 +243,7 @@ async fn ip_hash_keeps_each_client_network_on_one_server_as_nginx_does() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn least_conn_sends_to_the_idle_server_while_the_other_is_busy_as_nginx_does() {
+async fn least_conn_sends_every_request_to_the_idle_server_while_the_other_is_busy_as_nginx_does() {
     let backends = Backends::start().await;
     let pair = start_pair(&backends);
     let client = TestClient::new();
@@ -257,15 +257,25 @@ async fn least_conn_sends_to_the_idle_server_while_the_other_is_busy_as_nginx_do
         .await;
         let busy = usize::from(backends.h[1].0.requests() > before[1]);
         let idle = if busy == 0 { "h2" } else { "h1" };
-        // One request while the other server is busy goes to the idle one. Only this first pick is
-        // compared (round robin would make it too): later picks depend on when a finished request stops
-        // counting, and fulcrum counts it until its response body has been handed on, a moment after
-        // the client may have read it (a stated difference, docs/migrating-from-nginx.md).
-        let reply = get(&client, addr, "/lc/quick").await;
-        assert_eq!(reply.body, idle, "{addr}: the idle server gets the request");
+        // Every request while the other server is busy goes to the idle one; round robin would send
+        // every other one to the busy server.
+        for round in 0..6 {
+            let reply = get(&client, addr, "/lc/quick").await;
+            assert_eq!(
+                reply.body, idle,
+                "{addr}, request {round}: the idle server gets it"
+            );
+        }
         backends.h[busy].1.add_permits(1);
         let reply = held.await.expect("the held request");
         assert_eq!(reply.status, StatusCode::OK);
+        // The held backend gives its permit back when its answer is made: take it again, so the next
+        // proxy's request is held too.
+        tokio::time::timeout(Duration::from_secs(5), backends.h[busy].1.acquire())
+            .await
+            .expect("the permit back within 5 s")
+            .expect("the semaphore is open")
+            .forget();
     }
 }
 
