@@ -22,6 +22,7 @@ use std::time::Duration;
 pub use error::ConfigError;
 pub use file::{AllUnhealthy, LeastTimeMode, ProbeKind, Strategy, UpstreamProtocol};
 pub use route::{HeaderRules, PathRewrite, ReturnConfig};
+pub(crate) use validate_routes::HOP_AND_FRAMING;
 pub use values::HashKey;
 
 /// A validated config, ready to build a snapshot from.

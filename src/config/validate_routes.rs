@@ -20,7 +20,7 @@ const FORWARDING: [&str; 5] = [
 ];
 
 /// Fields that describe one connection or the message's framing; the proxy sets them per hop.
-const HOP_AND_FRAMING: [&str; 10] = [
+pub(crate) const HOP_AND_FRAMING: [&str; 10] = [
     "connection",
     "keep-alive",
     "proxy-connection",

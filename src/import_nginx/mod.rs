@@ -6,11 +6,15 @@
 //! directive once, with the worst of what became of it.
 
 mod directives;
+mod listen;
+mod location;
 mod output;
 pub mod parse;
 mod report;
+mod server_block;
 mod translate;
 mod upstream;
+mod write;
 
 use std::path::Path;
 

@@ -9,6 +9,7 @@ use super::output::{string, Table};
 use super::parse::{Directive, Origin};
 use super::report::Report;
 use super::upstream::{self, UpstreamOut};
+use super::{location, server_block};
 
 /// A `[[listener]]` being written.
 #[derive(Debug)]
@@ -305,7 +306,7 @@ impl Translator {
         // Names.
         let mut hosts = Vec::new();
         for (name, s) in &names {
-            match directives::server_name(name) {
+            match server_block::server_name(name) {
                 Ok(found) => {
                     hosts.extend(found);
                     self.report.exact(s);
@@ -315,10 +316,10 @@ impl Translator {
         }
         hosts.dedup();
         self.servers[index].names = hosts;
-        directives::apply_server_scope(self, index, &scope);
+        server_block::apply_server_scope(self, index, &scope);
         // A server-level `return` answers before any location is looked at.
         if let Some(r) = &server_return {
-            directives::server_return(self, r, index, &scope);
+            server_block::server_return(self, r, index, &scope);
             for s in inner.iter().filter(|s| s.name == "location") {
                 self.report.ignored(
                     s,
@@ -334,119 +335,6 @@ impl Translator {
                 _ => {}
             }
         }
-    }
-
-    /// The listener at `addr` (made when new).
-    pub fn listener(&mut self, addr: &str, d: &Directive) -> usize {
-        if let Some(i) = self.listeners.iter().position(|l| l.addr == addr) {
-            return i;
-        }
-        let mut table = Table::new("[[listener]]", format!("nginx listen at {}", d.origin));
-        let port = addr.rsplit_once(':').map_or("", |(_, p)| p);
-        let host = addr.rsplit_once(':').map_or("", |(h, _)| h);
-        let name = if host == "0.0.0.0" {
-            format!("port{port}")
-        } else {
-            format!(
-                "{}_{port}",
-                host.trim_matches(['[', ']']).replace([':', '.'], "_")
-            )
-        };
-        let name = if self
-            .listeners
-            .iter()
-            .any(|l| l.table.get("name") == Some(&string(&name)))
-        {
-            format!("{name}_{}", self.listeners.len())
-        } else {
-            name
-        };
-        table.set("name", string(&name));
-        table.set("listen", string(addr));
-        self.listeners.push(ListenerOut {
-            addr: addr.to_string(),
-            table,
-            tls: false,
-            certs: Vec::new(),
-            servers: Vec::new(),
-            default_server: None,
-        });
-        self.listeners.len() - 1
-    }
-
-    /// `listen ADDRESS [ssl] [http2] [default_server] [reuseport] ...`.
-    fn listen(&mut self, d: &Directive, server: usize) -> Option<usize> {
-        let Some(address) = d.args.first() else {
-            self.report.unsupported(d, "expects an address");
-            return None;
-        };
-        if address.starts_with("unix:") {
-            self.report
-                .unsupported(d, "UNIX-domain listeners are not supported");
-            return None;
-        }
-        let addr = if address.parse::<u16>().is_ok() {
-            format!("0.0.0.0:{address}")
-        } else if let Some(port) = address.strip_prefix("*:") {
-            format!("0.0.0.0:{port}")
-        } else if (address.starts_with('[') && !address.contains("]:"))
-            || (!address.starts_with('[') && !address.contains(':'))
-        {
-            // An address without a port: nginx listens on 80.
-            format!("{address}:80")
-        } else {
-            address.clone()
-        };
-        let index = self.listener(&addr, d);
-        let mut why = Vec::new();
-        let mut unsupported = Vec::new();
-        let mut http2 = false;
-        for param in &d.args[1..] {
-            let name = param.split('=').next().unwrap_or("");
-            match name {
-                "ssl" => self.listeners[index].tls = true,
-                "http2" => http2 = true,
-                "default_server" | "default" => {
-                    if self.listeners[index].default_server.is_none() {
-                        self.listeners[index].default_server = Some(server);
-                    }
-                }
-                "reuseport" => self.listeners[index].table.set("reuseport", "true"),
-                "backlog" | "rcvbuf" | "sndbuf" | "deferred" | "fastopen" | "so_keepalive"
-                | "bind" | "ipv6only" | "setfib" | "accept_filter" => {
-                    why.push(format!("`{param}` is a socket option fulcrum does not set"));
-                }
-                "proxy_protocol" => {
-                    unsupported.push("the PROXY protocol is not supported on listeners".to_string())
-                }
-                "http3" | "quic" => unsupported.push("HTTP/3 is not supported".to_string()),
-                _ => {
-                    // `nginx -t` refuses it too; most often a `;` is missing after the address.
-                    if self.invalid.is_none() {
-                        self.invalid = Some((
-                            d.origin.clone(),
-                            format!(
-                                "invalid parameter \"{param}\" in \"listen\" (a missing \";\"?)"
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        if !http2 && self.listeners[index].tls {
-            why.push("fulcrum also offers HTTP/2 (ALPN h2) on every TLS listener".into());
-        }
-        if http2 && !self.listeners[index].tls {
-            why.push("fulcrum accepts HTTP/1.1 beside h2c on a plain listener".into());
-        }
-        if !unsupported.is_empty() {
-            self.report.unsupported(d, unsupported.join("; "));
-        } else if why.is_empty() {
-            self.report.exact(d);
-        } else {
-            self.report.differ(d, why.join("; "));
-        }
-        Some(index)
     }
 
     /// `location [=|^~] PATH { ... }`.
@@ -492,7 +380,7 @@ impl Translator {
         if path == "/" && !exact {
             self.servers[server].has_root = true;
         }
-        directives::location_route(
+        location::location_route(
             self,
             d,
             (exact, &path),
@@ -588,127 +476,6 @@ impl Translator {
                     .or_else(|| listener.servers.first().copied())
                     == Some(server)
             })
-    }
-
-    /// After the walk: listener-wide keys, 404 routes for named servers without `location /` where a
-    /// catch-all exists, and the note on servers whose routes also answer on other listeners.
-    fn finish(&mut self) {
-        let pending: Vec<(String, String)> = self
-            .global
-            .keys
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("@listener.")?.to_string(), v.clone())))
-            .collect();
-        self.global.keys.retain(|(k, _)| !k.starts_with('@'));
-        for listener in &mut self.listeners {
-            for (k, v) in &pending {
-                if listener.table.get(k).is_none() {
-                    listener.table.set(k, v.clone());
-                }
-            }
-        }
-        let catch_all_exists = self.routes.iter().any(|r| r.matches.0.is_none());
-        for server in 0..self.servers.len() {
-            if self.is_catch_all(server) || self.servers[server].has_root || !catch_all_exists {
-                continue;
-            }
-            let origin = self.servers[server].origin.clone();
-            for host in self.servers[server].names.clone() {
-                let matches = (Some(host.clone()), "/".to_string(), false);
-                if self.routes.iter().any(|r| r.matches == matches) {
-                    continue;
-                }
-                let mut table = Table::new(
-                    "[[route]]",
-                    format!(
-                        "nginx server at {} has no `location /`: its other paths are 404 there, not another server's",
-                        origin.as_ref().map_or(String::new(), ToString::to_string)
-                    ),
-                );
-                table.set("host", string(&host));
-                table.set("path", string("/"));
-                table.set("return", "{ status = 404 }");
-                self.routes.push(RouteOut {
-                    table,
-                    matches,
-                    server,
-                });
-            }
-        }
-        let sets: HashSet<Vec<usize>> = self
-            .servers
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.routes.iter().any(|r| r.server == *i))
-            .map(|(_, s)| s.listeners.clone())
-            .collect();
-        if sets.len() > 1 {
-            for i in 0..self.servers.len() {
-                if !self.routes.iter().any(|r| r.server == i) {
-                    continue;
-                }
-                let others: Vec<String> = self
-                    .listeners
-                    .iter()
-                    .enumerate()
-                    .filter(|(l, _)| !self.servers[i].listeners.contains(l))
-                    .map(|(_, l)| l.addr.clone())
-                    .collect();
-                if let (false, Some(origin)) = (others.is_empty(), &self.servers[i].origin) {
-                    self.report.note_at(
-                        origin,
-                        "server",
-                        super::report::Outcome::Difference,
-                        format!(
-                            "fulcrum's routes are not tied to a listener: this server's locations also answer on {}",
-                            others.join(", ")
-                        ),
-                    );
-                }
-            }
-        }
-    }
-
-    /// The TOML text.
-    pub fn toml(&self, source: &Path) -> String {
-        let mut out = format!(
-            "# Written by `fulcrum import-nginx {}`; check it with `fulcrum check -c FILE`.\n# Each table names the nginx file and line it came from; the report on stderr lists every\n# directive that was not translated exactly.\n\n",
-            source.display()
-        );
-        if !self.global.keys.is_empty() {
-            self.global.write(&mut out);
-        }
-        if let Some(resolver) = &self.resolver {
-            resolver.write(&mut out);
-        }
-        if let Some(log) = &self.access_log {
-            log.write(&mut out);
-        }
-        if self.listeners.is_empty() {
-            out.push_str("# No nginx `server` block was read: a listener on nginx's default port, so that the file
-# loads; every request is answered 404 until routes are added.
-[[listener]]
-name = \"port80\"\nlisten = \"0.0.0.0:80\"\n\n");
-        }
-        for listener in &self.listeners {
-            listener.table.write(&mut out);
-            if listener.tls && !listener.certs.is_empty() {
-                out.push_str("[listener.tls]\n\n");
-                for cert in &listener.certs {
-                    cert.write(&mut out);
-                }
-            }
-        }
-        for (_, _, zone) in &self.zones {
-            zone.write(&mut out);
-        }
-        for upstream in self.upstreams.values() {
-            upstream.write(&mut out);
-        }
-        for route in &self.routes {
-            route.table.write(&mut out);
-        }
-        out
     }
 }
 

@@ -39,6 +39,16 @@ pub(crate) fn local_answer(error: &ProxyError) -> Response<ProxyBody> {
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
+    if matches!(
+        error,
+        ProxyError::BodyTooLarge | ProxyError::BadRequestBody | ProxyError::BodyTimeout
+    ) {
+        // The rest of the body is unread: the connection closes (after lingering), and says so, so
+        // that no client sends its next request on it (nginx does the same). HTTP/2 drops the field.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 

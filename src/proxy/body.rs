@@ -44,6 +44,8 @@ pub struct BodySlot {
     /// What request buffering read before the upstream request (all of it, unless no temp file could
     /// be written and the rest streams from `body`).
     spool: Option<Spool>,
+    /// The spool holds the whole body (nothing follows it from the client).
+    whole: bool,
     body: Mutex<Option<Incoming>>,
     hint: SizeHint,
     touched: AtomicBool,
@@ -75,6 +77,7 @@ impl BodySlot {
         }
         Some(Arc::new(BodySlot {
             spool: None,
+            whole: false,
             hint: body.size_hint(),
             body: Mutex::new(Some(body)),
             touched: AtomicBool::new(false),
@@ -93,6 +96,7 @@ impl BodySlot {
             Some(_) => hint,
         };
         Arc::new(BodySlot {
+            whole: rest.is_none(),
             spool: Some(spool),
             hint,
             body: Mutex::new(rest),
@@ -105,7 +109,7 @@ impl BodySlot {
     /// Whether the whole body was read before the upstream request (its length is known then).
     pub fn whole_length(&self) -> Option<u64> {
         match &self.spool {
-            Some(spool) if self.body.lock().is_none() => Some(spool.len()),
+            Some(spool) if self.whole => Some(spool.len()),
             _ => None,
         }
     }
@@ -207,7 +211,7 @@ impl RequestBody {
         let slot = self.slot.as_ref()?;
         let spool = slot.spool.as_ref()?;
         let piece = spool.next(&mut self.cursor)?;
-        if spool.at_end(&self.cursor) && slot.body.lock().is_none() {
+        if spool.at_end(&self.cursor) && slot.whole {
             slot.progress.ended();
         } else {
             slot.progress.handed();
@@ -293,7 +297,7 @@ impl Body for RequestBody {
             (Some(slot), None) => slot
                 .spool
                 .as_ref()
-                .is_some_and(|spool| spool.at_end(&self.cursor) && slot.body.lock().is_none()),
+                .is_some_and(|spool| slot.whole && spool.at_end(&self.cursor)),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod headers;
 mod host;
 pub mod keys;
 mod limits;
+mod listener_context;
 mod pick;
 mod redirect;
 mod request_buffer;
@@ -23,6 +24,7 @@ pub mod request_id;
 mod response_buffer;
 pub mod router;
 pub mod spool;
+mod trace;
 pub mod upgrade;
 
 use std::future::Future;
@@ -37,63 +39,19 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::{debug, warn};
 
-use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
 pub(crate) use answer::{local_answer, route_answer, LocalAnswer};
 use body::{ProxyBody, UpstreamBody};
 use error::ProxyError;
 use forward::{forward, Forward};
+pub use listener_context::ListenerContext;
+use trace::access_entry;
+pub use trace::Trace;
 
 /// Headers the proxy may add to a request's map: X-Request-Id, and the four of [`headers::Forwarding`]
 /// when the upstream's client is not our HTTP/1.1 pool. The HTTP/1 server makes a request's map with
 /// room for them (`http1::Builder::header_room`, our hyper patch).
 pub const ADDED_HEADERS: usize = 5;
-
-/// What every connection of one listener shares: kept once per listener (and config), not per connection.
-#[derive(Debug)]
-pub struct ListenerContext {
-    runtime: Arc<Runtime>,
-    /// `http` or `https`, as the `X-Forwarded-Proto` value, made once.
-    proto_value: HeaderValue,
-    client_limits: crate::config::ClientLimits,
-    https_redirect: Option<u16>,
-}
-
-impl ListenerContext {
-    /// A listener's context; `proto` is `http` or `https`, `client_limits` its request-target length and
-    /// request body timeout, `https_redirect` the port every request is redirected to
-    /// (`redirect_to_https`), when set.
-    pub fn new(
-        runtime: Arc<Runtime>,
-        proto: &'static str,
-        client_limits: crate::config::ClientLimits,
-        https_redirect: Option<u16>,
-    ) -> Self {
-        Self {
-            runtime,
-            proto_value: HeaderValue::from_static(proto),
-            client_limits,
-            https_redirect,
-        }
-    }
-
-    /// The listener's client limits.
-    pub fn client_limits(&self) -> &crate::config::ClientLimits {
-        &self.client_limits
-    }
-
-    /// Whether this context was made from these settings (a reload may have changed them).
-    pub fn is_for(
-        &self,
-        proto: &'static str,
-        client_limits: &crate::config::ClientLimits,
-        https_redirect: Option<u16>,
-    ) -> bool {
-        self.proto_value == proto
-            && self.client_limits == *client_limits
-            && self.https_redirect == https_redirect
-    }
-}
 
 /// Serves the requests of one client connection.
 #[derive(Debug, Clone)]
@@ -266,7 +224,7 @@ impl ProxyService {
         if let Some(rules) = &routed.route.rules {
             rules.request_headers.apply(&mut parts.headers);
             if let Some((rewrite, prefix)) = &rules.path_rewrite {
-                if let Err(why) = rewrite_path(&mut parts.uri, rewrite, prefix) {
+                if let Err(why) = router::rewrite_path(&mut parts.uri, rewrite, prefix) {
                     warn!(id = trace.id(), client = %routed.client_ip, path = parts.uri.path(), %why, "the rewritten path is not a valid request target");
                     return Err(local_answer(&ProxyError::NoRoute));
                 }
@@ -339,17 +297,7 @@ impl ProxyService {
                     }
                     slot = Some(spooled);
                 }
-                Err(error) => {
-                    let mut answer = local_answer(&error);
-                    if routed.parts.version == http::Version::HTTP_11 {
-                        // The rest of the body is unread: the connection closes (after lingering),
-                        // and says so, so that no client sends its next request on it.
-                        answer
-                            .headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    return answer;
-                }
+                Err(error) => return local_answer(&error),
             }
         }
         let started = std::time::Instant::now();
@@ -474,7 +422,7 @@ impl ProxyService {
                         if !h1conn::hop_by_hop_removed(&body) {
                             headers::strip_hop_by_hop(&mut parts.headers);
                         }
-                        let buffer = buffers_answer(
+                        let buffer = response_buffer::buffers_answer(
                             &mut parts.headers,
                             buffering.unwrap_or(pool.buffers.response),
                             pool.protocol,
@@ -561,29 +509,6 @@ impl ProxyService {
     }
 }
 
-/// `X-Accel-Buffering`, nginx's header by which an answer turns buffering on or off for itself.
-static X_ACCEL_BUFFERING: header::HeaderName = header::HeaderName::from_static("x-accel-buffering");
-
-/// Whether an answer with `headers` is read ahead of its client: `buffering` as configured, unless the
-/// answer's `X-Accel-Buffering` says otherwise (the header is removed, as nginx does); never an event
-/// stream or an HTTP/2 upstream's answer (gRPC and other streams stay streams).
-fn buffers_answer(
-    headers: &mut http::HeaderMap,
-    buffering: bool,
-    protocol: crate::config::UpstreamProtocol,
-) -> bool {
-    let accel = headers.remove(&X_ACCEL_BUFFERING);
-    let wanted = match accel.as_ref().map(|v| v.as_bytes()) {
-        Some(v) if v.eq_ignore_ascii_case(b"no") => false,
-        Some(v) if v.eq_ignore_ascii_case(b"yes") => true,
-        _ => buffering,
-    };
-    let event_stream = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    wanted && !event_stream && protocol == crate::config::UpstreamProtocol::Http1
-}
-
 /// What a client connection does with the answer to a request, and what it offers the request meanwhile.
 pub trait Deliver: Send + 'static {
     /// What the connection's service returns.
@@ -627,93 +552,4 @@ struct RouteAt {
     request_buffering: Option<bool>,
     /// The route's path and header rules, when it has any.
     rules: Option<Arc<router::RouteRules>>,
-}
-
-/// Replaces the path of `uri` as `rewrite` says (the route matched `prefix`), keeping its query.
-fn rewrite_path(
-    uri: &mut http::Uri,
-    rewrite: &crate::config::PathRewrite,
-    prefix: &str,
-) -> Result<(), http::Error> {
-    let mut target = rewrite.apply(prefix, uri.path());
-    if let Some(query) = uri.query() {
-        target.push('?');
-        target.push_str(query);
-    }
-    let mut parts = std::mem::take(uri).into_parts();
-    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(target)?);
-    *uri = http::Uri::from_parts(parts)?;
-    Ok(())
-}
-
-/// What one request's handling learned, for its access log line.
-#[derive(Debug)]
-pub struct Trace {
-    /// The client after trusted-proxy resolution.
-    pub client: Option<IpAddr>,
-    /// The server that answered.
-    pub upstream: Option<http::uri::Authority>,
-    /// Its time to response headers.
-    pub upstream_time: Option<std::time::Duration>,
-    /// When the last attempt's response headers arrived (the clock read `upstream_time` came from).
-    pub answered_at: Option<std::time::Instant>,
-    /// The rate-limit outcome.
-    pub rate_limit: &'static str,
-    /// The matched route's index.
-    pub route: Option<usize>,
-    /// The request ID, for log lines about the request.
-    pub id: HeaderValue,
-    /// Whether the access log gets a line (the route's `access_log`).
-    pub log: bool,
-}
-
-impl Trace {
-    /// A trace for the request with this ID.
-    pub fn new(id: HeaderValue) -> Self {
-        Trace {
-            client: None,
-            upstream: None,
-            upstream_time: None,
-            answered_at: None,
-            rate_limit: "none",
-            route: None,
-            id,
-            log: true,
-        }
-    }
-
-    /// The request ID as text.
-    pub fn id(&self) -> &str {
-        self.id.to_str().unwrap_or("-")
-    }
-}
-
-/// Starts the access log line of a request (only when the access log is on).
-fn access_entry(
-    request: &Request<Incoming>,
-    id: &HeaderValue,
-    log: Arc<crate::access_log::AccessLog>,
-) -> body::PendingLog {
-    let header = |name: header::HeaderName| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    body::PendingLog {
-        entry: crate::access_log::Entry {
-            time: Some(std::time::SystemTime::now()),
-            request_line: format!("{} {} {:?}", request.method(), target, request.version()),
-            referer: header(header::REFERER),
-            user_agent: header(header::USER_AGENT),
-            request_id: id.to_str().unwrap_or("").to_string(),
-            ..crate::access_log::Entry::default()
-        },
-        log,
-        started: std::time::Instant::now(),
-        enabled: true,
-    }
 }

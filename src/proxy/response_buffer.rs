@@ -25,6 +25,30 @@ use super::body::Upstream;
 use super::h1conn::BoxError;
 use super::spool::{BufferSettings, MemoryCharge, TempFile, FILE_READ};
 
+/// `X-Accel-Buffering`, nginx's header by which an answer turns buffering on or off for itself.
+static X_ACCEL_BUFFERING: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-accel-buffering");
+
+/// Whether an answer with `headers` is read ahead of its client: `buffering` as configured, unless the
+/// answer's `X-Accel-Buffering` says otherwise (the header is removed, as nginx does); never an event
+/// stream or an HTTP/2 upstream's answer (gRPC and other streams stay streams).
+pub(super) fn buffers_answer(
+    headers: &mut http::HeaderMap,
+    buffering: bool,
+    protocol: crate::config::UpstreamProtocol,
+) -> bool {
+    let accel = headers.remove(&X_ACCEL_BUFFERING);
+    let wanted = match accel.as_ref().map(|v| v.as_bytes()) {
+        Some(v) if v.eq_ignore_ascii_case(b"no") => false,
+        Some(v) if v.eq_ignore_ascii_case(b"yes") => true,
+        _ => buffering,
+    };
+    let event_stream = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    wanted && !event_stream && protocol == crate::config::UpstreamProtocol::Http1
+}
+
 /// An answer read ahead of the client.
 #[derive(Debug)]
 pub struct Buffered {
@@ -99,7 +123,6 @@ impl Buffered {
             reader_waiting: false,
             reader_took_at: crate::clock::now_ms(),
             queue: VecDeque::new(),
-            memory: 0,
             charge: MemoryCharge::new(&settings.response_gauges),
             file: None,
             file_usable: settings.max_temp_file_size > 0,
@@ -241,8 +264,6 @@ struct State {
     /// When the client last took a piece ([`now_ms`](crate::clock::now_ms)).
     reader_took_at: u64,
     queue: VecDeque<Segment>,
-    /// Bytes of the queue in memory.
-    memory: usize,
     charge: MemoryCharge,
     file: Option<TempFile>,
     /// More may go to the temp file (not past `max_temp_file_size`, no failed write).
@@ -259,14 +280,13 @@ struct State {
 
 impl State {
     fn keep_in_memory(&mut self, data: Bytes) {
-        self.memory += data.len();
         self.charge.add(data.len());
         self.queue.push_back(Segment::Memory(data));
     }
 
     /// Whether the memory budget is spent (one read may pass it).
     fn memory_full(&self, settings: &BufferSettings) -> bool {
-        self.memory >= settings.buffer_size
+        self.charge.bytes() >= settings.buffer_size
     }
 
     /// Whether the pump may read on: memory is left, or the client was found slow and the temp file
@@ -279,7 +299,10 @@ impl State {
     /// usable. What stays in memory is copied out of the read buffer it shares: a slow client would
     /// otherwise pin the connection's whole read buffer (up to 256k) for a few bytes.
     fn store(&mut self, data: Bytes, settings: &BufferSettings) {
-        if !self.spilling || self.memory + data.len() <= settings.buffer_size || !self.file_usable {
+        if !self.spilling
+            || self.charge.bytes() + data.len() <= settings.buffer_size
+            || !self.file_usable
+        {
             self.keep_in_memory(Bytes::copy_from_slice(&data));
             return;
         }
@@ -340,7 +363,6 @@ impl Shared {
         let data = match state.queue.front_mut() {
             Some(Segment::Memory(_)) => match state.queue.pop_front() {
                 Some(Segment::Memory(data)) => {
-                    state.memory -= data.len();
                     state.charge.sub(data.len());
                     Ok(data)
                 }
@@ -510,7 +532,6 @@ mod tests {
                 reader_waiting: false,
                 reader_took_at: 0,
                 queue: VecDeque::new(),
-                memory: 0,
                 charge: MemoryCharge::new(&settings.response_gauges),
                 file: None,
                 file_usable: settings.max_temp_file_size > 0,

@@ -167,6 +167,23 @@ fn normalize_host(host: &str) -> Cow<'_, str> {
     }
 }
 
+/// Replaces the path of `uri` as `rewrite` says (the route matched `prefix`), keeping its query.
+pub fn rewrite_path(
+    uri: &mut http::Uri,
+    rewrite: &crate::config::PathRewrite,
+    prefix: &str,
+) -> Result<(), http::Error> {
+    let mut target = rewrite.apply(prefix, uri.path());
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(target)?);
+    *uri = http::Uri::from_parts(parts)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

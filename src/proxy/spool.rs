@@ -135,6 +135,11 @@ impl MemoryCharge {
         }
     }
 
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        usize::try_from(self.bytes).unwrap_or(0)
+    }
+
     /// `bytes` more are held.
     pub fn add(&mut self, bytes: usize) {
         self.bytes += bytes as i64;
@@ -162,7 +167,7 @@ pub struct Spool {
     /// A piece the file could not take (its write failed): it comes after what the file holds.
     tail: Option<Bytes>,
     len: u64,
-    _charge: MemoryCharge,
+    charge: MemoryCharge,
 }
 
 /// Where a reader of a [`Spool`] is.
@@ -217,7 +222,6 @@ impl Spool {
 pub struct SpoolWriter<'a> {
     settings: &'a BufferSettings,
     spool: Spool,
-    memory_len: usize,
 }
 
 impl<'a> SpoolWriter<'a> {
@@ -230,9 +234,8 @@ impl<'a> SpoolWriter<'a> {
                 file: None,
                 tail: None,
                 len: 0,
-                _charge: MemoryCharge::new(&settings.request_gauges),
+                charge: MemoryCharge::new(&settings.request_gauges),
             },
-            memory_len: 0,
         }
     }
 
@@ -240,7 +243,9 @@ impl<'a> SpoolWriter<'a> {
     /// caller streams the rest).
     pub fn push(&mut self, data: Bytes) -> io::Result<()> {
         self.spool.len += data.len() as u64;
-        if self.spool.file.is_none() && self.memory_len + data.len() <= self.settings.buffer_size {
+        if self.spool.file.is_none()
+            && self.spool.charge.bytes() + data.len() <= self.settings.buffer_size
+        {
             self.keep_in_memory(data);
             return Ok(());
         }
@@ -256,7 +261,7 @@ impl<'a> SpoolWriter<'a> {
         };
         if written.is_err() {
             // Read after what the file holds; the caller stops filling the spool at the first error.
-            self.spool._charge.add(data.len());
+            self.spool.charge.add(data.len());
             if self.spool.file.is_some() {
                 self.spool.tail = Some(data);
             } else {
@@ -267,8 +272,7 @@ impl<'a> SpoolWriter<'a> {
     }
 
     fn keep_in_memory(&mut self, data: Bytes) {
-        self.memory_len += data.len();
-        self.spool._charge.add(data.len());
+        self.spool.charge.add(data.len());
         self.spool.memory.push(data);
     }
 
