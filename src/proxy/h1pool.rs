@@ -26,7 +26,7 @@ use super::h1conn::{Conn, H1Body, ResponseBody, UpstreamTunnel};
 use super::h1stream::UpstreamStream;
 use super::headers::Forwarding;
 use crate::clock::now_ms;
-use crate::server::{serving_threads_started, worker_index};
+use crate::worker::{serving_threads_started, worker_index};
 
 /// Sends that may go to a fresh connection after a pooled one turned out closed before it answered (the
 /// server closed it while it sat idle).
