@@ -12,12 +12,12 @@ use crate::access_log::AccessLog;
 use crate::config::{AccessLogConfig, Config, RateLimitBackend, RateLimitConfig};
 use crate::discovery::Discovered;
 use crate::metrics::Metrics;
-use crate::proxy::client::{build_client, ClientSettings, UpstreamClient};
-use crate::proxy::upgrade::Tunnels;
 use crate::ratelimit::redis::RedisBackend;
 use crate::ratelimit::{Limit, Store};
 use crate::snapshot::{Snapshot, ZoneShared};
 use crate::upstream::Registry;
+use crate::upstream_client::tunnel::Tunnels;
+use crate::upstream_client::{build_client, ClientSettings, UpstreamClient};
 
 /// Pooled clients by connect settings and, for `https://` servers found under a name, that name.
 type Clients = HashMap<(ClientSettings, Option<Arc<str>>), UpstreamClient>;

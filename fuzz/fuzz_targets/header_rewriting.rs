@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
-use fulcrum::proxy::headers::{forwarding, strip_hop_by_hop, Peer};
+use fulcrum::message::headers::{forwarding, strip_hop_by_hop, Peer};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 

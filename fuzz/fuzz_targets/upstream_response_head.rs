@@ -6,7 +6,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use fulcrum::proxy::h1codec::{parse_head, ResponseFraming};
+use fulcrum::upstream_client::h1codec::{parse_head, ResponseFraming};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -13,9 +13,9 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::config::{HealthCheckConfig, ProbeKind};
-use crate::proxy::body::{BodyLimits, RequestBody};
-use crate::proxy::h1conn::{Conn, H1Body};
-use crate::proxy::h1stream::UpstreamStream;
+use crate::message::body::{BodyLimits, RequestBody};
+use crate::upstream_client::h1conn::{Conn, H1Body};
+use crate::upstream_client::h1stream::UpstreamStream;
 
 /// Largest probe body read when `expect_body` is set.
 const MAX_PROBE_BODY: usize = 64 * 1024;

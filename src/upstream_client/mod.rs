@@ -1,5 +1,12 @@
 //! The pooled keep-alive client to upstream servers: HTTP/1.1 or HTTP/2, cleartext or TLS.
 
+pub mod h1chunked;
+pub mod h1codec;
+pub mod h1conn;
+mod h1pool;
+pub mod h1stream;
+pub mod tunnel;
+
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -14,13 +21,13 @@ use rustls::pki_types::ServerName;
 
 use tokio_util::either::Either;
 
-use super::body::RequestBody;
-use super::error::ProxyError;
-use super::h1conn::ResponseBody;
-use super::headers::Forwarding;
 use crate::config::UpstreamProtocol;
+use crate::message::body::RequestBody;
+use crate::message::error::ProxyError;
+use crate::message::headers::Forwarding;
 use crate::tls::UpstreamTls;
 use crate::upstream::Server;
+use crate::upstream_client::h1conn::ResponseBody;
 
 /// hyper-util's pooled client; `https://` URIs go over TLS, others in clear.
 pub type LegacyClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -31,7 +38,7 @@ pub enum UpstreamClient {
     /// hyper-util's client: HTTP/2 upstreams (h2 over TLS, h2c).
     Legacy(Box<LegacyClient>),
     /// Our own pool: HTTP/1.1 upstreams, cleartext or TLS, upgrades included.
-    Http1(Arc<super::h1pool::Http1Pool>),
+    Http1(Arc<crate::upstream_client::h1pool::Http1Pool>),
 }
 
 impl UpstreamClient {
@@ -140,11 +147,11 @@ pub fn build_client(
             .or_else(|| name.and_then(|n| ServerName::try_from(n.to_string()).ok()))
     };
     if !settings.protocol.is_http2() {
-        let tls = tls.map(|tls| super::h1pool::PoolTls {
+        let tls = tls.map(|tls| crate::upstream_client::h1pool::PoolTls {
             config: tls.for_protocol(false),
             name: fixed_name(tls),
         });
-        return UpstreamClient::Http1(Arc::new(super::h1pool::Http1Pool::new(
+        return UpstreamClient::Http1(Arc::new(crate::upstream_client::h1pool::Http1Pool::new(
             tls,
             settings.connect_timeout,
             settings.keepalive_timeout,

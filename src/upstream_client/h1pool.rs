@@ -1,6 +1,6 @@
 //! The keep-alive pool for HTTP/1.1 upstream servers, cleartext or TLS, in place of hyper-util's legacy
 //! client (which stays for HTTP/2 upstreams): idle connections ([`Conn`]) per server address, driven
-//! on the request's task (src/proxy/h1conn.rs). Upgrades go through it too: a `101` hands its
+//! on the request's task (src/upstream_client/h1conn.rs). Upgrades go through it too: a `101` hands its
 //! connection to the tunnel. hyper-util's pool hashed its key with SipHash on every
 //! checkout and return and went through several boxed futures per request (docs/benchmarks-history.md).
 
@@ -20,12 +20,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use super::body::RequestBody;
-use super::error::ProxyError;
-use super::h1conn::{Conn, H1Body, ResponseBody, UpstreamTunnel};
-use super::h1stream::UpstreamStream;
-use super::headers::Forwarding;
 use crate::clock::now_ms;
+use crate::message::body::RequestBody;
+use crate::message::error::ProxyError;
+use crate::message::headers::Forwarding;
+use crate::upstream_client::h1conn::{Conn, H1Body, ResponseBody, UpstreamTunnel};
+use crate::upstream_client::h1stream::UpstreamStream;
 use crate::worker::{serving_threads_started, worker_index};
 
 /// Sends that may go to a fresh connection after a pooled one turned out closed before it answered (the
@@ -117,7 +117,7 @@ impl Http1Pool {
     /// Sends a request with `method`, the target of `uri`, `headers` and `body` on an idle or new
     /// connection to `key`, and waits for the response head; the body is read as the response is. A pooled connection the server closed before
     /// answering is replaced, up to [`STALE_RETRIES`] times, when sending again cannot repeat an effect
-    /// ([`super::h1conn::ConnError::may_resend`]); any other failure is the caller's to classify and retry.
+    /// ([`crate::upstream_client::h1conn::ConnError::may_resend`]); any other failure is the caller's to classify and retry.
     ///
     /// The response takes `headers`' map (its room, not its fields); on failure they are as they were,
     /// so a retry can send them.
@@ -139,7 +139,7 @@ impl Http1Pool {
         async move {
             let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
             let has_body = !body.is_end_stream();
-            let idempotent = super::forward::is_idempotent(method);
+            let idempotent = crate::message::headers::is_idempotent(method);
             let upgrading = headers.contains_key(header::UPGRADE);
             let mut stale = 0;
             loop {

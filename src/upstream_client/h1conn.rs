@@ -19,17 +19,17 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
-use super::body::RequestBody;
-use super::h1chunked::{decode_chunked, ChunkState, Decoded};
-use super::h1codec::{
+use crate::message::body::RequestBody;
+use crate::message::headers::Forwarding;
+use crate::upstream_client::h1chunked::{decode_chunked, ChunkState, Decoded};
+use crate::upstream_client::h1codec::{
     self, encode_head, request_framing, CodecError, Head, RequestFraming, ResponseFraming,
 };
-use super::h1pool::Http1Pool;
-use super::h1stream::UpstreamStream;
-use super::headers::Forwarding;
+use crate::upstream_client::h1pool::Http1Pool;
+use crate::upstream_client::h1stream::UpstreamStream;
 
 /// An error a body of ours, or hyper's, raises.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::message::body::BoxError;
 
 /// Room reserved before each read of a response head or body.
 const READ_HEAD: usize = 8 * 1024;

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 wire format of our upstream connections, without I/O: a request head written from the
 //! rewritten parts, and a response head parsed from the read buffer with how its body is delimited (the
-//! chunked decoder is in [`super::h1chunked`]). [`super::h1conn`] drives it on the request's own task.
+//! chunked decoder is in [`crate::upstream_client::h1chunked`]). [`crate::upstream_client::h1conn`] drives it on the request's own task.
 
 use std::mem::MaybeUninit;
 
@@ -8,7 +8,7 @@ use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 
-use super::headers::Forwarding;
+use crate::message::headers::Forwarding;
 
 /// Most header fields a response head may have (hyper's limit too).
 pub(super) const MAX_HEADERS: usize = 100;
@@ -130,7 +130,7 @@ pub struct Head {
     /// Whether the connection may carry another request after this response's body.
     pub keep_alive: bool,
     /// Whether the hop-by-hop fields are out of the head already: false when its `Connection` names
-    /// other fields, or it has a `TE`; then [`super::headers::strip_hop_by_hop`] must run.
+    /// other fields, or it has a `TE`; then [`crate::message::headers::strip_hop_by_hop`] must run.
     pub hop_by_hop_removed: bool,
 }
 
@@ -303,7 +303,7 @@ struct Seen {
     bad_length: bool,
     /// `Connection: close`.
     close: bool,
-    /// A hop-by-hop field left in the map for [`super::headers::strip_hop_by_hop`].
+    /// A hop-by-hop field left in the map for [`crate::message::headers::strip_hop_by_hop`].
     other_hop_by_hop: bool,
 }
 
@@ -333,10 +333,9 @@ impl Seen {
         }
         if *name == header::CONNECTION {
             self.close |= has_token(value, "close");
-            let usual = value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .all(|token| super::headers::is_usual_connection_token(token.trim_ascii()));
+            let usual = value.as_bytes().split(|&b| b == b',').all(|token| {
+                crate::message::headers::is_usual_connection_token(token.trim_ascii())
+            });
             // A Connection naming other fields stays, so the stripping that removes them finds it.
             self.other_hop_by_hop |= !usual;
             return !usual;
@@ -345,7 +344,7 @@ impl Seen {
             self.other_hop_by_hop = true;
             return true;
         }
-        !super::headers::is_hop_by_hop(name)
+        !crate::message::headers::is_hop_by_hop(name)
     }
 
     /// How the body is delimited (RFC 9112 6.3), for a response to `method` with `status`.
@@ -389,7 +388,7 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::headers::{forwarding, Peer};
+    use crate::message::headers::{forwarding, Peer};
 
     fn head(bytes: &[u8], method: Method) -> Result<Option<Head>, CodecError> {
         parse_head(
