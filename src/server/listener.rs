@@ -22,9 +22,9 @@ use super::serving::{Protocols, ServeError, Serving};
 use super::timed_io::{Lingering, TimedIo};
 use super::timeouts::{ConnectionClock, Verdict};
 use crate::config::{HttpLimits, ListenerConfig, ListenerTls};
+use crate::live::Live;
 use crate::metrics::TlsFailureMetrics;
 use crate::request::{ListenerContext, ProxyService};
-use crate::runtime::Runtime;
 
 /// Pending connections the kernel queues per listener (nginx's default backlog on Linux is 511).
 const BACKLOG: u32 = 1024;
@@ -75,11 +75,7 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// Accepts until `stop` fires, then stops accepting and drains: every connection finishes the request it is
 /// serving and closes (idle keep-alive connections at once, new ones after their first request), for up to
 /// the current `shutdown_timeout`; then the rest are closed.
-pub async fn accept_loop(
-    accepting: Accepting,
-    runtime: Arc<Runtime>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn accept_loop(accepting: Accepting, live: Arc<Live>, mut stop: watch::Receiver<bool>) {
     let Accepting {
         name,
         listen,
@@ -94,8 +90,8 @@ pub async fn accept_loop(
     let mut shared: Option<Arc<Shared>> = None;
     let connections = TaskTracker::new();
     let force_close = CancellationToken::new();
-    let open_connections = runtime.metrics().connections(&name);
-    let tls_failures = runtime.metrics().tls_handshake_failures(&name);
+    let open_connections = live.metrics().connections(&name);
+    let tls_failures = live.metrics().tls_handshake_failures(&name);
     // Connections get their own receiver; the loop waits on one `changed` future for its whole life
     // (made per accept, it registered with the channel and left it again for every connection).
     let connection_stop = stop.clone();
@@ -106,7 +102,7 @@ pub async fn accept_loop(
                 Ok((stream, peer)) => {
                     // Settings are read from the current config, so a reload changes them (certificates
                     // included) for new connections on kept sockets.
-                    let snapshot = runtime.snapshot();
+                    let snapshot = live.snapshot();
                     let Some(settings) = listener_settings(&snapshot.config.listeners, &name, listen) else {
                         // The listener is being removed by a reload; its stop signal follows.
                         continue;
@@ -130,7 +126,7 @@ pub async fn accept_loop(
                     let _ = stream.set_nodelay(true);
                     let shared = match &shared {
                         Some(built) if built.is_for(settings) => Arc::clone(built),
-                        _ => Arc::clone(shared.insert(Arc::new(Shared::new(&runtime, settings)))),
+                        _ => Arc::clone(shared.insert(Arc::new(Shared::new(&live, settings)))),
                     };
                     let clock = Arc::new(ConnectionClock::new());
                     let service = ProxyService::new(Arc::clone(&shared.proxy), peer);
@@ -184,7 +180,7 @@ pub async fn accept_loop(
     }
     drop(socket);
     connections.close();
-    let grace = runtime.snapshot().config.global.shutdown_timeout;
+    let grace = live.snapshot().config.global.shutdown_timeout;
     // One line per serving thread: each drains the connections it accepted.
     let thread = super::worker_index();
     info!(listener = %name, thread, open = connections.len(), "stopped accepting; draining connections");
@@ -307,12 +303,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(runtime: &Arc<Runtime>, settings: &ListenerConfig) -> Self {
+    fn new(live: &Arc<Live>, settings: &ListenerConfig) -> Self {
         Self {
             http: settings.http,
             protocols: Protocols::new(settings.http),
             proxy: Arc::new(ListenerContext::new(
-                Arc::clone(runtime),
+                Arc::clone(live),
                 proto(settings),
                 settings.client,
                 settings.redirect_to_https,

@@ -1,4 +1,4 @@
-//! The running proxy: its listeners, the runtime, the background tasks; start, reload and shutdown.
+//! The running proxy: its listeners, its live state, the background tasks; start, reload and shutdown.
 
 mod acceptor;
 mod control;
@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ListenerConfig};
 use crate::health;
-use crate::runtime::Runtime;
+use crate::live::Live;
 
 /// A bound listener.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub struct RunningProxy {
     listeners: Vec<ListenerHandle>,
     admin: Option<SocketAddr>,
     reloads: Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadRequest>>,
-    runtime: Arc<Runtime>,
+    live: Arc<Live>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     /// Where the listeners' accept loops (and so their connections) run: one loop per listener on each.
@@ -188,42 +188,42 @@ pub async fn start_on(
     for unused in inherited {
         warn!(addr = ?unused.local_addr().ok(), "an inherited socket matches no listener; closing it");
     }
-    let runtime = Runtime::new(config);
+    let live = Live::new(config);
     let (stop, _) = watch::channel(false);
     let (reload_sender, reloads) = tokio::sync::mpsc::channel(4);
     let mut proxy = RunningProxy {
         listeners: Vec::new(),
         admin: admin.as_ref().map(|(_, addr)| *addr),
         reloads: Some(reloads),
-        runtime,
+        live,
         stop,
         tasks: JoinSet::new(),
         serving,
     };
     proxy.tasks.spawn(crate::discovery::run(
-        Arc::clone(&proxy.runtime),
+        Arc::clone(&proxy.live),
         proxy.stop.subscribe(),
     ));
-    settle_discovery(&proxy.runtime).await;
+    settle_discovery(&proxy.live).await;
     for socket in bound {
         let handle = proxy.serve(socket);
         proxy.listeners.push(handle);
     }
     proxy.tasks.spawn(health::run_checker(
-        Arc::clone(&proxy.runtime),
+        Arc::clone(&proxy.live),
         proxy.stop.subscribe(),
     ));
     if let Some((socket, addr)) = admin {
         info!(%addr, "admin API listening");
         proxy.tasks.spawn(crate::admin::serve(
             socket,
-            Arc::clone(&proxy.runtime),
+            Arc::clone(&proxy.live),
             reload_sender,
             proxy.stop.subscribe(),
         ));
     }
-    proxy.tasks.spawn(crate::runtime::sweep_rate_limit_buckets(
-        Arc::clone(&proxy.runtime),
+    proxy.tasks.spawn(crate::live::sweep_rate_limit_buckets(
+        Arc::clone(&proxy.live),
         proxy.stop.subscribe(),
     ));
     Ok(proxy)
@@ -232,15 +232,15 @@ pub async fn start_on(
 /// Waits (at most the resolver's timeout and a little more) for every `resolve = true` name's first
 /// answer, so the listeners open with the servers found; a name that does not answer yet is followed
 /// in the background and its pool answers 503 until it does.
-async fn settle_discovery(runtime: &Runtime) {
-    let config = Arc::clone(&runtime.snapshot().config);
+async fn settle_discovery(live: &Live) {
+    let config = Arc::clone(&live.snapshot().config);
     if crate::discovery::names(&config).is_empty() {
         return;
     }
     let deadline = tokio::time::Instant::now()
         + config.resolver.timeout
         + std::time::Duration::from_millis(500);
-    while !runtime.discovered().settled_for(&config) && tokio::time::Instant::now() < deadline {
+    while !live.discovered().settled_for(&config) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
@@ -263,9 +263,9 @@ impl RunningProxy {
         self.reloads.take()
     }
 
-    /// The runtime (snapshot and live state).
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
+    /// The live state (the published snapshot, and what outlives snapshots).
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
     /// Applies a validated config: binds the listeners it adds first (any failure changes nothing), then
@@ -297,7 +297,7 @@ impl RunningProxy {
                 return Err(error);
             }
         };
-        self.runtime.apply(config);
+        self.live.apply(config);
         for removed in old.into_iter().flatten() {
             info!(listener = %removed.bound.name, addr = %removed.bound.addr, "listener removed by reload");
             let _ = removed.stop.send(true);
@@ -347,8 +347,8 @@ impl RunningProxy {
             handle.socket = None;
             let _ = handle.stop.send(true);
         }
-        let grace = self.runtime.snapshot().config.global.shutdown_timeout;
-        let tunnels = self.runtime.tunnels();
+        let grace = self.live.snapshot().config.global.shutdown_timeout;
+        let tunnels = self.live.tunnels();
         let open = tunnels.open();
         if open > 0 {
             info!(tunnels = open, "draining upgraded tunnels");
@@ -383,7 +383,7 @@ impl RunningProxy {
                         socket,
                         counts: Arc::clone(&counts),
                     },
-                    Arc::clone(&self.runtime),
+                    Arc::clone(&self.live),
                     stopped.clone(),
                 ),
                 &handle,
