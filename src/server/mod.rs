@@ -1,18 +1,24 @@
 //! The running proxy: its listeners, its live state, the background tasks; start, reload and shutdown.
 
 mod acceptor;
+mod admission;
+mod bind;
+mod connection;
+mod connection_clock;
 mod control;
+mod handshake;
 mod listener;
 mod service;
 mod serving;
 mod thread;
 mod timed_io;
-mod timeouts;
+mod verdict;
 
+pub use connection_clock::ConnectionClock;
 pub use service::{ClockedBody, ClockedService};
 pub use thread::{serving_threads, serving_threads_started, worker_index, ServingThread};
 pub use timed_io::TimedIo;
-pub use timeouts::{ConnectionClock, Verdict};
+pub use verdict::Verdict;
 
 use std::io;
 use std::net::SocketAddr;
@@ -104,7 +110,7 @@ fn bind_all<'a>(
                     info!(listener = %config.name, addr = %config.listen, "using an inherited socket");
                     socket
                 }
-                None => listener::bind(config.listen, config.reuseport).map_err(error)?,
+                None => bind::bind(config.listen, config.reuseport).map_err(error)?,
             };
             socket.set_nonblocking(true).map_err(error)?;
             let addr = socket.local_addr().map_err(error)?;
@@ -373,7 +379,7 @@ impl RunningProxy {
             socket.as_fd().try_clone_to_owned().ok()
         });
         // What the listener's accept loops count together (its connection limits).
-        let counts = Arc::new(listener::ListenerCounts::default());
+        let counts = Arc::new(admission::ListenerCounts::default());
         for (socket, handle) in bound.sockets {
             self.tasks.spawn_on(
                 listener::accept_loop(
