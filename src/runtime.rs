@@ -29,6 +29,8 @@ pub struct Runtime {
     registry: Registry,
     clients: Mutex<Clients>,
     zones: Mutex<HashMap<String, ZoneState>>,
+    /// The response cache's zones, kept across reloads.
+    caches: crate::cache::Caches,
     /// Bumped on every publish, so background tasks (the health checker) follow new snapshots.
     published: watch::Sender<u64>,
     reloads_ok: AtomicU64,
@@ -92,11 +94,13 @@ impl Runtime {
         let metrics = Arc::new(Metrics::default());
         let access_log = Mutex::new(None);
         let discovered = Discovered::default();
+        let caches = crate::cache::Caches::default();
         let mut snapshot = Self::build(
             Arc::new(config),
             &registry,
             &clients,
             &zones,
+            &caches,
             &metrics,
             &discovered,
             true,
@@ -107,6 +111,7 @@ impl Runtime {
             registry,
             clients,
             zones,
+            caches,
             published: watch::Sender::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -138,6 +143,7 @@ impl Runtime {
             &self.registry,
             &self.clients,
             &self.zones,
+            &self.caches,
             &self.metrics,
             &self.discovered,
             false,
@@ -232,6 +238,7 @@ impl Runtime {
         registry: &Registry,
         clients: &Mutex<Clients>,
         zones: &Mutex<HashMap<String, ZoneState>>,
+        caches: &crate::cache::Caches,
         metrics: &Arc<Metrics>,
         discovered: &Discovered,
         first: bool,
@@ -269,9 +276,15 @@ impl Runtime {
                     |kept| kept.shared.clone(),
                 )
             },
+            caches,
             metrics,
             first,
         )
+    }
+
+    /// The response cache's zones.
+    pub fn caches(&self) -> &crate::cache::Caches {
+        &self.caches
     }
 }
 

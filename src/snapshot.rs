@@ -183,6 +183,7 @@ impl Snapshot {
         client_for: impl Fn(ClientSettings, Option<&UpstreamTls>, Option<&str>) -> UpstreamClient,
         found: impl Fn(&Discover) -> Arc<[Found]>,
         zone_state_for: impl Fn(&RateLimitConfig) -> ZoneShared,
+        caches: &crate::cache::Caches,
         metrics: &Arc<Metrics>,
         first: bool,
     ) -> Snapshot {
@@ -217,12 +218,24 @@ impl Snapshot {
                 )
             })
             .collect();
-        let router = Router::new(
+        let mut router = Router::new(
             &config.routes,
             |name| names.iter().position(|n| *n == name).unwrap_or(0),
             |name| zone_names.iter().position(|n| *n == name).unwrap_or(0),
             config.global.max_body_size,
         );
+        // Zones live in `caches`, not in the snapshot: a reload that keeps a zone keeps its entries.
+        let cache_zones: std::collections::HashMap<&str, _> = config
+            .caches
+            .values()
+            .map(|zone| (zone.name.as_str(), caches.zone_for(zone, metrics)))
+            .collect();
+        caches.keep_only(&config.caches.keys().collect::<Vec<_>>());
+        router.attach_caches(|index| {
+            let settings = config.routes.get(index)?.cache.as_ref()?;
+            let zone = cache_zones.get(settings.zone.as_str())?;
+            Some(caches.route(Arc::clone(zone), settings))
+        });
         Snapshot {
             config: Arc::clone(&config),
             router,
