@@ -2,6 +2,7 @@
 
 mod answer;
 pub mod body;
+mod cached;
 pub mod client;
 pub mod client_ip;
 pub mod deadline;
@@ -155,6 +156,9 @@ impl ProxyService {
                 }
                 allowed
             });
+        let cache = route.cache.as_ref().map(|cache| {
+            cached::CacheRequest::new(cache, host.as_ref(), request.uri(), request.headers())
+        });
         let route = RouteAt {
             pool: route.pool,
             max_body_size: route.max_body_size,
@@ -176,6 +180,7 @@ impl ProxyService {
             client_upgrade,
             key_hash: None,
             forwarding: None,
+            cache,
         };
         if routed.route.zones.is_none() {
             self.prepare(snapshot, &mut routed, trace)?;
@@ -268,6 +273,16 @@ impl ProxyService {
                 return answer;
             }
         }
+        let mut cache_step = None;
+        if let Some(request) = routed.cache.take() {
+            match self.cache_before(snapshot, routed, trace, request).await {
+                cached::Before::Answer(mut response) => {
+                    dress(&routed.route, quota, &mut response);
+                    return response;
+                }
+                cached::Before::Forward(step) => cache_step = Some(step),
+            }
+        }
         let pool_index = routed.route.pool;
         let Some(pool) = snapshot.pools.get(pool_index) else {
             return local_answer(&ProxyError::NoRoute);
@@ -320,24 +335,27 @@ impl ProxyService {
             _ => std::time::Instant::now(),
         };
         let buffering = routed.route.buffering;
-        let mut response = self.answer(
-            result,
-            (routed.client_upgrade.take(), buffering),
-            routed.client_ip,
-            (snapshot, pool_index),
-            trace.id(),
-        );
+        // The cache may answer instead (a stale entry, or the entry a 304 confirmed).
+        let (mut response, cache_step) = match cache_step.map(|step| step.settle(&result)) {
+            Some(Ok(answer)) => (answer, None),
+            settled => (
+                self.answer(
+                    result,
+                    (routed.client_upgrade.take(), buffering),
+                    routed.client_ip,
+                    (snapshot, pool_index),
+                    trace.id(),
+                ),
+                settled.and_then(Result::err),
+            ),
+        };
+        if let Some(step) = cache_step {
+            step.store(&mut response);
+        }
         pool.metrics
             .request_duration
             .observe(ended.saturating_duration_since(started).as_secs_f64());
-        if let Some(rules) = &routed.route.rules {
-            if response.extensions().get::<LocalAnswer>().is_none() {
-                rules.response_headers.apply(response.headers_mut());
-            }
-        }
-        if let Some(quota) = quota {
-            quota.add_to(response.headers_mut());
-        }
+        dress(&routed.route, quota, &mut response);
         response
     }
 
@@ -509,6 +527,18 @@ impl ProxyService {
     }
 }
 
+/// The route's response header rules (not on the proxy's own answers) and the rate-limit quota fields.
+fn dress(route: &RouteAt, quota: Option<limits::Quota>, response: &mut Response<ProxyBody>) {
+    if let Some(rules) = &route.rules {
+        if response.extensions().get::<LocalAnswer>().is_none() {
+            rules.response_headers.apply(response.headers_mut());
+        }
+    }
+    if let Some(quota) = quota {
+        quota.add_to(response.headers_mut());
+    }
+}
+
 /// What a client connection does with the answer to a request, and what it offers the request meanwhile.
 pub trait Deliver: Send + 'static {
     /// What the connection's service returns.
@@ -537,6 +567,8 @@ struct Routed {
     key_hash: Option<u64>,
     /// The forwarding fields sent with the request (set by [`ProxyService::prepare`]).
     forwarding: Option<headers::Forwarding>,
+    /// The route's cache and the request's key, when the route caches; taken when it is looked up.
+    cache: Option<cached::CacheRequest>,
 }
 
 /// What the request path needs of its route, taken out of the snapshot.
