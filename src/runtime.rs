@@ -233,6 +233,10 @@ impl Runtime {
         self.published.subscribe()
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the runtime's long-lived parts, borrowed one by one because the first build runs before the runtime exists"
+    )]
     fn build(
         config: Arc<Config>,
         registry: &Registry,
@@ -243,7 +247,7 @@ impl Runtime {
         discovered: &Discovered,
         first: bool,
     ) -> Snapshot {
-        Snapshot::build(
+        let mut snapshot = Snapshot::build(
             config,
             registry,
             |settings, tls, name| {
@@ -276,10 +280,11 @@ impl Runtime {
                     |kept| kept.shared.clone(),
                 )
             },
-            caches,
             metrics,
             first,
-        )
+        );
+        snapshot.attach_caches(caches, metrics);
+        snapshot
     }
 
     /// The response cache's zones.

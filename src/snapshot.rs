@@ -183,7 +183,6 @@ impl Snapshot {
         client_for: impl Fn(ClientSettings, Option<&UpstreamTls>, Option<&str>) -> UpstreamClient,
         found: impl Fn(&Discover) -> Arc<[Found]>,
         zone_state_for: impl Fn(&RateLimitConfig) -> ZoneShared,
-        caches: &crate::cache::Caches,
         metrics: &Arc<Metrics>,
         first: bool,
     ) -> Snapshot {
@@ -218,24 +217,12 @@ impl Snapshot {
                 )
             })
             .collect();
-        let mut router = Router::new(
+        let router = Router::new(
             &config.routes,
             |name| names.iter().position(|n| *n == name).unwrap_or(0),
             |name| zone_names.iter().position(|n| *n == name).unwrap_or(0),
             config.global.max_body_size,
         );
-        // Zones live in `caches`, not in the snapshot: a reload that keeps a zone keeps its entries.
-        let cache_zones: std::collections::HashMap<&str, _> = config
-            .caches
-            .values()
-            .map(|zone| (zone.name.as_str(), caches.zone_for(zone, metrics)))
-            .collect();
-        caches.keep_only(&config.caches.keys().collect::<Vec<_>>());
-        router.attach_caches(|index| {
-            let settings = config.routes.get(index)?.cache.as_ref()?;
-            let zone = cache_zones.get(settings.zone.as_str())?;
-            Some(caches.route(Arc::clone(zone), settings))
-        });
         Snapshot {
             config: Arc::clone(&config),
             router,
@@ -252,6 +239,25 @@ impl Snapshot {
                 })
                 .collect(),
         }
+    }
+}
+
+impl Snapshot {
+    /// Gives the cached routes their zones. Zones live in `caches`, not in the snapshot: a reload that
+    /// keeps a zone keeps its entries.
+    pub fn attach_caches(&mut self, caches: &crate::cache::Caches, metrics: &Metrics) {
+        let config = Arc::clone(&self.config);
+        let zones: std::collections::HashMap<&str, _> = config
+            .caches
+            .values()
+            .map(|zone| (zone.name.as_str(), caches.zone_for(zone, metrics)))
+            .collect();
+        caches.keep_only(&config.caches.keys().collect::<Vec<_>>());
+        self.router.attach_caches(|index| {
+            let settings = config.routes.get(index)?.cache.as_ref()?;
+            let zone = zones.get(settings.zone.as_str())?;
+            Some(caches.route(Arc::clone(zone), settings))
+        });
     }
 }
 

@@ -115,9 +115,7 @@ impl Caches {
 
     /// Drops the zones no longer configured (their entries go with the last request using them).
     pub fn keep_only(&self, names: &[&String]) {
-        self.zones
-            .lock()
-            .retain(|name, _| names.iter().any(|n| *n == name));
+        self.zones.lock().retain(|name, _| names.contains(&name));
     }
 
     /// The zone named `name`.

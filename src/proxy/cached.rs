@@ -41,14 +41,6 @@ impl CacheRequest {
     }
 }
 
-/// What the cache made of a request before forwarding.
-pub(super) enum Before {
-    /// The answer, from an entry.
-    Answer(Response<ProxyBody>),
-    /// Forward the request; the step handles the answer.
-    Forward(CacheStep),
-}
-
 /// A request the cache sent upstream.
 #[derive(Debug)]
 pub(super) struct CacheStep {
@@ -67,7 +59,7 @@ pub(super) struct CacheStep {
 }
 
 impl ProxyService {
-    /// Looks the request up: an answer from an entry, or the step to forward with. An expired entry
+    /// Looks the request up: the step to forward with, or the answer from an entry. An expired entry
     /// under `cache_background_update` is answered with and refreshed by a task of its own.
     pub(super) async fn cache_before(
         &self,
@@ -75,7 +67,7 @@ impl ProxyService {
         routed: &mut Routed,
         trace: &Trace,
         request: CacheRequest,
-    ) -> Before {
+    ) -> Result<Box<CacheStep>, Response<ProxyBody>> {
         let conditional = Conditional::take(&mut routed.parts.headers);
         let head = routed.parts.method == Method::HEAD;
         let plan = cache::plan(
@@ -87,7 +79,7 @@ impl ProxyService {
         .await;
         let pending = match plan {
             Plan::Serve(entry, status) => {
-                return Before::Answer(serve(&request.route, &entry, status, head, &conditional))
+                return Err(serve(&request.route, &entry, status, head, &conditional))
             }
             Plan::ServeAndRefresh(entry, lock) => {
                 let answer = serve(
@@ -106,20 +98,25 @@ impl ProxyService {
                 let mut parts = routed.parts.clone();
                 // A refresh fetches the whole answer, whatever the client's method.
                 parts.method = Method::GET;
-                let step =
-                    CacheStep::new(request, &mut parts, pending, Conditional::default(), true);
+                let step = Box::new(CacheStep::new(
+                    request,
+                    &mut parts,
+                    pending,
+                    Conditional::default(),
+                    true,
+                ));
                 self.spawn_refresh(snapshot, routed, parts, trace, step);
-                return Before::Answer(answer);
+                return Err(answer);
             }
             Plan::Forward(pending) => pending,
         };
-        Before::Forward(CacheStep::new(
+        Ok(Box::new(CacheStep::new(
             request,
             &mut routed.parts,
             pending,
             conditional,
             false,
-        ))
+        )))
     }
 
     /// Refreshes an expired entry in a task of its own: forwarded as the client's request was, the
@@ -130,7 +127,7 @@ impl ProxyService {
         routed: &Routed,
         mut parts: http::request::Parts,
         trace: &Trace,
-        step: CacheStep,
+        step: Box<CacheStep>,
     ) {
         let service = self.clone();
         let snapshot = Arc::clone(snapshot);
@@ -219,14 +216,10 @@ impl CacheStep {
 
     /// Before the upstream's answer is made into the client's: the answer that replaces it, if any (a
     /// stale entry instead of a failure, or the entry a 304 confirmed), else the step back.
-    #[expect(
-        clippy::result_large_err,
-        reason = "the step goes back once per forwarded request; boxing it would not save a copy"
-    )]
     pub(super) fn settle(
-        self,
+        self: Box<Self>,
         result: &Result<UpstreamResponse, ProxyError>,
-    ) -> Result<Response<ProxyBody>, CacheStep> {
+    ) -> Result<Response<ProxyBody>, Box<CacheStep>> {
         let Some(stale) = self.pending.stale.as_ref() else {
             return Err(self);
         };

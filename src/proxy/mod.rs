@@ -276,11 +276,11 @@ impl ProxyService {
         let mut cache_step = None;
         if let Some(request) = routed.cache.take() {
             match self.cache_before(snapshot, routed, trace, request).await {
-                cached::Before::Answer(mut response) => {
-                    dress(&routed.route, quota, &mut response);
-                    return response;
+                Err(mut answer) => {
+                    dress(&routed.route, quota, &mut answer);
+                    return answer;
                 }
-                cached::Before::Forward(step) => cache_step = Some(step),
+                Ok(step) => cache_step = Some(step),
             }
         }
         let pool_index = routed.route.pool;
