@@ -2,7 +2,7 @@
 //! `http-cache-semantics`, with nginx's `proxy_cache_valid` for answers without freshness of their own),
 //! and the conditional-request checks.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode};
@@ -185,15 +185,11 @@ pub fn refreshed(stored: &HeaderMap, fresh: &HeaderMap) -> HeaderMap {
     headers
 }
 
-/// How long the entry has been expired at `now` (zero while fresh).
-pub fn expired_for(freshness: &Freshness, now: SystemTime) -> Option<Duration> {
-    now.duration_since(freshness.fresh_until).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::UseStale;
+    use std::time::Duration;
 
     fn route(valid: Vec<(Option<u16>, Duration)>) -> RouteCacheConfig {
         RouteCacheConfig {

@@ -156,7 +156,8 @@ impl ProxyService {
                 }
                 allowed
             });
-        let cache = route.cache.as_ref().map(|cache| {
+        // An upgrade is a tunnel, not an answer to keep: it never goes through the cache.
+        let cache = route.cache.as_ref().filter(|_| !asks_upgrade).map(|cache| {
             cached::CacheRequest::new(cache, host.as_ref(), request.uri(), request.headers())
         });
         let route = RouteAt {

@@ -537,6 +537,61 @@ async fn purge_by_key_and_by_prefix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_needs_the_admin_token() {
+    let backend = origin(versioned("max-age=60")).await;
+    // The first lines of the TOML land in the [admin] table the harness opens.
+    let binary = AdminBinary::from_toml(&format!(
+        "token = \"secret\"\n\n[cache.pages]\n\n\
+         [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[route]]\npath = \"/\"\nupstream = \"app\"\ncache = \"pages\"\n\n\
+         [upstream.app]\nservers = [{{ addr = \"{}\" }}]\n",
+        backend.addr()
+    ));
+    let client = TestClient::new();
+    assert_eq!(cache_status(&client.get(&url(&binary, "/a")).await), "MISS");
+    let address = format!("http://{}/cache/pages/purge", binary.admin);
+    let refused = client
+        .send(
+            Request::post(&address)
+                .body(crate::harness::body("{\"prefix\": \"/\"}"))
+                .expect("POST"),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(cache_status(&client.get(&url(&binary, "/a")).await), "HIT");
+    let purged = client
+        .send(
+            Request::post(&address)
+                .header("authorization", "Bearer secret")
+                .body(crate::harness::body("{\"prefix\": \"/\"}"))
+                .expect("POST"),
+        )
+        .await;
+    assert_eq!(purged.status, StatusCode::OK, "{}", purged.body);
+    assert_eq!(cache_status(&client.get(&url(&binary, "/a")).await), "MISS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_from_the_entry_without_a_body() {
+    let backend = origin(versioned("max-age=60")).await;
+    let binary = cached("", "", backend.addr());
+    let client = TestClient::new();
+    assert_eq!(client.get(&url(&binary, "/a")).await.body, "v1");
+    let head = client
+        .send(
+            Request::head(url(&binary, "/a"))
+                .body(empty())
+                .expect("HEAD"),
+        )
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(cache_status(&head), "HIT");
+    assert_eq!(head.body, "");
+    assert_eq!(head.headers["content-length"], "2");
+    assert_eq!(backend.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_keeps_the_entries_of_a_zone_that_stays() {
     let backend = origin(versioned("max-age=60")).await;
     let mut binary = cached("max_entry_size = \"1m\"", "", backend.addr());
