@@ -38,8 +38,8 @@ impl<E: Weighed> Lru<E> {
         }
     }
 
-    /// Changes the bound (a reload); returns how many entries were evicted to meet it.
-    pub fn set_max_bytes(&mut self, max_bytes: u64) -> usize {
+    /// Changes the bound (a reload); returns the entries evicted to meet it.
+    pub fn set_max_bytes(&mut self, max_bytes: u64) -> Vec<Arc<E>> {
         self.max_bytes = max_bytes;
         self.evict_to(max_bytes)
     }
@@ -56,13 +56,13 @@ impl<E: Weighed> Lru<E> {
         Some(Arc::clone(&slot.entry))
     }
 
-    /// Stores `entry` under `key` (replacing one there), evicting the least recently used until it fits;
-    /// returns how many were evicted. An entry larger than the whole bound is not stored.
-    pub fn insert(&mut self, key: &str, entry: Arc<E>) -> usize {
-        self.remove(key);
+    /// Stores `entry` under `key`, evicting the least recently used until it fits; returns the entry it
+    /// replaced and those it evicted. An entry larger than the whole bound is not stored.
+    pub fn insert(&mut self, key: &str, entry: Arc<E>) -> (Option<Arc<E>>, Vec<Arc<E>>) {
+        let replaced = self.remove(key);
         let size = entry.bytes();
         if size > self.max_bytes {
-            return 0;
+            return (replaced, Vec::new());
         }
         let evicted = self.evict_to(self.max_bytes - size);
         self.tick += 1;
@@ -76,28 +76,31 @@ impl<E: Weighed> Lru<E> {
             },
         );
         self.bytes += size;
-        evicted
+        (replaced, evicted)
     }
 
-    /// Removes the entry under `key`; whether there was one.
-    pub fn remove(&mut self, key: &str) -> bool {
-        let Some(slot) = self.entries.remove(key) else {
-            return false;
-        };
+    /// Whether an entry is stored under `key` (without marking it used).
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// Removes the entry under `key`, returning it.
+    pub fn remove(&mut self, key: &str) -> Option<Arc<E>> {
+        let slot = self.entries.remove(key)?;
         self.order.remove(&slot.tick);
         self.bytes -= slot.entry.bytes();
-        true
+        Some(slot.entry)
     }
 
-    /// Removes every entry `purge` picks; returns how many.
-    pub fn remove_where(&mut self, mut purge: impl FnMut(&str, &E) -> bool) -> usize {
+    /// Removes every entry `purge` picks, returning them.
+    pub fn remove_where(&mut self, mut purge: impl FnMut(&str, &E) -> bool) -> Vec<Arc<E>> {
         let keys: Vec<Arc<str>> = self
             .entries
             .iter()
             .filter(|(key, slot)| purge(key, &slot.entry))
             .map(|(key, _)| Arc::clone(key))
             .collect();
-        keys.iter().filter(|key| self.remove(key)).count()
+        keys.iter().filter_map(|key| self.remove(key)).collect()
     }
 
     /// Bytes held.
@@ -110,15 +113,15 @@ impl<E: Weighed> Lru<E> {
         self.entries.len()
     }
 
-    fn evict_to(&mut self, bytes: u64) -> usize {
-        let mut evicted = 0;
+    fn evict_to(&mut self, bytes: u64) -> Vec<Arc<E>> {
+        let mut evicted = Vec::new();
         while self.bytes > bytes {
             let Some((_, key)) = self.order.pop_first() else {
                 break;
             };
             if let Some(slot) = self.entries.remove(&key) {
                 self.bytes -= slot.entry.bytes();
-                evicted += 1;
+                evicted.push(slot.entry);
             }
         }
         evicted
@@ -144,7 +147,7 @@ mod tests {
         lru.insert("b", Arc::new(Thing(10)));
         lru.insert("c", Arc::new(Thing(10)));
         assert!(lru.get("a").is_some());
-        assert_eq!(lru.insert("d", Arc::new(Thing(10))), 1);
+        assert_eq!(lru.insert("d", Arc::new(Thing(10))).1.len(), 1);
         assert!(lru.get("b").is_none(), "b was used least recently");
         assert!(lru.get("a").is_some());
         assert_eq!(lru.bytes(), 30);
@@ -157,7 +160,7 @@ mod tests {
         lru.insert("a", Arc::new(Thing(10)));
         lru.insert("a", Arc::new(Thing(20)));
         assert_eq!(lru.bytes(), 20);
-        assert!(lru.remove("a"));
+        assert!(lru.remove("a").is_some());
         assert_eq!(lru.bytes(), 0);
         assert_eq!(lru.len(), 0);
     }
@@ -166,7 +169,8 @@ mod tests {
     fn an_entry_larger_than_the_zone_is_not_stored() {
         let mut lru = Lru::new(10);
         lru.insert("a", Arc::new(Thing(5)));
-        assert_eq!(lru.insert("b", Arc::new(Thing(11))), 0);
+        assert!(lru.insert("b", Arc::new(Thing(11))).1.is_empty());
+        assert!(!lru.contains("b"));
         assert!(lru.get("a").is_some());
         assert!(lru.get("b").is_none());
     }
@@ -177,9 +181,9 @@ mod tests {
         for key in ["x1", "x2", "y1"] {
             lru.insert(key, Arc::new(Thing(10)));
         }
-        assert_eq!(lru.remove_where(|key, _| key.starts_with('x')), 2);
+        assert_eq!(lru.remove_where(|key, _| key.starts_with('x')).len(), 2);
         lru.insert("y2", Arc::new(Thing(10)));
-        assert_eq!(lru.set_max_bytes(10), 1);
+        assert_eq!(lru.set_max_bytes(10).len(), 1);
         assert!(lru.get("y2").is_some());
     }
 }

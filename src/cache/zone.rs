@@ -35,6 +35,8 @@ pub struct Entry {
     /// The request path it answered (purge by prefix).
     pub path: String,
     bytes: u64,
+    /// Stored as one variant of several (its primary key has a `Vary` record).
+    varies: bool,
 }
 
 impl Entry {
@@ -61,6 +63,7 @@ impl Entry {
             primary,
             path,
             bytes,
+            varies: false,
         }
     }
 
@@ -79,10 +82,25 @@ impl Weighed for Entry {
 #[derive(Debug)]
 struct Store {
     entries: Lru<Entry>,
-    /// Primary key -> the header names its answers vary by (nginx keeps the same in the main entry).
-    vary: HashMap<String, Arc<[HeaderName]>>,
+    /// Primary key -> the header names its answers vary by (nginx keeps the same in the main entry) and
+    /// how many variants are stored, so the record goes with the last of them.
+    vary: HashMap<String, (Arc<[HeaderName]>, usize)>,
     /// Primary keys being filled now, each with the channel its waiters watch (closed when it ends).
     filling: HashMap<String, watch::Sender<()>>,
+}
+
+impl Store {
+    /// Entries are gone: the `Vary` record of their primary key goes with its last variant.
+    fn forget(&mut self, gone: &[Arc<Entry>]) {
+        for entry in gone.iter().filter(|entry| entry.varies) {
+            if let Some(record) = self.vary.get_mut(&entry.primary) {
+                record.1 = record.1.saturating_sub(1);
+                if record.1 == 0 {
+                    self.vary.remove(&entry.primary);
+                }
+            }
+        }
+    }
 }
 
 /// A cache zone, kept across reloads while its name stays in the config.
@@ -131,7 +149,8 @@ impl Zone {
             .store(max_entry_size, std::sync::atomic::Ordering::Relaxed);
         let mut store = self.store.lock();
         let evicted = store.entries.set_max_bytes(max_size);
-        self.publish(&store, evicted);
+        store.forget(&evicted);
+        self.publish(&store, evicted.len());
     }
 
     /// Answers with longer bodies pass through unstored.
@@ -143,22 +162,36 @@ impl Zone {
     /// The entry the request with `headers` selects under `primary`.
     pub fn lookup(&self, primary: &str, headers: &HeaderMap) -> Option<Arc<Entry>> {
         let mut store = self.store.lock();
-        let vary = store.vary.get(primary).cloned();
+        let vary = store.vary.get(primary).map(|(names, _)| Arc::clone(names));
         let key = key::variant(primary, vary.as_deref().unwrap_or(&[]), headers);
         store.entries.get(&key)
     }
 
     /// Stores `entry`, the answer to a request with `request_headers`, varying by `vary`.
-    pub fn insert(&self, entry: Entry, vary: Vec<HeaderName>, request_headers: &HeaderMap) {
+    pub fn insert(&self, mut entry: Entry, vary: Vec<HeaderName>, request_headers: &HeaderMap) {
         let key = key::variant(&entry.primary, &vary, request_headers);
+        entry.varies = !vary.is_empty();
+        let primary = entry.primary.clone();
         let mut store = self.store.lock();
-        if vary.is_empty() {
-            store.vary.remove(&entry.primary);
-        } else {
-            store.vary.insert(entry.primary.clone(), vary.into());
+        let (replaced, evicted) = store.entries.insert(&key, Arc::new(entry));
+        store.forget(replaced.as_slice());
+        store.forget(&evicted);
+        if store.entries.contains(&key) {
+            if vary.is_empty() {
+                store.vary.remove(&primary);
+            } else {
+                // A new Vary list replaces the old one; variants stored under the old stay until evicted.
+                let record = store
+                    .vary
+                    .entry(primary)
+                    .or_insert_with(|| (Arc::from(vary.as_slice()), 0));
+                if *record.0 != *vary {
+                    record.0 = vary.into();
+                }
+                record.1 += 1;
+            }
         }
-        let evicted = store.entries.insert(&key, Arc::new(entry));
-        self.publish(&store, evicted);
+        self.publish(&store, evicted.len());
     }
 
     /// The lock to fill `primary`, or (when another request holds it) a receiver that changes when
@@ -183,7 +216,7 @@ impl Zone {
         store.vary.remove(key);
         let removed = store.entries.remove_where(|_, entry| entry.primary == key);
         self.publish(&store, 0);
-        removed
+        removed.len()
     }
 
     /// Removes every entry whose request path starts with `prefix`; how many.
@@ -192,8 +225,9 @@ impl Zone {
         let removed = store
             .entries
             .remove_where(|_, entry| entry.path.starts_with(prefix));
+        store.forget(&removed);
         self.publish(&store, 0);
-        removed
+        removed.len()
     }
 
     /// Counts an answer by its cache status.
@@ -217,5 +251,69 @@ impl Zone {
         if evicted > 0 {
             self.metrics.evictions.inc_by(evicted as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::policy;
+    use http::header::{self, HeaderValue};
+    use http::Request;
+    use std::time::Duration;
+
+    fn freshness() -> Freshness {
+        let route = crate::config::RouteCacheConfig {
+            zone: "z".into(),
+            valid: vec![(None, Duration::from_secs(60))],
+            key: Vec::new(),
+            lock: Duration::ZERO,
+            use_stale: crate::config::UseStale::default(),
+            background_update: false,
+        };
+        let request = Request::get("/").body(()).expect("a request");
+        policy::freshness(
+            &route,
+            &request,
+            StatusCode::OK,
+            &HeaderMap::new(),
+            SystemTime::now(),
+        )
+        .expect("storable under cache_valid")
+    }
+
+    fn language(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn the_vary_record_goes_with_the_last_variant() {
+        let zone = Zone::new(
+            "z",
+            1 << 20,
+            1 << 20,
+            crate::metrics::Metrics::default().cache_zone("z"),
+        );
+        let entry = |body: &'static str| {
+            Entry::new(
+                StatusCode::OK,
+                HeaderMap::new(),
+                Bytes::from_static(body.as_bytes()),
+                freshness(),
+                "k".into(),
+                "/".into(),
+            )
+        };
+        for lang in ["en", "de"] {
+            zone.insert(entry(lang), vec![header::ACCEPT_LANGUAGE], &language(lang));
+        }
+        let found = zone.lookup("k", &language("de")).expect("the de variant");
+        assert_eq!(found.body, "de");
+        assert_eq!(zone.store.lock().vary["k"].1, 2);
+        assert_eq!(zone.purge_prefix("/"), 2);
+        assert!(zone.store.lock().vary.is_empty());
+        assert_eq!(zone.usage(), (0, 0));
     }
 }

@@ -424,6 +424,57 @@ async fn background_update_serves_updating_then_the_new_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updating_serves_the_entry_while_another_request_refreshes_it() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let (gate, seen) = (Arc::new(tokio::sync::Semaphore::new(0)), Arc::clone(&count));
+    let held = Arc::clone(&gate);
+    let backend = backend_with(move |_request: Request<Incoming>| {
+        let (seen, held) = (Arc::clone(&seen), Arc::clone(&held));
+        async move {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            if n > 1 {
+                // The refresh is held until the test has seen UPDATING.
+                held.acquire().await.expect("the gate stays open").forget();
+            }
+            let mut response = http::Response::new(demo_body(format!("v{n}")));
+            response
+                .headers_mut()
+                .insert("cache-control", "max-age=1".parse().expect("value"));
+            Ok(response)
+        }
+    })
+    .await;
+    let binary = cached("", "cache_use_stale = [\"updating\"]", backend.addr());
+    let client = TestClient::new();
+    assert_eq!(client.get(&url(&binary, "/a")).await.body, "v1");
+    // Past max-age the next request goes upstream (EXPIRED) and is held there.
+    let refresh = {
+        let (client, address) = (client.clone(), url(&binary, "/a"));
+        tokio::spawn(async move {
+            poll_until(&client, &address, "EXPIRED", |r| cache_status(r) != "HIT").await
+        })
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "the refresh reached the backend",
+        || count.load(Ordering::SeqCst) == 2,
+    )
+    .await;
+    let updating = client.get(&url(&binary, "/a")).await;
+    assert_eq!(
+        (cache_status(&updating), updating.body.as_str()),
+        ("UPDATING", "v1")
+    );
+    gate.add_permits(1);
+    let refreshed = refresh.await.expect("the refresh task");
+    assert_eq!(
+        (cache_status(&refreshed), refreshed.body.as_str()),
+        ("EXPIRED", "v2")
+    );
+    assert_eq!(cache_status(&client.get(&url(&binary, "/a")).await), "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_none_match_on_a_fresh_entry_gets_304() {
     let backend = origin(|_, n| {
         (
