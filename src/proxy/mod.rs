@@ -158,7 +158,12 @@ impl ProxyService {
             });
         // An upgrade is a tunnel, not an answer to keep: it never goes through the cache.
         let cache = route.cache.as_ref().filter(|_| !asks_upgrade).map(|cache| {
-            cached::CacheRequest::new(cache, host.as_ref(), request.uri(), request.headers())
+            Box::new(cached::CacheRequest::new(
+                cache,
+                host.as_ref(),
+                request.uri(),
+                request.headers(),
+            ))
         });
         let route = RouteAt {
             pool: route.pool,
@@ -276,7 +281,7 @@ impl ProxyService {
         }
         let mut cache_step = None;
         if let Some(request) = routed.cache.take() {
-            match self.cache_before(snapshot, routed, trace, request).await {
+            match self.cache_before(snapshot, routed, trace, *request).await {
                 Err(mut answer) => {
                     dress(&routed.route, quota, &mut answer);
                     return answer;
@@ -569,7 +574,8 @@ struct Routed {
     /// The forwarding fields sent with the request (set by [`ProxyService::prepare`]).
     forwarding: Option<headers::Forwarding>,
     /// The route's cache and the request's key, when the route caches; taken when it is looked up.
-    cache: Option<cached::CacheRequest>,
+    /// Boxed: routes without a cache carry one pointer in the request's future, not the whole key.
+    cache: Option<Box<cached::CacheRequest>>,
 }
 
 /// What the request path needs of its route, taken out of the snapshot.

@@ -317,6 +317,34 @@ async fn answers_over_max_entry_size_pass_through_unstored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_is_stored_whole_or_passed_through_past_max_entry_size() {
+    let backend = backend_with(|request: Request<Incoming>| async move {
+        let pieces = if request.uri().path() == "/big" { 3 } else { 1 };
+        let body = chunked(vec![bytes::Bytes::from("x".repeat(1000)); pieces]);
+        let mut response = http::Response::new(body);
+        response
+            .headers_mut()
+            .insert("cache-control", "max-age=60".parse().expect("value"));
+        Ok(response)
+    })
+    .await;
+    let binary = cached("max_entry_size = \"2k\"", "", backend.addr());
+    let client = TestClient::new();
+    for _ in 0..2 {
+        let big = client.get(&url(&binary, "/big")).await;
+        assert_eq!((cache_status(&big), big.body.len()), ("MISS", 3000));
+    }
+    assert_eq!(
+        cache_status(&client.get(&url(&binary, "/small")).await),
+        "MISS"
+    );
+    let hit = client.get(&url(&binary, "/small")).await;
+    assert_eq!((cache_status(&hit), hit.body.len()), ("HIT", 1000));
+    assert_eq!(hit.headers["content-length"], "1000");
+    assert_eq!(backend.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_reach_the_upstream_once_with_cache_lock() {
     let count = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&count);
@@ -501,6 +529,38 @@ async fn if_none_match_on_a_fresh_entry_gets_304() {
         .await;
     assert_eq!((other.status, other.body.as_str()), (StatusCode::OK, "v1"));
     assert_eq!(backend.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_modified_since_equal_to_last_modified_gets_304() {
+    let modified = "Tue, 01 Dec 2026 10:00:00 GMT";
+    let backend = origin(move |_, n| {
+        (
+            StatusCode::OK,
+            vec![
+                ("cache-control", "max-age=60".to_string()),
+                ("last-modified", modified.to_string()),
+            ],
+            format!("v{n}"),
+        )
+    })
+    .await;
+    let binary = cached("", "", backend.addr());
+    let client = TestClient::new();
+    assert_eq!(cache_status(&client.get(&url(&binary, "/a")).await), "MISS");
+    let not_modified = client
+        .get_with(&url(&binary, "/a"), "if-modified-since", modified)
+        .await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(not_modified.headers["last-modified"], modified);
+    let older = client
+        .get_with(
+            &url(&binary, "/a"),
+            "if-modified-since",
+            "Mon, 30 Nov 2026 10:00:00 GMT",
+        )
+        .await;
+    assert_eq!(older.status, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -725,6 +785,50 @@ async fn the_least_recently_used_entry_is_evicted_under_max_size() {
         cache_status(&client.get(&url(&binary, "/2")).await),
         "MISS",
         "/2 was used least recently"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_filled_far_past_max_size_stays_under_it() {
+    let backend = origin(|_, n| {
+        (
+            StatusCode::OK,
+            vec![("cache-control", "max-age=60".to_string())],
+            format!("{}", n % 10).repeat(4000),
+        )
+    })
+    .await;
+    let binary = cached(
+        "max_size = \"64k\"\nmax_entry_size = \"8k\"",
+        "",
+        backend.addr(),
+    );
+    let client = TestClient::new();
+    for n in 0..100 {
+        let reply = client.get(&url(&binary, &format!("/p/{n}"))).await;
+        assert_eq!(reply.body.len(), 4000);
+    }
+    let metrics = binary.metrics().await;
+    let zone = "zone=\"pages\"";
+    let bytes = sample(&metrics, "fulcrum_cache_bytes", &[zone]);
+    let entries = sample(&metrics, "fulcrum_cache_entries", &[zone]);
+    let evictions = sample(&metrics, "fulcrum_cache_evictions_total", &[zone]);
+    assert!(bytes <= 65536.0, "bytes {bytes}");
+    // About 4.6 KB an entry: 13 fit in 64 KiB; none of 4 KB bodies is counted at less than its body.
+    assert!((10.0..=16.0).contains(&entries), "entries {entries}");
+    assert!(
+        bytes >= entries * 4000.0,
+        "bytes {bytes} for {entries} entries"
+    );
+    assert_eq!(entries + evictions, 100.0);
+    // The newest are kept, the oldest gone.
+    assert_eq!(
+        cache_status(&client.get(&url(&binary, "/p/99")).await),
+        "HIT"
+    );
+    assert_eq!(
+        cache_status(&client.get(&url(&binary, "/p/0")).await),
+        "MISS"
     );
 }
 
