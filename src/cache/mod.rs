@@ -123,6 +123,13 @@ impl Caches {
         self.zones.lock().get(name).cloned()
     }
 
+    /// Waits for the background refreshes under way (each is bounded by its pool's timeouts); no new
+    /// one starts after this is called.
+    pub async fn drain(&self) {
+        self.background.close();
+        self.background.wait().await;
+    }
+
     /// The route cache for a route with `config` in `zone`.
     pub fn route(&self, zone: Arc<Zone>, config: &RouteCacheConfig) -> Arc<RouteCache> {
         Arc::new(RouteCache {

@@ -137,6 +137,10 @@ impl ProxyService {
         let id = trace.id.clone();
         let timeout = self.listener.client_limits.body_timeout;
         let tracker = step.route.background.clone();
+        if tracker.is_closed() {
+            // Shutting down: the entry stays expired; the next process fetches it.
+            return;
+        }
         tracker.spawn(async move {
             let Some(pool) = snapshot.pools.get(pool_index) else {
                 return;
