@@ -16,6 +16,12 @@ pub fn status(runtime: &Runtime) -> Value {
         "zones": zones(&snapshot),
         "reloads": { "ok": reloads_ok, "failed": reloads_failed },
         "tunnels": runtime.tunnels().open(),
+        "caches": runtime
+            .caches()
+            .usage()
+            .into_iter()
+            .map(|(name, bytes, entries)| json!({ "zone": name, "bytes": bytes, "entries": entries }))
+            .collect::<Vec<_>>(),
         "buffers": {
             "request": buffers(&runtime.metrics().buffers().request),
             "response": buffers(&runtime.metrics().buffers().response),

@@ -123,6 +123,20 @@ impl Caches {
         self.zones.lock().get(name).cloned()
     }
 
+    /// Each zone's name, bytes and entries now, by name.
+    pub fn usage(&self) -> Vec<(String, u64, usize)> {
+        let zones: Vec<Arc<Zone>> = self.zones.lock().values().cloned().collect();
+        let mut usage: Vec<_> = zones
+            .iter()
+            .map(|zone| {
+                let (bytes, entries) = zone.usage();
+                (zone.name.clone(), bytes, entries)
+            })
+            .collect();
+        usage.sort();
+        usage
+    }
+
     /// Waits for the background refreshes under way (each is bounded by its pool's timeouts); no new
     /// one starts after this is called.
     pub async fn drain(&self) {
