@@ -25,6 +25,7 @@ pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+pub mod worker;
 
 pub use config::{Config, ConfigError};
 pub use server::{start, RunningProxy};

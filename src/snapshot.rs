@@ -10,7 +10,6 @@ use crate::config::{
     ServerConfig, Strategy, UpstreamConfig,
 };
 use crate::discovery::Found;
-use crate::health;
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::proxy::client::{ClientSettings, UpstreamClient};
 use crate::proxy::router::Router;
@@ -335,7 +334,7 @@ fn build_pool(
             config.addr.to_string()
         };
         let (state, is_new) = registry.state_for(&identity);
-        health::prepare_state(&state, upstream.health_check.as_ref(), is_new);
+        crate::upstream::prepare_state(&state, upstream.health_check.as_ref(), is_new);
         state.set_max_conns(config.max_conns);
         if is_new && !first {
             state.begin_slow_start(now, slow_start_ms);

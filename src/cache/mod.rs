@@ -107,7 +107,7 @@ impl Caches {
             &config.name,
             config.max_size,
             config.max_entry_size,
-            metrics.cache_zone(&config.name),
+            metrics.cache_zone(&config.name, &CacheStatus::ALL.map(CacheStatus::as_str)),
         ));
         zones.insert(config.name.clone(), Arc::clone(&zone));
         zone

@@ -294,7 +294,7 @@ mod tests {
             "z",
             1 << 20,
             1 << 20,
-            crate::metrics::Metrics::default().cache_zone("z"),
+            crate::metrics::Metrics::default().cache_zone("z", &["HIT"]),
         );
         let entry = |body: &'static str| {
             Entry::new(

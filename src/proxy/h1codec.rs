@@ -137,10 +137,13 @@ pub struct Head {
 /// Parses a response head from the start of `buf`, skipping interim (1xx) responses. `Ok(None)` when
 /// more bytes are needed; on success the head's bytes are consumed from `buf` (the body's first bytes
 /// stay), and the head's fields are in `room`'s map (cleared first: it lends its allocation).
+/// `upgrading`: the request asked to switch protocols, so a `101` is a final answer (with its `Upgrade`
+/// field kept, and no body); otherwise a `101` is an error.
 pub fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
     room: &mut HeaderMap,
+    upgrading: bool,
 ) -> Result<Option<Head>, CodecError> {
     loop {
         // Uninitialised: zeroing every field slot per response cost more than the parse.
@@ -150,7 +153,8 @@ pub fn parse_head(
             return Ok(None);
         };
         let code = parsed.code.unwrap_or(0);
-        if code == 101 {
+        let switching = code == 101;
+        if switching && !upgrading {
             return Err(CodecError::UnexpectedSwitch);
         }
         if is_interim(code) {
@@ -194,13 +198,19 @@ pub fn parse_head(
             let name = header_name(&bytes[name..name + name_len])?;
             let value = HeaderValue::from_maybe_shared(bytes.slice(value..value + value_len))
                 .map_err(|_| CodecError::Header)?;
-            if seen.keep(&name, &value) {
+            if seen.keep(&name, &value) || (switching && name == header::UPGRADE) {
                 headers.append(name, value);
             }
         }
-        let framing = seen.framing(method, status)?;
-        let keep_alive =
-            version == Version::HTTP_11 && framing != ResponseFraming::UntilClose && !seen.close;
+        let framing = if switching {
+            ResponseFraming::Empty
+        } else {
+            seen.framing(method, status)?
+        };
+        let keep_alive = version == Version::HTTP_11
+            && framing != ResponseFraming::UntilClose
+            && !seen.close
+            && !switching;
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -382,7 +392,12 @@ mod tests {
     use crate::proxy::headers::{forwarding, Peer};
 
     fn head(bytes: &[u8], method: Method) -> Result<Option<Head>, CodecError> {
-        parse_head(&mut BytesMut::from(bytes), &method, &mut HeaderMap::new())
+        parse_head(
+            &mut BytesMut::from(bytes),
+            &method,
+            &mut HeaderMap::new(),
+            false,
+        )
     }
 
     #[test]
@@ -478,7 +493,7 @@ mod tests {
         );
         let mut room = HeaderMap::new();
         room.insert(header::HOST, HeaderValue::from_static("a request's field"));
-        let head = parse_head(&mut buf, &Method::GET, &mut room)
+        let head = parse_head(&mut buf, &Method::GET, &mut room, false)
             .expect("valid")
             .expect("complete");
         assert!(!head.response.headers().contains_key(header::HOST));

@@ -13,6 +13,7 @@ pub mod h1chunked;
 pub mod h1codec;
 pub mod h1conn;
 mod h1pool;
+pub mod h1stream;
 pub mod headers;
 mod host;
 pub mod keys;
@@ -435,10 +436,19 @@ impl ProxyService {
                 let tunnel = match client_upgrade {
                     Some((_, client)) if upgrade::is_switching(&response) => {
                         let protocol = response.headers().get(header::UPGRADE).cloned();
-                        self.listener
+                        if !self
+                            .listener
                             .runtime
                             .tunnels()
-                            .splice(client, &mut response, guard);
+                            .splice(client, &mut response, guard)
+                        {
+                            // Only HTTP/1.1 upstreams switch, and they always hand their connection.
+                            warn!(id, client = %client_ip, pool = %pool.name, "a 101 came without its connection: 502");
+                            return local_answer(&ProxyError::Upstream(
+                                "101 Switching Protocols without an upgraded connection"
+                                    .to_string(),
+                            ));
+                        }
                         protocol
                     }
                     _ => {

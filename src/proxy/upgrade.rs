@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use super::h1conn::ResponseBody;
+use super::h1conn::{ResponseBody, UpstreamTunnel};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -87,28 +88,38 @@ impl Tunnels {
         self.tracker.len()
     }
 
-    /// Splices the client's and the server's upgraded connections once both are ready; `guard` keeps the
-    /// tunnel counted as in flight on its server until either side closes.
+    /// Splices the client's and the server's upgraded connections once the client's is ready; `guard`
+    /// keeps the tunnel counted as in flight on its server until either side closes. `false` when the
+    /// answer carries no upgraded connection (then nothing is spliced).
     pub fn splice(
         &self,
         client: OnUpgrade,
         server: &mut Response<ResponseBody>,
         guard: InFlightGuard,
-    ) {
-        let server = hyper::upgrade::on(server);
+    ) -> bool {
+        let Some((mut server, early)) = server
+            .extensions_mut()
+            .remove::<UpstreamTunnel>()
+            .and_then(|tunnel| tunnel.take())
+        else {
+            return false;
+        };
         let closing = self.closing.clone();
         self.tracker.spawn(async move {
             let _guard = guard;
-            let (client, server) = match tokio::try_join!(client, server) {
-                Ok(both) => both,
+            let mut client = match client.await {
+                Ok(client) => TokioIo::new(client),
                 Err(error) => {
                     debug!(%error, "upgrade did not complete");
                     return;
                 }
             };
-            let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
             tokio::select! {
-                copied = tokio::io::copy_bidirectional(&mut client, &mut server) => {
+                copied = async {
+                    // What the server sent right after its 101 head goes first.
+                    client.write_all(&early).await?;
+                    tokio::io::copy_bidirectional(&mut client, &mut server).await
+                } => {
                     if let Err(error) = copied {
                         debug!(%error, "tunnel ended with an error");
                     }
@@ -116,6 +127,7 @@ impl Tunnels {
                 () = closing.cancelled() => debug!("tunnel closed by shutdown"),
             }
         });
+        true
     }
 
     /// Waits up to `grace` for open tunnels to end by themselves, then closes the rest.
