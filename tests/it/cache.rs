@@ -380,6 +380,80 @@ async fn concurrent_misses_reach_the_upstream_once_with_cache_lock() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_short_is_not_stored_and_releases_the_waiters() {
+    use http_body_util::BodyExt;
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let backend = backend_with(move |_request: Request<Incoming>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            let body = if n == 1 {
+                // A first piece, then the server fails mid-body.
+                let pieces = futures_util::stream::unfold(0, |sent| async move {
+                    match sent {
+                        0 => Some((Ok(hyper::body::Frame::data(bytes::Bytes::from("part"))), 1)),
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            let cut: Box<dyn std::error::Error + Send + Sync> = "cut".into();
+                            Some((Err(cut), 2))
+                        }
+                        _ => None,
+                    }
+                });
+                http_body_util::StreamBody::new(pieces).boxed()
+            } else {
+                demo_body("whole")
+            };
+            let mut response = http::Response::new(body);
+            response
+                .headers_mut()
+                .insert("cache-control", "max-age=60".parse().expect("value"));
+            Ok(response)
+        }
+    })
+    .await;
+    let binary = cached("", "cache_lock = \"5s\"", backend.addr());
+    let client = TestClient::new();
+    let first = {
+        let (client, address) = (client.clone(), url(&binary, "/a"));
+        tokio::spawn(async move {
+            let response = client
+                .response(Request::get(address).body(empty()).expect("GET"))
+                .await;
+            response.into_body().collect().await.is_err()
+        })
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "the first request reached the backend",
+        || count.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    // This one waits on the first one's fill, which fails: it goes upstream itself, long before 5 s.
+    let started = Instant::now();
+    let second = client.get(&url(&binary, "/a")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (cache_status(&second), second.body.as_str()),
+        ("MISS", "whole")
+    );
+    assert!(
+        first.await.expect("the first request"),
+        "the first answer was cut"
+    );
+    let third = client.get(&url(&binary, "/a")).await;
+    assert_eq!(
+        (cache_status(&third), third.body.as_str()),
+        ("HIT", "whole")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_entry_is_served_stale_when_the_upstream_is_down() {
     let backend = origin(versioned("max-age=1")).await;
     let binary = cached(
