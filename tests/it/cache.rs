@@ -906,22 +906,91 @@ async fn a_zone_filled_far_past_max_size_stays_under_it() {
     );
 }
 
-#[test]
-fn a_route_naming_an_undefined_zone_is_refused_with_its_line() {
-    let toml = "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\ncache = \"nope\"\n\n[upstream.app]\nservers = [{ addr = \"127.0.0.1:1\" }]\n";
-    let error = fulcrum::Config::parse(toml, std::path::Path::new("f.toml"))
-        .expect_err("an undefined zone is an error")
-        .to_string();
-    assert!(error.contains("f.toml:7: route[0].cache"), "{error}");
-    assert!(error.contains("no [cache.nope] zone"), "{error}");
+/// `fulcrum check` on a config with zone `pages` and one route with `route`; its exit status and stderr.
+fn check(route: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fulcrum.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[cache.pages]\nmax_size = \"1m\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
+             [upstream.app]\nservers = [{{ addr = \"127.0.0.1:1\" }}]\n\n[[route]]\npath = \"/\"\n{route}\n"
+        ),
+    )
+    .expect("write the config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run fulcrum check");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
-fn an_unknown_cache_use_stale_value_is_refused() {
-    let toml = "[cache.pages]\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\ncache = \"pages\"\ncache_use_stale = [\"error\", \"http_418\"]\n\n[upstream.app]\nservers = [{ addr = \"127.0.0.1:1\" }]\n";
-    let error = fulcrum::Config::parse(toml, std::path::Path::new("f.toml"))
-        .expect_err("an unknown value is an error")
-        .to_string();
-    assert!(error.contains("route[0].cache_use_stale"), "{error}");
-    assert!(error.contains("http_418"), "{error}");
+fn check_names_the_line_and_key_of_each_bad_cache_setting() {
+    let cases = [
+        (
+            "upstream = \"app\"\ncache = \"nope\"",
+            ":13: route[0].cache:",
+            "no [cache.nope] zone",
+        ),
+        (
+            "upstream = \"app\"\ncache = \"pages\"\ncache_use_stale = [\"error\", \"http_418\"]",
+            ":14: route[0].cache_use_stale:",
+            "unknown value `http_418`",
+        ),
+        (
+            "upstream = \"app\"\ncache = \"pages\"\ncache_valid = { \"2xx\" = \"1m\" }",
+            ":14: route[0].cache_valid.2xx:",
+            "a status code",
+        ),
+        (
+            "upstream = \"app\"\ncache = \"pages\"\ncache_key = [\"path\", \"body\"]",
+            ":14: route[0].cache_key:",
+            "unknown part `body`",
+        ),
+        (
+            "upstream = \"app\"\ncache_lock = \"5s\"",
+            ":13: route[0].cache_lock:",
+            "without `cache",
+        ),
+        (
+            "upstream = \"app\"\ncache = \"pages\"\ncache_lock = \"soon\"",
+            ":14: route[0].cache_lock:",
+            "not a duration",
+        ),
+    ];
+    for (route, place, why) in cases {
+        let (ok, stderr) = check(route);
+        assert!(!ok, "check accepted {route}");
+        assert!(stderr.contains(place), "expected `{place}` in: {stderr}");
+        assert!(stderr.contains(why), "expected `{why}` in: {stderr}");
+    }
+    let (ok, stderr) = check("upstream = \"app\"\ncache = \"pages\"\ncache_valid = { \"200\" = \"10m\", \"any\" = \"1m\" }");
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn a_zone_whose_max_entry_size_exceeds_max_size_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fulcrum.toml");
+    std::fs::write(
+        &path,
+        "[cache.pages]\nmax_size = \"1m\"\nmax_entry_size = \"2m\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .expect("write the config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run fulcrum check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(":3: cache.pages.max_entry_size:"),
+        "{stderr}"
+    );
 }
