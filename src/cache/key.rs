@@ -87,9 +87,13 @@ pub fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 }
 
 /// The key of the variant a request selects: the primary key, then each `Vary` header's value.
-pub fn variant(primary: &str, vary: &[HeaderName], headers: &HeaderMap) -> String {
+pub fn variant<'k>(
+    primary: &'k str,
+    vary: &[HeaderName],
+    headers: &HeaderMap,
+) -> std::borrow::Cow<'k, str> {
     if vary.is_empty() {
-        return primary.to_string();
+        return std::borrow::Cow::Borrowed(primary);
     }
     let mut key = String::with_capacity(primary.len() + 32);
     key.push_str(primary);
@@ -105,7 +109,7 @@ pub fn variant(primary: &str, vary: &[HeaderName], headers: &HeaderMap) -> Strin
             .collect();
         key.push_str(&values.join(","));
     }
-    key
+    std::borrow::Cow::Owned(key)
 }
 
 #[cfg(test)]

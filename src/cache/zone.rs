@@ -169,7 +169,7 @@ impl Zone {
 
     /// Stores `entry`, the answer to a request with `request_headers`, varying by `vary`.
     pub fn insert(&self, mut entry: Entry, vary: Vec<HeaderName>, request_headers: &HeaderMap) {
-        let key = key::variant(&entry.primary, &vary, request_headers);
+        let key = key::variant(&entry.primary, &vary, request_headers).into_owned();
         entry.varies = !vary.is_empty();
         let primary = entry.primary.clone();
         let mut store = self.store.lock();
