@@ -1,7 +1,7 @@
 //! The admin listener, separate from traffic: `GET /` (the status page), `GET /status`, `GET /metrics`,
 //! `GET /config`, `POST /reload`,
-//! `POST /upstreams/{pool}/servers/{addr}/drain` and `/undrain`, `POST /cache/{zone}/purge`. With `[admin] token`, anything that
-//! changes state needs `Authorization: Bearer TOKEN`. Answers are JSON.
+//! `POST /upstreams/{pool}/servers/{addr}/drain` and `/undrain`, `POST /cache/{zone}/purge`. With
+//! `[admin] token`, anything that changes state needs `Authorization: Bearer TOKEN`. Answers are JSON.
 
 mod status;
 

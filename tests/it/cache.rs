@@ -123,6 +123,20 @@ async fn miss_then_hit_with_age_reaches_the_backend_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served_from_the_same_entries() {
+    let backend = origin(versioned("max-age=60")).await;
+    let binary = cached("", "", backend.addr());
+    let first = TestClient::new().get(&url(&binary, "/a")).await;
+    assert_eq!(cache_status(&first), "MISS");
+    let h2 = TestClient::h2c().get(&url(&binary, "/a")).await;
+    assert_eq!(
+        (h2.status, cache_status(&h2), h2.body.as_str()),
+        (StatusCode::OK, "HIT", "v1")
+    );
+    assert_eq!(backend.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_past_max_age_is_expired_and_fetched_again() {
     let backend = origin(versioned("max-age=1")).await;
     let binary = cached("", "", backend.addr());
