@@ -31,6 +31,8 @@ pub struct Live {
     registry: Registry,
     clients: Mutex<Clients>,
     zones: Mutex<HashMap<String, ZoneState>>,
+    /// The response cache's zones, kept across reloads.
+    caches: crate::cache::Caches,
     /// Bumped on every publish, so background tasks (the health checker) follow new snapshots.
     published: watch::Sender<u64>,
     reloads_ok: AtomicU64,
@@ -94,11 +96,13 @@ impl Live {
         let metrics = Arc::new(Metrics::default());
         let access_log = Mutex::new(None);
         let discovered = Discovered::default();
+        let caches = crate::cache::Caches::default();
         let mut snapshot = Self::build(
             Arc::new(config),
             &registry,
             &clients,
             &zones,
+            &caches,
             &metrics,
             &discovered,
             true,
@@ -109,6 +113,7 @@ impl Live {
             registry,
             clients,
             zones,
+            caches,
             published: watch::Sender::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -140,6 +145,7 @@ impl Live {
             &self.registry,
             &self.clients,
             &self.zones,
+            &self.caches,
             &self.metrics,
             &self.discovered,
             false,
@@ -229,16 +235,21 @@ impl Live {
         self.published.subscribe()
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the live's long-lived parts, borrowed one by one because the first build runs before the live exists"
+    )]
     fn build(
         config: Arc<Config>,
         registry: &Registry,
         clients: &Mutex<Clients>,
         zones: &Mutex<HashMap<String, ZoneState>>,
+        caches: &crate::cache::Caches,
         metrics: &Arc<Metrics>,
         discovered: &Discovered,
         first: bool,
     ) -> Snapshot {
-        Snapshot::build(
+        let mut snapshot = Snapshot::build(
             config,
             registry,
             |settings, tls, name| {
@@ -273,7 +284,14 @@ impl Live {
             },
             metrics,
             first,
-        )
+        );
+        snapshot.attach_caches(caches, metrics);
+        snapshot
+    }
+
+    /// The response cache's zones.
+    pub fn caches(&self) -> &crate::cache::Caches {
+        &self.caches
     }
 }
 

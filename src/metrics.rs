@@ -30,6 +30,10 @@ pub struct Metrics {
     passive_failures: IntCounterVec,
     retries: IntCounterVec,
     ratelimit: IntCounterVec,
+    cache_requests: IntCounterVec,
+    cache_bytes: IntGaugeVec,
+    cache_entries: IntGaugeVec,
+    cache_evictions: IntCounterVec,
     redis_up: IntGaugeVec,
     connections: IntGaugeVec,
     tls_handshake_failures: IntCounterVec,
@@ -193,6 +197,19 @@ pub struct ZoneMetrics {
     pub dry_run: IntCounter,
 }
 
+/// Handles for one cache zone.
+#[derive(Debug, Clone)]
+pub struct CacheZoneMetrics {
+    /// Answers by cache status, in the order of the names the zone was made with.
+    pub requests: Vec<IntCounter>,
+    /// Bytes held (`fulcrum_cache_bytes`).
+    pub bytes: IntGauge,
+    /// Entries held (`fulcrum_cache_entries`).
+    pub entries: IntGauge,
+    /// Entries evicted to make room (`fulcrum_cache_evictions_total`).
+    pub evictions: IntCounter,
+}
+
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let vec = IntCounterVec::new(Opts::new(name, help), labels)
         .expect("metric names are valid constants");
@@ -338,6 +355,30 @@ impl Default for Metrics {
                 "Rate-limit decisions by zone and outcome.",
                 &["zone", "outcome"],
             ),
+            cache_requests: counter_vec(
+                &r,
+                "fulcrum_cache_requests_total",
+                "Answers of cached routes by zone and cache status (HIT, MISS, EXPIRED, ...).",
+                &["zone", "status"],
+            ),
+            cache_bytes: gauge_vec(
+                &r,
+                "fulcrum_cache_bytes",
+                "Bytes (bodies, keys and headers) a cache zone holds.",
+                &["zone"],
+            ),
+            cache_entries: gauge_vec(
+                &r,
+                "fulcrum_cache_entries",
+                "Entries a cache zone holds.",
+                &["zone"],
+            ),
+            cache_evictions: counter_vec(
+                &r,
+                "fulcrum_cache_evictions_total",
+                "Entries evicted (least recently used) to keep a cache zone under max_size.",
+                &["zone"],
+            ),
             redis_up: gauge_vec(
                 &r,
                 "fulcrum_ratelimit_redis_up",
@@ -431,6 +472,23 @@ impl Metrics {
             delayed: outcome("delayed"),
             rejected: outcome("rejected"),
             dry_run: outcome("dry_run"),
+        }
+    }
+
+    /// The handles of cache zone `zone`, its request counters one per name in `statuses`.
+    pub fn cache_zone(&self, zone: &str, statuses: &[&str]) -> CacheZoneMetrics {
+        let bytes = self.cache_bytes.with_label_values(&[zone]);
+        let entries = self.cache_entries.with_label_values(&[zone]);
+        bytes.set(0);
+        entries.set(0);
+        CacheZoneMetrics {
+            requests: statuses
+                .iter()
+                .map(|status| self.cache_requests.with_label_values(&[zone, status]))
+                .collect(),
+            bytes,
+            entries,
+            evictions: self.cache_evictions.with_label_values(&[zone]),
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Route {
     pub rules: Option<std::sync::Arc<RouteRules>>,
     /// Whether the route's requests are written to the access log.
     pub access_log: bool,
+    /// The route's cache, when it has one.
+    pub cache: Option<std::sync::Arc<crate::cache::RouteCache>>,
 }
 
 /// What a route changes in the request it forwards and in the answer, or the answer it gives itself.
@@ -93,6 +95,7 @@ impl Router {
                     })
                 }),
                 access_log: config.access_log,
+                cache: None,
             };
             match config.host.as_deref() {
                 None => router.any_host.push(route),
@@ -122,6 +125,23 @@ impl Router {
             .wildcard
             .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         router
+    }
+
+    /// Gives each route its cache: `cache_for` maps a route's position in the config to it.
+    pub fn attach_caches(
+        &mut self,
+        cache_for: impl Fn(usize) -> Option<std::sync::Arc<crate::cache::RouteCache>>,
+    ) {
+        let groups = self
+            .exact
+            .values_mut()
+            .chain(self.wildcard.iter_mut().map(|(_, group)| group))
+            .chain(std::iter::once(&mut self.any_host));
+        for group in groups {
+            for route in group {
+                route.cache = cache_for(route.index);
+            }
+        }
     }
 
     /// The route for a request: the most specific host group that has a matching route; in a group, an
@@ -204,6 +224,7 @@ mod tests {
             response_headers: HeaderRules::default(),
             access_log: true,
             answer: None,
+            cache: None,
         }
     }
 

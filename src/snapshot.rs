@@ -241,6 +241,25 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Gives the cached routes their zones. Zones live in `caches`, not in the snapshot: a reload that
+    /// keeps a zone keeps its entries.
+    pub fn attach_caches(&mut self, caches: &crate::cache::Caches, metrics: &Metrics) {
+        let config = Arc::clone(&self.config);
+        let zones: std::collections::HashMap<&str, _> = config
+            .caches
+            .values()
+            .map(|zone| (zone.name.as_str(), caches.zone_for(zone, metrics)))
+            .collect();
+        caches.keep_only(&config.caches.keys().collect::<Vec<_>>());
+        self.router.attach_caches(|index| {
+            let settings = config.routes.get(index)?.cache.as_ref()?;
+            let zone = zones.get(settings.zone.as_str())?;
+            Some(caches.route(Arc::clone(zone), settings))
+        });
+    }
+}
+
 /// The servers of `upstream` now: its entries, each `resolve = true` entry replaced by what its name has.
 fn expand(
     upstream: &UpstreamConfig,

@@ -32,6 +32,7 @@ fuzz_target!(|input: Input| {
             response_headers: Default::default(),
             access_log: true,
             answer: None,
+            cache: None,
             buffering: None,
             request_buffering: None,
         })

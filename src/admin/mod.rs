@@ -1,7 +1,7 @@
 //! The admin listener, separate from traffic: `GET /` (the status page), `GET /status`, `GET /metrics`,
 //! `GET /config`, `POST /reload`,
-//! `POST /upstreams/{pool}/servers/{addr}/drain` and `/undrain`. With `[admin] token`, anything that
-//! changes state needs `Authorization: Bearer TOKEN`. Answers are JSON.
+//! `POST /upstreams/{pool}/servers/{addr}/drain` and `/undrain`, `POST /cache/{zone}/purge`. With
+//! `[admin] token`, anything that changes state needs `Authorization: Bearer TOKEN`. Answers are JSON.
 
 mod status;
 
@@ -113,6 +113,10 @@ async fn handle(
         (&Method::POST, ["upstreams", pool, "servers", addr, action @ ("drain" | "undrain")]) => {
             drain(live, pool, addr, *action == "drain")
         }
+        (&Method::POST, ["cache", zone, "purge"]) => {
+            let zone = zone.to_string();
+            purge(live, &zone, request).await
+        }
         (_, ["status"] | ["config"] | ["reload"]) => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             status::error("method not allowed"),
@@ -185,6 +189,53 @@ fn drain(live: &Live, pool_name: &str, addr: &str, drained: bool) -> Response<Fu
     reply(
         StatusCode::OK,
         json!({ "pool": pool_name, "server": addr, "drained": drained, "in_flight": server.state.in_flight() }),
+    )
+}
+
+/// The largest purge request read.
+const MAX_PURGE_BODY: usize = 64 * 1024;
+
+/// `POST /cache/{zone}/purge` with `{"key": KEY}` (every variant of that cache key) or
+/// `{"prefix": "/path"}` (every entry whose request path starts with it).
+async fn purge(live: &Live, zone_name: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let Some(zone) = live.caches().get(zone_name) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            status::error(&format!("no cache zone named `{zone_name}`")),
+        );
+    };
+    let body = match http_body_util::Limited::new(request.into_body(), MAX_PURGE_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                status::error("the body could not be read (at most 64 KiB)"),
+            )
+        }
+    };
+    let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let purged = match (
+        asked.get("key").and_then(Value::as_str),
+        asked.get("prefix").and_then(Value::as_str),
+    ) {
+        (Some(key), None) => zone.purge_key(key),
+        (None, Some(prefix)) => zone.purge_prefix(prefix),
+        _ => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                status::error("send {\"key\": KEY} or {\"prefix\": \"/path\"}"),
+            )
+        }
+    };
+    let (bytes, entries) = zone.usage();
+    info!(zone = zone_name, purged, "admin: cache purged");
+    reply(
+        StatusCode::OK,
+        json!({ "zone": zone_name, "purged": purged, "entries": entries, "bytes": bytes }),
     )
 }
 

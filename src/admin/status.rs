@@ -16,6 +16,12 @@ pub fn status(live: &Live) -> Value {
         "zones": zones(&snapshot),
         "reloads": { "ok": reloads_ok, "failed": reloads_failed },
         "tunnels": live.tunnels().open(),
+        "caches": live
+            .caches()
+            .usage()
+            .into_iter()
+            .map(|(name, bytes, entries)| json!({ "zone": name, "bytes": bytes, "entries": entries }))
+            .collect::<Vec<_>>(),
         "buffers": {
             "request": buffers(&live.metrics().buffers().request),
             "response": buffers(&live.metrics().buffers().response),

@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<String, UpstreamFile>,
     #[serde(default, rename = "rate_limit")]
     pub rate_limits: BTreeMap<String, RateLimitFile>,
+    #[serde(default, rename = "cache")]
+    pub caches: BTreeMap<String, CacheZoneFile>,
     pub admin: Option<AdminFile>,
     pub access_log: Option<AccessLogFile>,
     pub resolver: Option<ResolverFile>,
@@ -183,6 +185,20 @@ pub struct RouteFile {
     pub access_log: Option<bool>,
     #[serde(rename = "return")]
     pub answer: Option<Spanned<ReturnFile>>,
+    pub cache: Option<Spanned<String>>,
+    pub cache_valid: Option<Spanned<BTreeMap<String, Spanned<ConfigDuration>>>>,
+    pub cache_key: Option<Spanned<Vec<String>>>,
+    pub cache_lock: Option<Spanned<ConfigDuration>>,
+    pub cache_use_stale: Option<Spanned<Vec<String>>>,
+    pub cache_background_update: Option<Spanned<bool>>,
+}
+
+/// One `[cache.NAME]` zone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheZoneFile {
+    pub max_size: Option<Spanned<ConfigSize>>,
+    pub max_entry_size: Option<Spanned<ConfigSize>>,
 }
 
 /// `request_headers` / `response_headers` of a route: `{ set = { NAME = VALUE }, remove = [NAME] }`.

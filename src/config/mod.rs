@@ -1,9 +1,11 @@
 //! Loading the config: TOML -> file structs -> validation -> the immutable [`Config`].
 
+mod cache;
 mod error;
 mod file;
 mod route;
 mod validate;
+mod validate_cache;
 mod validate_client;
 mod validate_health;
 mod validate_http;
@@ -19,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cache::{CacheKeyPart, CacheZoneConfig, RouteCacheConfig, UseStale};
 pub use error::ConfigError;
 pub use file::{AllUnhealthy, LeastTimeMode, ProbeKind, Strategy, UpstreamProtocol};
 pub use route::{HeaderRules, PathRewrite, ReturnConfig};
@@ -38,6 +41,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// `[rate_limit.NAME]` zones, by name.
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// `[cache.NAME]` zones, by name.
+    pub caches: BTreeMap<String, CacheZoneConfig>,
     /// `[admin]`, when present.
     pub admin: Option<AdminConfig>,
     /// `[access_log]`, when present.
@@ -318,6 +323,8 @@ pub struct RouteConfig {
     pub access_log: bool,
     /// `return`: the route answers itself.
     pub answer: Option<ReturnConfig>,
+    /// `cache = "ZONE"` and its companions: the route's answers are cached.
+    pub cache: Option<RouteCacheConfig>,
 }
 
 /// Which failures count against a server and may be retried (nginx `proxy_next_upstream`).

@@ -132,7 +132,11 @@ impl Validator<'_> {
             let checked = self.rate_limit(&name, zone)?;
             rate_limits.insert(name, checked);
         }
-        let routes = self.routes(&file.routes, &upstreams, &rate_limits)?;
+        let mut caches = BTreeMap::new();
+        for (name, zone) in &file.caches {
+            caches.insert(name.clone(), self.cache_zone(name, zone)?);
+        }
+        let routes = self.routes(&file.routes, &upstreams, &rate_limits, &caches)?;
         let admin = match &file.admin {
             Some(admin) => Some(self.admin(admin)?),
             None => None,
@@ -147,6 +151,7 @@ impl Validator<'_> {
             routes,
             upstreams,
             rate_limits,
+            caches,
             admin,
             access_log,
             resolver,

@@ -8,7 +8,10 @@ use toml::Spanned;
 use super::error::ConfigError;
 use super::file::{HeaderRulesFile, ReturnFile, RouteFile};
 use super::validate::Validator;
-use super::{HeaderRules, PathRewrite, RateLimitConfig, ReturnConfig, RouteConfig, UpstreamConfig};
+use super::{
+    CacheZoneConfig, HeaderRules, PathRewrite, RateLimitConfig, ReturnConfig, RouteConfig,
+    UpstreamConfig,
+};
 
 /// Fields the proxy writes itself on every request: a rule for one would be lost or fight them.
 const FORWARDING: [&str; 5] = [
@@ -46,11 +49,14 @@ impl Validator<'_> {
         files: &[RouteFile],
         upstreams: &BTreeMap<String, UpstreamConfig>,
         zones: &BTreeMap<String, RateLimitConfig>,
+        caches: &BTreeMap<String, CacheZoneConfig>,
     ) -> Result<Vec<RouteConfig>, ConfigError> {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(files.len());
         for (i, file) in files.iter().enumerate() {
-            out.push(self.route(i, file, upstreams, zones, &mut seen)?);
+            let mut route = self.route(i, file, upstreams, zones, &mut seen)?;
+            route.cache = self.route_cache(file, caches, &|k: &str| format!("route[{i}].{k}"))?;
+            out.push(route);
         }
         Ok(out)
     }
@@ -151,6 +157,7 @@ impl Validator<'_> {
                 ("rate_limit", file.rate_limit.is_some()),
                 ("upgrades", file.upgrades.is_some()),
                 ("max_body_size", file.max_body_size.is_some()),
+                ("cache", file.cache.is_some()),
             ];
             if let Some((name, _)) = pointless.iter().find(|(_, set)| *set) {
                 return Err(self.err(
@@ -193,6 +200,7 @@ impl Validator<'_> {
             answer,
             buffering: file.buffering,
             request_buffering: file.request_buffering,
+            cache: None,
         })
     }
 

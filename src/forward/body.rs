@@ -186,6 +186,8 @@ pub struct UpstreamBody {
     source: Source,
     // Boxed: most proxies run without an access log, and this body is moved and kept per connection.
     log: Option<Box<PendingLog>>,
+    /// The cache entry this answer fills, collected as the client's copy goes by.
+    fill: Option<Box<crate::cache::Fill>>,
 }
 
 impl UpstreamBody {
@@ -204,7 +206,20 @@ impl UpstreamBody {
             ),
             _ => Source::Direct(upstream),
         };
-        Self { source, log: None }
+        Self {
+            source,
+            log: None,
+            fill: None,
+        }
+    }
+
+    /// Collects the body into `fill` as it is read, storing the entry when the body ends whole.
+    pub fn attach_fill(&mut self, fill: Box<crate::cache::Fill>) {
+        if self.is_end_stream() {
+            fill.complete();
+        } else {
+            self.fill = Some(fill);
+        }
     }
 
     /// Writes `log` when the body ends (or the client goes away).
@@ -231,12 +246,33 @@ impl Body for UpstreamBody {
             Source::Buffered(buffered) => Pin::new(buffered).poll_frame(cx),
         };
         match &polled {
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(None) => {
                 this.log.take();
+                if let Some(fill) = this.fill.take() {
+                    fill.complete();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.log.take();
+                // A cut answer is never stored; dropping the fill releases its waiters.
+                this.fill.take();
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(log), Some(data)) = (this.log.as_mut(), frame.data_ref()) {
                     log.entry.bytes += data.len() as u64;
+                }
+                if let (Some(fill), Some(data)) = (this.fill.as_mut(), frame.data_ref()) {
+                    if !fill.push(data) {
+                        // Over max_entry_size: the rest passes through unstored.
+                        this.fill = None;
+                    }
+                }
+                // The connection stops polling once the body says it is over (a known length read
+                // whole), so the entry is stored with the last piece.
+                if this.fill.is_some() && this.is_end_stream() {
+                    if let Some(fill) = this.fill.take() {
+                        fill.complete();
+                    }
                 }
             }
             Poll::Pending => {}

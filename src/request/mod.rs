@@ -1,6 +1,7 @@
 //! The per-request service: route, check limits, rewrite headers, forward, answer.
 
 mod answer;
+mod cached;
 pub mod client_ip;
 mod framing;
 mod host;
@@ -141,6 +142,15 @@ impl ProxyService {
                 }
                 allowed
             });
+        // An upgrade is a tunnel, not an answer to keep: it never goes through the cache.
+        let cache = route.cache.as_ref().filter(|_| !asks_upgrade).map(|cache| {
+            Box::new(cached::CacheRequest::new(
+                cache,
+                host.as_ref(),
+                request.uri(),
+                request.headers(),
+            ))
+        });
         let route = RouteAt {
             pool: route.pool,
             max_body_size: route.max_body_size,
@@ -162,6 +172,7 @@ impl ProxyService {
             client_upgrade,
             key_hash: None,
             forwarding: None,
+            cache,
         };
         if routed.route.zones.is_none() {
             self.prepare(snapshot, &mut routed, trace)?;
@@ -254,6 +265,16 @@ impl ProxyService {
                 return answer;
             }
         }
+        let mut cache_step = None;
+        if let Some(request) = routed.cache.take() {
+            match self.cache_before(snapshot, routed, trace, *request).await {
+                Err(mut answer) => {
+                    dress(&routed.route, quota, &mut answer);
+                    return answer;
+                }
+                Ok(step) => cache_step = Some(step),
+            }
+        }
         let pool_index = routed.route.pool;
         let Some(pool) = snapshot.pools.get(pool_index) else {
             return local_answer(&ProxyError::NoRoute);
@@ -306,24 +327,27 @@ impl ProxyService {
             _ => std::time::Instant::now(),
         };
         let buffering = routed.route.buffering;
-        let mut response = self.answer(
-            result,
-            (routed.client_upgrade.take(), buffering),
-            routed.client_ip,
-            (snapshot, pool_index),
-            trace.id(),
-        );
+        // The cache may answer instead (a stale entry, or the entry a 304 confirmed).
+        let (mut response, cache_step) = match cache_step.map(|step| step.settle(&result)) {
+            Some(Ok(answer)) => (answer, None),
+            settled => (
+                self.answer(
+                    result,
+                    (routed.client_upgrade.take(), buffering),
+                    routed.client_ip,
+                    (snapshot, pool_index),
+                    trace.id(),
+                ),
+                settled.and_then(Result::err),
+            ),
+        };
+        if let Some(step) = cache_step {
+            step.store(&mut response);
+        }
         pool.metrics
             .request_duration
             .observe(ended.saturating_duration_since(started).as_secs_f64());
-        if let Some(rules) = &routed.route.rules {
-            if response.extensions().get::<LocalAnswer>().is_none() {
-                rules.response_headers.apply(response.headers_mut());
-            }
-        }
-        if let Some(quota) = quota {
-            quota.add_to(response.headers_mut());
-        }
+        dress(&routed.route, quota, &mut response);
         response
     }
 
@@ -504,6 +528,18 @@ impl ProxyService {
     }
 }
 
+/// The route's response header rules (not on the proxy's own answers) and the rate-limit quota fields.
+fn dress(route: &RouteAt, quota: Option<limits::Quota>, response: &mut Response<ProxyBody>) {
+    if let Some(rules) = &route.rules {
+        if response.extensions().get::<LocalAnswer>().is_none() {
+            rules.response_headers.apply(response.headers_mut());
+        }
+    }
+    if let Some(quota) = quota {
+        quota.add_to(response.headers_mut());
+    }
+}
+
 /// What a client connection does with the answer to a request, and what it offers the request meanwhile.
 pub trait Deliver: Send + 'static {
     /// What the connection's service returns.
@@ -532,6 +568,9 @@ struct Routed {
     key_hash: Option<u64>,
     /// The forwarding fields sent with the request (set by [`ProxyService::prepare`]).
     forwarding: Option<headers::Forwarding>,
+    /// The route's cache and the request's key, when the route caches; taken when it is looked up.
+    /// Boxed: routes without a cache carry one pointer in the request's future, not the whole key.
+    cache: Option<Box<cached::CacheRequest>>,
 }
 
 /// What the request path needs of its route, taken out of the snapshot.

@@ -362,7 +362,8 @@ impl RunningProxy {
         let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
             tokio::join!(
                 async { while self.tasks.join_next().await.is_some() {} },
-                tunnels.drain(grace)
+                tunnels.drain(grace),
+                self.live.caches().drain()
             )
         })
         .await;

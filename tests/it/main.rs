@@ -6,6 +6,7 @@ mod pki;
 mod admin;
 mod backup_and_failover;
 mod buffering;
+mod cache;
 mod cli;
 mod client_limits;
 mod conformance;
