@@ -132,7 +132,8 @@ impl Validator<'_> {
             let checked = self.rate_limit(&name, zone)?;
             rate_limits.insert(name, checked);
         }
-        let routes = self.routes(&file.routes, &upstreams, &rate_limits)?;
+        let compression = self.compression(file.compression.as_ref())?;
+        let routes = self.routes(&file.routes, &upstreams, &rate_limits, &compression)?;
         let admin = match &file.admin {
             Some(admin) => Some(self.admin(admin)?),
             None => None,
@@ -150,6 +151,7 @@ impl Validator<'_> {
             admin,
             access_log,
             resolver,
+            compression,
             source: ConfigSource {
                 path: self.path.to_path_buf(),
                 text: self.source.to_string(),

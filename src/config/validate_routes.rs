@@ -8,7 +8,10 @@ use toml::Spanned;
 use super::error::ConfigError;
 use super::file::{HeaderRulesFile, ReturnFile, RouteFile};
 use super::validate::Validator;
-use super::{HeaderRules, PathRewrite, RateLimitConfig, ReturnConfig, RouteConfig, UpstreamConfig};
+use super::{
+    CompressionConfig, HeaderRules, PathRewrite, RateLimitConfig, ReturnConfig, RouteConfig,
+    UpstreamConfig,
+};
 
 /// Fields the proxy writes itself on every request: a rule for one would be lost or fight them.
 const FORWARDING: [&str; 5] = [
@@ -46,11 +49,13 @@ impl Validator<'_> {
         files: &[RouteFile],
         upstreams: &BTreeMap<String, UpstreamConfig>,
         zones: &BTreeMap<String, RateLimitConfig>,
+        compression: &CompressionConfig,
     ) -> Result<Vec<RouteConfig>, ConfigError> {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(files.len());
         for (i, file) in files.iter().enumerate() {
             out.push(self.route(i, file, upstreams, zones, &mut seen)?);
+            self.route_compress(i, file, compression);
         }
         Ok(out)
     }
@@ -151,6 +156,7 @@ impl Validator<'_> {
                 ("rate_limit", file.rate_limit.is_some()),
                 ("upgrades", file.upgrades.is_some()),
                 ("max_body_size", file.max_body_size.is_some()),
+                ("compress", file.compress.is_some()),
             ];
             if let Some((name, _)) = pointless.iter().find(|(_, set)| *set) {
                 return Err(self.err(
@@ -190,6 +196,7 @@ impl Validator<'_> {
             request_headers,
             response_headers,
             access_log: file.access_log.unwrap_or(true),
+            compress: file.compress.as_ref().is_none_or(|c| *c.get_ref()),
             answer,
             buffering: file.buffering,
             request_buffering: file.request_buffering,

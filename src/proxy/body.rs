@@ -471,6 +471,40 @@ enum Source {
     Direct(Upstream),
     /// Read ahead of the client by [`super::response_buffer`].
     Buffered(super::response_buffer::Buffered),
+    /// One of the others, compressed on its way out ([`super::compress`]).
+    Compressed(Box<super::compress::Compressed<Source>>),
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Source::Direct(upstream) => Pin::new(upstream).poll_frame(cx),
+            Source::Buffered(buffered) => Pin::new(buffered).poll_frame(cx),
+            Source::Compressed(compressed) => Pin::new(compressed.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Direct(upstream) => upstream.is_end_stream(),
+            Source::Buffered(buffered) => buffered.is_end_stream(),
+            Source::Compressed(compressed) => compressed.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Direct(upstream) => upstream.size_hint(),
+            Source::Buffered(buffered) => buffered.size_hint(),
+            Source::Compressed(compressed) => compressed.size_hint(),
+        }
+    }
 }
 
 /// The answer's body as the client gets it: from its server directly or through the response buffer;
@@ -501,6 +535,18 @@ impl UpstreamBody {
         Self { source, log: None }
     }
 
+    /// The same body compressed with `algorithm` on its way to the client (after the response buffer,
+    /// which keeps reading the upstream's bytes ahead).
+    pub fn compressed(self, algorithm: crate::config::Algorithm) -> Self {
+        Self {
+            source: Source::Compressed(Box::new(super::compress::Compressed::new(
+                self.source,
+                algorithm,
+            ))),
+            log: self.log,
+        }
+    }
+
     /// Writes `log` when the body ends (or the client goes away).
     pub fn attach_log(&mut self, log: Box<PendingLog>) {
         if self.is_end_stream() {
@@ -520,10 +566,7 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.source {
-            Source::Direct(upstream) => Pin::new(upstream).poll_frame(cx),
-            Source::Buffered(buffered) => Pin::new(buffered).poll_frame(cx),
-        };
+        let polled = Pin::new(&mut this.source).poll_frame(cx);
         match &polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                 this.log.take();
@@ -539,17 +582,11 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Direct(upstream) => upstream.is_end_stream(),
-            Source::Buffered(buffered) => buffered.is_end_stream(),
-        }
+        self.source.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.source {
-            Source::Direct(upstream) => upstream.size_hint(),
-            Source::Buffered(buffered) => buffered.size_hint(),
-        }
+        self.source.size_hint()
     }
 }
 

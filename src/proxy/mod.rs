@@ -4,6 +4,7 @@ mod answer;
 pub mod body;
 pub mod client;
 pub mod client_ip;
+mod compress;
 pub mod deadline;
 pub mod error;
 mod forward;
@@ -155,6 +156,10 @@ impl ProxyService {
                 }
                 allowed
             });
+        // Read from the client's request before a route's rules rewrite it for the upstream (removing
+        // Accept-Encoding there is how the upstream is asked for a plain answer we compress).
+        let compress =
+            compress::negotiate_request(&request, route.compress, &snapshot.config.compression);
         let route = RouteAt {
             pool: route.pool,
             max_body_size: route.max_body_size,
@@ -162,6 +167,7 @@ impl ProxyService {
             buffering: route.buffering,
             request_buffering: route.request_buffering,
             rules: route.rules.clone(),
+            compress,
         };
         let client_upgrade =
             allowed_upgrade.map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
@@ -330,10 +336,17 @@ impl ProxyService {
         pool.metrics
             .request_duration
             .observe(ended.saturating_duration_since(started).as_secs_f64());
-        if let Some(rules) = &routed.route.rules {
-            if response.extensions().get::<LocalAnswer>().is_none() {
+        if response.extensions().get::<LocalAnswer>().is_none() {
+            if let Some(rules) = &routed.route.rules {
                 rules.response_headers.apply(response.headers_mut());
             }
+            // After the route's header rules, as nginx's gzip filter runs after add_header: a
+            // `Cache-Control: no-transform` set there is honoured.
+            response = compress::compress_answer(
+                response,
+                routed.route.compress,
+                &snapshot.config.compression,
+            );
         }
         if let Some(quota) = quota {
             quota.add_to(response.headers_mut());
@@ -552,4 +565,6 @@ struct RouteAt {
     request_buffering: Option<bool>,
     /// The route's path and header rules, when it has any.
     rules: Option<Arc<router::RouteRules>>,
+    /// What the client's `Accept-Encoding` allows for the answer.
+    compress: compress::Negotiated,
 }

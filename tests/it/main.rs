@@ -8,6 +8,7 @@ mod backup_and_failover;
 mod buffering;
 mod cli;
 mod client_limits;
+mod compression;
 mod conformance;
 mod desync_vectors;
 mod discovery;
