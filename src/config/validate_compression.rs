@@ -102,7 +102,9 @@ fn media_type_pattern(text: &str) -> bool {
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
     match text.split_once('/') {
-        Some((kind, sub)) => token(kind) && !kind.contains('*') && (sub == "*" || token(sub)),
+        Some((kind, sub)) => {
+            token(kind) && !kind.contains('*') && (sub == "*" || token(sub) && !sub.contains('*'))
+        }
         None => false,
     }
 }
@@ -120,5 +122,6 @@ mod tests {
         assert!(!media_type_pattern("*/json"));
         assert!(!media_type_pattern("text/html; charset=utf-8"));
         assert!(!media_type_pattern("text/"));
+        assert!(!media_type_pattern("text/ht*"));
     }
 }

@@ -127,10 +127,16 @@ fn slot_of(algorithm: Algorithm) -> usize {
 /// `0`, `0.5`, `1`, `1.000` as thousandths; `None` for anything else.
 fn qvalue(text: &str) -> Option<u16> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+    if fraction.len() > 3 {
         return None;
     }
-    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    let mut thousandths = 0;
+    for (digit, scale) in fraction.bytes().zip([100, 10, 1]) {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        thousandths += u16::from(digit - b'0') * scale;
+    }
     match whole {
         "0" => Some(thousandths),
         "1" if thousandths == 0 => Some(1000),
@@ -197,23 +203,24 @@ pub fn eligible(status: StatusCode, headers: &HeaderMap, config: &CompressionCon
     type_listed(content_type, &config.types)
 }
 
-/// Whether `content_type` (parameters ignored) matches a pattern: exact, `type/*`, or `*`.
+/// Whether `content_type` (parameters ignored) matches a pattern (lowercase): exact, `type/*`, or `*`.
 fn type_listed(content_type: &str, types: &[String]) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    types
-        .iter()
-        .any(|pattern| match pattern.strip_suffix("/*") {
-            _ if pattern == "*" => true,
-            Some(kind) => essence
-                .strip_prefix(kind)
-                .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1),
-            None => *pattern == essence,
-        })
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    types.iter().any(|pattern| {
+        if pattern == "*" {
+            return true;
+        }
+        match pattern.strip_suffix('*') {
+            // `text/` against `text/html`: the type and its slash, and a subtype after them.
+            Some(kind) => {
+                essence.len() > kind.len()
+                    && essence
+                        .get(..kind.len())
+                        .is_some_and(|head| head.eq_ignore_ascii_case(kind))
+            }
+            None => essence.eq_ignore_ascii_case(pattern),
+        }
+    })
 }
 
 /// Whether a comma-separated field has `token` as one of its elements (case-insensitive, parameters
@@ -295,7 +302,8 @@ pub struct Compressed<B> {
 #[derive(Debug)]
 enum Encoder<B> {
     Gzip(GzipEncoder<FrameReader<B>>),
-    Brotli(BrotliEncoder<FrameReader<B>>),
+    // Boxed: brotli's state is some 5 KB inline, the others' a few hundred bytes.
+    Brotli(Box<BrotliEncoder<FrameReader<B>>>),
     Zstd(ZstdEncoder<FrameReader<B>>),
 }
 
@@ -316,10 +324,10 @@ where
                 reader,
                 Level::Precise(GZIP_LEVEL),
             )),
-            Algorithm::Brotli => Encoder::Brotli(BrotliEncoder::with_quality(
+            Algorithm::Brotli => Encoder::Brotli(Box::new(BrotliEncoder::with_quality(
                 reader,
                 Level::Precise(BROTLI_QUALITY),
-            )),
+            ))),
             Algorithm::Zstd => Encoder::Zstd(ZstdEncoder::with_quality(
                 reader,
                 Level::Precise(ZSTD_LEVEL),
@@ -405,7 +413,7 @@ where
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Encoder::Gzip(e) => Pin::new(e).poll_read(cx, buf),
-            Encoder::Brotli(e) => Pin::new(e).poll_read(cx, buf),
+            Encoder::Brotli(e) => Pin::new(e.as_mut()).poll_read(cx, buf),
             Encoder::Zstd(e) => Pin::new(e).poll_read(cx, buf),
         }
     }
@@ -557,10 +565,14 @@ mod tests {
     fn eligibility_follows_the_skip_rules() {
         let config = CompressionConfig::default();
         let json = (header::CONTENT_TYPE, "application/json");
-        assert!(eligible(StatusCode::OK, &headers(&[json.clone()]), &config));
+        assert!(eligible(
+            StatusCode::OK,
+            &headers(std::slice::from_ref(&json)),
+            &config
+        ));
         assert!(eligible(
             StatusCode::NOT_FOUND,
-            &headers(&[json.clone()]),
+            &headers(std::slice::from_ref(&json)),
             &config
         ));
         for status in [
@@ -570,7 +582,7 @@ mod tests {
             StatusCode::CONTINUE,
         ] {
             assert!(
-                !eligible(status, &headers(&[json.clone()]), &config),
+                !eligible(status, &headers(std::slice::from_ref(&json)), &config),
                 "{status}"
             );
         }

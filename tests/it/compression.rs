@@ -162,11 +162,15 @@ impl Raw {
 }
 
 async fn fetch(method: Method, url: &str, accept: Option<&str>) -> Raw {
+    fetch_with(&TestClient::new(), method, url, accept).await
+}
+
+async fn fetch_with(client: &TestClient, method: Method, url: &str, accept: Option<&str>) -> Raw {
     let mut request = Request::builder().method(method).uri(url);
     if let Some(accept) = accept {
         request = request.header("accept-encoding", accept);
     }
-    let response = TestClient::new()
+    let response = client
         .response(request.body(empty()).expect("a request"))
         .await;
     let status = response.status();
@@ -271,6 +275,75 @@ async fn negotiation_follows_q_values_then_our_order() {
         };
         assert_eq!(body, sample_text(4000), "Accept-Encoding: {accept}");
     }
+}
+
+#[tokio::test]
+async fn http2_clients_get_compressed_answers_too() {
+    let backend = described_backend().await;
+    let (_fulcrum, addr, _dir) = binary(ON, "", backend.addr());
+    let reply = fetch_with(
+        &TestClient::h2c(),
+        Method::GET,
+        &format!("http://{addr}/?len=50000"),
+        Some("br"),
+    )
+    .await;
+    assert_eq!(reply.header("content-encoding"), Some("br"));
+    assert_eq!(reply.header("content-length"), None);
+    assert_eq!(decode("br", &reply.body), sample_text(50000));
+}
+
+#[tokio::test]
+async fn a_route_without_response_buffering_compresses_too() {
+    let backend = described_backend().await;
+    let (_fulcrum, addr, _dir) = binary(ON, "buffering = false", backend.addr());
+    let reply = get(&format!("http://{addr}/?len=300000&chunked=1"), "zstd").await;
+    assert_eq!(reply.header("content-encoding"), Some("zstd"));
+    assert_eq!(decode("zstd", &reply.body), sample_text(300000));
+}
+
+#[tokio::test]
+async fn no_transform_set_by_the_route_rules_is_honoured() {
+    let backend = described_backend().await;
+    let (_fulcrum, addr, _dir) = binary(
+        ON,
+        "response_headers = { set = { \"Cache-Control\" = \"no-transform\" } }",
+        backend.addr(),
+    );
+    let reply = get(&format!("http://{addr}/"), "gzip").await;
+    assert_left_alone(&reply, "no-transform from the route").await;
+    assert_eq!(reply.body, sample_text(4000));
+}
+
+#[tokio::test]
+async fn accept_encoding_removed_for_the_upstream_still_chooses_for_the_client() {
+    let seen = Arc::new(parking_lot::Mutex::new(None::<String>));
+    let saw = Arc::clone(&seen);
+    let backend = backend_with(move |request: Request<Incoming>| {
+        *saw.lock() = Some(format!("{:?}", request.headers().get("accept-encoding")));
+        async move {
+            let mut response = http::Response::new(demo_body(sample_text(4000)));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                "text/html".parse().expect("type"),
+            );
+            Ok(response)
+        }
+    })
+    .await;
+    let (_fulcrum, addr, _dir) = binary(
+        ON,
+        "request_headers = { remove = [\"Accept-Encoding\"] }",
+        backend.addr(),
+    );
+    let reply = get(&format!("http://{addr}/"), "gzip").await;
+    assert_eq!(
+        seen.lock().as_deref(),
+        Some("None"),
+        "the upstream was asked for a plain answer"
+    );
+    assert_eq!(reply.header("content-encoding"), Some("gzip"));
+    assert_eq!(decode("gzip", &reply.body), sample_text(4000));
 }
 
 #[tokio::test]
