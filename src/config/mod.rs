@@ -141,6 +141,15 @@ impl Algorithm {
     /// Every algorithm, in the default order of preference.
     pub const ALL: [Algorithm; 3] = [Algorithm::Zstd, Algorithm::Brotli, Algorithm::Gzip];
 
+    /// Its position in [`Self::ALL`], for tables indexed by algorithm.
+    pub const fn index(self) -> usize {
+        match self {
+            Algorithm::Zstd => 0,
+            Algorithm::Brotli => 1,
+            Algorithm::Gzip => 2,
+        }
+    }
+
     /// Its name in `Accept-Encoding`, `Content-Encoding` and the config.
     pub const fn token(self) -> &'static str {
         match self {

@@ -20,7 +20,8 @@ use crate::config::{Algorithm, CompressionConfig};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// gzip level 1 (nginx's `gzip_comp_level` default), brotli quality 4 and zstd level 3 (its own
-/// default): each well under a millisecond per 100 KB of text, most of the size gain of higher levels.
+/// default): fast settings that keep most of the size gain of the higher levels, as a proxy compressing
+/// every answer on the fly needs (the highest levels are for content compressed once, ahead of time).
 const GZIP_LEVEL: i32 = 1;
 const BROTLI_QUALITY: i32 = 4;
 const ZSTD_LEVEL: i32 = 3;
@@ -96,7 +97,7 @@ pub fn negotiate<'a>(
             } else if coding.eq_ignore_ascii_case("identity") {
                 identity = Some(q);
             } else if let Some(algorithm) = Algorithm::from_token(coding) {
-                let slot = &mut named[slot_of(algorithm)];
+                let slot = &mut named[algorithm.index()];
                 // `gzip` and `x-gzip` both named: the better of the two.
                 *slot = Some(slot.map_or(q, |old: u16| old.max(q)));
             }
@@ -104,7 +105,7 @@ pub fn negotiate<'a>(
     }
     let mut best: Option<(Algorithm, u16)> = None;
     for &algorithm in algorithms {
-        let q = named[slot_of(algorithm)].or(star).unwrap_or(0);
+        let q = named[algorithm.index()].or(star).unwrap_or(0);
         if q > 0 && best.is_none_or(|(_, top)| q > top) {
             best = Some((algorithm, q));
         }
@@ -114,14 +115,6 @@ pub fn negotiate<'a>(
         return None;
     }
     Some(algorithm)
-}
-
-fn slot_of(algorithm: Algorithm) -> usize {
-    match algorithm {
-        Algorithm::Zstd => 0,
-        Algorithm::Brotli => 1,
-        Algorithm::Gzip => 2,
-    }
 }
 
 /// `0`, `0.5`, `1`, `1.000` as thousandths; `None` for anything else.
@@ -145,27 +138,29 @@ fn qvalue(text: &str) -> Option<u16> {
 }
 
 /// The upstream's answer as the client gets it: compressed when `negotiated` allows, the answer
-/// qualifies and its body comes from the upstream; with `Vary` when only the client's choice kept it plain.
+/// qualifies and its body comes from the upstream (the algorithm is returned then); with `Vary` when
+/// only the client's choice kept it plain.
 pub fn compress_answer(
     mut response: Response<ProxyBody>,
     negotiated: Negotiated,
     config: &CompressionConfig,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, Option<Algorithm>) {
     if negotiated == Negotiated::Off
         || !matches!(response.body(), Either::Left(_))
         || !eligible(response.status(), response.headers(), config)
     {
-        return response;
+        return (response, None);
     }
     let Negotiated::Use(algorithm) = negotiated else {
         add_vary(response.headers_mut());
-        return response;
+        return (response, None);
     };
     mark_compressed(response.headers_mut(), algorithm);
-    response.map(|body| match body {
+    let response = response.map(|body| match body {
         Either::Left(upstream) => Either::Left(upstream.compressed(algorithm)),
         local => local,
-    })
+    });
+    (response, Some(algorithm))
 }
 
 /// Whether an answer with this status and these headers would be compressed for a client that accepts

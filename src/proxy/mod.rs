@@ -342,11 +342,15 @@ impl ProxyService {
             }
             // After the route's header rules, as nginx's gzip filter runs after add_header: a
             // `Cache-Control: no-transform` set there is honoured.
-            response = compress::compress_answer(
+            let compressed;
+            (response, compressed) = compress::compress_answer(
                 response,
                 routed.route.compress,
                 &snapshot.config.compression,
             );
+            if let Some(algorithm) = compressed {
+                self.listener.runtime.metrics().compressed(algorithm);
+            }
         }
         if let Some(quota) = quota {
             quota.add_to(response.headers_mut());

@@ -630,3 +630,31 @@ fn bad_min_size_is_refused_with_its_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("compression.min_size"), "{stderr}");
 }
+
+#[tokio::test]
+async fn compressed_answers_are_counted_by_algorithm() {
+    let backend = described_backend().await;
+    let admin = AdminBinary::from_toml(&format!(
+        "{ON}\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
+         [upstream.app]\nservers = [{{ addr = \"{}\" }}]\n",
+        backend.addr()
+    ));
+    let url = format!("http://{}/", admin.addr);
+    for accept in ["gzip", "gzip", "br", "identity"] {
+        get(&url, accept).await;
+    }
+    let metrics = admin.metrics().await;
+    let count = |algorithm: &str| {
+        sample(
+            &metrics,
+            "fulcrum_compressed_responses_total",
+            &[&format!("algorithm=\"{algorithm}\"")],
+        )
+    };
+    assert_eq!(
+        (count("gzip"), count("br"), count("zstd")),
+        (2.0, 1.0, 0.0),
+        "{metrics}"
+    );
+}
