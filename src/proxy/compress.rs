@@ -5,7 +5,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use async_compression::brotli::EncoderParams as BrotliParams;
 use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZstdEncoder};
+use async_compression::zstd::CParameter;
 use async_compression::Level;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -25,6 +27,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const GZIP_LEVEL: i32 = 1;
 const BROTLI_QUALITY: i32 = 4;
 const ZSTD_LEVEL: i32 = 3;
+
+/// brotli's and zstd's window, as a power of two: 512 KiB, ngx_brotli's default `brotli_window`. The
+/// window is memory each answer in flight holds; zstd level 3 would take 2 MiB, brotli 4 MiB.
+const WINDOW_LOG: u32 = 19;
 
 /// Room made for each compressed frame; an encoder fills it before yielding unless its input waits.
 const FRAME_SIZE: usize = 16 * 1024;
@@ -319,13 +325,16 @@ where
                 reader,
                 Level::Precise(GZIP_LEVEL),
             )),
-            Algorithm::Brotli => Encoder::Brotli(Box::new(BrotliEncoder::with_quality(
+            Algorithm::Brotli => Encoder::Brotli(Box::new(BrotliEncoder::with_params(
                 reader,
-                Level::Precise(BROTLI_QUALITY),
+                BrotliParams::default()
+                    .quality(Level::Precise(BROTLI_QUALITY))
+                    .window_size(WINDOW_LOG as i32),
             ))),
-            Algorithm::Zstd => Encoder::Zstd(ZstdEncoder::with_quality(
+            Algorithm::Zstd => Encoder::Zstd(ZstdEncoder::with_quality_and_params(
                 reader,
                 Level::Precise(ZSTD_LEVEL),
+                &[CParameter::window_log(WINDOW_LOG)],
             )),
         };
         Self {
