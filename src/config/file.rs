@@ -35,6 +35,9 @@ pub struct CompressionFile {
     pub algorithms: Option<Spanned<Vec<String>>>,
     pub types: Option<Spanned<Vec<String>>>,
     pub min_size: Option<Spanned<ConfigSize>>,
+    pub gzip_level: Option<Spanned<i32>>,
+    pub br_level: Option<Spanned<i32>>,
+    pub zstd_level: Option<Spanned<i32>>,
 }
 
 /// `[resolver]`: the name servers that re-resolve `resolve = true` servers.

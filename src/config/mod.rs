@@ -141,6 +141,17 @@ impl Algorithm {
     /// Every algorithm, in the default order of preference.
     pub const ALL: [Algorithm; 3] = [Algorithm::Zstd, Algorithm::Brotli, Algorithm::Gzip];
 
+    /// The levels each algorithm takes, and its default: gzip 1 (nginx's `gzip_comp_level`), brotli 4
+    /// and zstd 3 (its own default): fast settings that keep most of the size gain of the higher levels,
+    /// as a proxy compressing every answer on the fly needs.
+    pub const fn levels(self) -> (std::ops::RangeInclusive<i32>, i32) {
+        match self {
+            Algorithm::Zstd => (1..=19, 3),
+            Algorithm::Brotli => (0..=11, 4),
+            Algorithm::Gzip => (1..=9, 1),
+        }
+    }
+
     /// Its position in [`Self::ALL`], for tables indexed by algorithm.
     pub const fn index(self) -> usize {
         match self {
@@ -183,6 +194,18 @@ pub struct CompressionConfig {
     pub types: Vec<String>,
     /// Answers whose `Content-Length` is below this are sent as they are (nginx `gzip_min_length`).
     pub min_size: u64,
+    /// Compression level of each algorithm, by [`Algorithm::index`] (nginx `gzip_comp_level`).
+    pub levels: [i32; 3],
+}
+
+impl CompressionConfig {
+    /// The level `algorithm` compresses at.
+    pub fn level(&self, algorithm: Algorithm) -> i32 {
+        self.levels
+            .get(algorithm.index())
+            .copied()
+            .unwrap_or(algorithm.levels().1)
+    }
 }
 
 impl Default for CompressionConfig {
@@ -200,6 +223,7 @@ impl Default for CompressionConfig {
             .map(String::from)
             .to_vec(),
             min_size: 1024,
+            levels: Algorithm::ALL.map(|a| a.levels().1),
         }
     }
 }

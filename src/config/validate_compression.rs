@@ -28,6 +28,22 @@ impl Validator<'_> {
         if let Some(size) = &file.min_size {
             config.min_size = size.get_ref().0;
         }
+        for (algorithm, level) in [
+            (Algorithm::Gzip, &file.gzip_level),
+            (Algorithm::Brotli, &file.br_level),
+            (Algorithm::Zstd, &file.zstd_level),
+        ] {
+            let Some(level) = level else { continue };
+            let (range, _) = algorithm.levels();
+            if !range.contains(level.get_ref()) {
+                return Err(self.err(
+                    Some(level.span()),
+                    format!("compression.{}_level", algorithm.token()),
+                    format!("must be from {} to {}", range.start(), range.end()),
+                ));
+            }
+            config.levels[algorithm.index()] = *level.get_ref();
+        }
         Ok(config)
     }
 

@@ -459,7 +459,7 @@ fn unsupported_setting(t: &mut Translator, d: &Directive) {
     let why = if name.starts_with("proxy_cache") || name == "proxy_no_cache" {
         "response caching is not supported"
     } else if name.starts_with("gzip") || name.starts_with("brotli") || name.starts_with("zstd") {
-        "not translated ([compression] takes gzip, gzip_types, gzip_min_length; the brotli and zstd modules' settings have no equivalent)"
+        "not translated ([compression] takes gzip, gzip_types, gzip_min_length, gzip_comp_level; the brotli and zstd modules' settings have no equivalent)"
     } else if name.contains("lua") || name.starts_with("js_") || name.starts_with("perl") {
         "scripting is not supported"
     } else if matches!(name, "root" | "alias" | "index" | "try_files" | "autoindex") {

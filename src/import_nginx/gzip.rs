@@ -1,5 +1,5 @@
-//! What nginx's gzip directives become: `[compression]` (gzip only, nginx's types and length) and a
-//! route's `compress = false` where gzip is off.
+//! What nginx's gzip directives become: `[compression]` (gzip only, nginx's types, length and level)
+//! and a route's `compress = false` where gzip is off.
 
 use super::directives::{Level, Scope};
 use super::output::{string, Table};
@@ -42,10 +42,13 @@ pub fn setting(t: &mut Translator, d: &Directive, scope: &mut Scope, level: Leve
             }
             Err(why) => t.report.unsupported(d, why),
         },
-        "gzip_comp_level" => t.report.differ(
-            d,
-            "levels are fixed: gzip 1 (nginx's default), br 4, zstd 3",
-        ),
+        "gzip_comp_level" => match first.parse::<i32>() {
+            Ok(comp_level) if (1..=9).contains(&comp_level) => {
+                section(t, d).set("gzip_level", comp_level.to_string());
+                whole_proxy_note(t, d, level);
+            }
+            _ => t.report.unsupported(d, "expects a level from 1 to 9"),
+        },
         "gzip_vary" => match first {
             "on" => t.report.exact(d),
             _ => t.report.differ(d, "Vary: Accept-Encoding is always sent with a compressible answer"),
@@ -73,7 +76,7 @@ fn section<'a>(t: &'a mut Translator, d: &Directive) -> &'a mut Table {
     })
 }
 
-/// `gzip_types` and `gzip_min_length` are one setting for the whole proxy here.
+/// `gzip_types`, `gzip_min_length` and `gzip_comp_level` are one setting for the whole proxy here.
 fn whole_proxy_note(t: &mut Translator, d: &Directive, level: Level) {
     if level == Level::Http {
         t.report.exact(d);

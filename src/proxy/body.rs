@@ -535,13 +535,14 @@ impl UpstreamBody {
         Self { source, log: None }
     }
 
-    /// The same body compressed with `algorithm` on its way to the client (after the response buffer,
+    /// The same body compressed with `algorithm` at `level` on its way to the client (after the response buffer,
     /// which keeps reading the upstream's bytes ahead).
-    pub fn compressed(self, algorithm: crate::config::Algorithm) -> Self {
+    pub fn compressed(self, algorithm: crate::config::Algorithm, level: i32) -> Self {
         Self {
             source: Source::Compressed(Box::new(super::compress::Compressed::new(
                 self.source,
                 algorithm,
+                level,
             ))),
             log: self.log,
         }

@@ -21,13 +21,6 @@ use crate::config::{Algorithm, CompressionConfig};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// gzip level 1 (nginx's `gzip_comp_level` default), brotli quality 4 and zstd level 3 (its own
-/// default): fast settings that keep most of the size gain of the higher levels, as a proxy compressing
-/// every answer on the fly needs (the highest levels are for content compressed once, ahead of time).
-const GZIP_LEVEL: i32 = 1;
-const BROTLI_QUALITY: i32 = 4;
-const ZSTD_LEVEL: i32 = 3;
-
 /// brotli's and zstd's window, as a power of two: 512 KiB, ngx_brotli's default `brotli_window`. The
 /// window is memory each answer in flight holds; zstd level 3 would take 2 MiB, brotli 4 MiB.
 const WINDOW_LOG: u32 = 19;
@@ -163,7 +156,9 @@ pub fn compress_answer(
     };
     mark_compressed(response.headers_mut(), algorithm);
     let response = response.map(|body| match body {
-        Either::Left(upstream) => Either::Left(upstream.compressed(algorithm)),
+        Either::Left(upstream) => {
+            Either::Left(upstream.compressed(algorithm, config.level(algorithm)))
+        }
         local => local,
     });
     (response, Some(algorithm))
@@ -312,8 +307,9 @@ impl<B> Compressed<B>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
-    /// Compresses `body` with `algorithm`.
-    pub fn new(body: B, algorithm: Algorithm) -> Self {
+    /// Compresses `body` with `algorithm` at `level` (checked against [`Algorithm::levels`] by the
+    /// config; the encoders clamp anything else).
+    pub fn new(body: B, algorithm: Algorithm, level: i32) -> Self {
         let reader = FrameReader {
             body,
             chunk: Bytes::new(),
@@ -321,19 +317,18 @@ where
             ended: false,
         };
         let encoder = match algorithm {
-            Algorithm::Gzip => Encoder::Gzip(GzipEncoder::with_quality(
-                reader,
-                Level::Precise(GZIP_LEVEL),
-            )),
+            Algorithm::Gzip => {
+                Encoder::Gzip(GzipEncoder::with_quality(reader, Level::Precise(level)))
+            }
             Algorithm::Brotli => Encoder::Brotli(Box::new(BrotliEncoder::with_params(
                 reader,
                 BrotliParams::default()
-                    .quality(Level::Precise(BROTLI_QUALITY))
+                    .quality(Level::Precise(level))
                     .window_size(WINDOW_LOG as i32),
             ))),
             Algorithm::Zstd => Encoder::Zstd(ZstdEncoder::with_quality_and_params(
                 reader,
-                Level::Precise(ZSTD_LEVEL),
+                Level::Precise(level),
                 &[CParameter::window_log(WINDOW_LOG)],
             )),
         };

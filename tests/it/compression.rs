@@ -612,6 +612,91 @@ fn unknown_algorithm_is_refused_with_its_key() {
     assert!(stderr.contains("unknown algorithm `deflate`"), "{stderr}");
 }
 
+#[tokio::test]
+async fn levels_are_the_configured_ones() {
+    let backend = described_backend().await;
+    let url = |addr: SocketAddr| format!("http://{addr}/?len=50000");
+    let (_fast, fast, _dir) = binary(ON, "", backend.addr());
+    let (_best, best, _dir2) = binary(
+        &format!("{ON}gzip_level = 9\nzstd_level = 19\nbr_level = 11\n"),
+        "",
+        backend.addr(),
+    );
+    for algorithm in ["gzip", "zstd", "br"] {
+        let at_default = get(&url(fast), algorithm).await;
+        let at_best = get(&url(best), algorithm).await;
+        assert_eq!(
+            decode(algorithm, &at_best.body),
+            sample_text(50000),
+            "{algorithm}"
+        );
+        assert!(
+            at_best.body.len() < at_default.body.len(),
+            "{algorithm}: the highest level gives {} bytes, the default {}",
+            at_best.body.len(),
+            at_default.body.len()
+        );
+    }
+}
+
+/// `fulcrum check` on a config with `compression` as its `[compression]` section: its stderr, and
+/// whether it passed.
+fn check(compression: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fulcrum.toml");
+    std::fs::write(
+        &path,
+        format!("{compression}\n[[listener]]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .expect("write the config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run fulcrum check");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_levels_and_types_are_refused_with_their_keys() {
+    for (section, expected) in [
+        (
+            "[compression]\nbr_level = 12\n",
+            ":2: compression.br_level: must be from 0 to 11",
+        ),
+        (
+            "[compression]\ngzip_level = 0\n",
+            ":2: compression.gzip_level: must be from 1 to 9",
+        ),
+        (
+            "[compression]\nzstd_level = 20\n",
+            ":2: compression.zstd_level: must be from 1 to 19",
+        ),
+        (
+            "[compression]\nalgorithms = [\"br\", \"br\"]\n",
+            ":2: compression.algorithms: `br` is listed twice",
+        ),
+        (
+            "[compression]\nalgorithms = []\n",
+            ":2: compression.algorithms: is empty",
+        ),
+        (
+            "[compression]\ntypes = [\"text/html; charset=utf-8\"]\n",
+            ":2: compression.types: `text/html; charset=utf-8` is not a media type",
+        ),
+        ("[compression]\nlevel = 3\n", "compression"),
+    ] {
+        let (ok, stderr) = check(section);
+        assert!(
+            !ok && stderr.contains(expected),
+            "{section:?}: want {expected:?} in {stderr}"
+        );
+    }
+}
+
 #[test]
 fn bad_min_size_is_refused_with_its_key() {
     let dir = tempfile::tempdir().expect("temp dir");
