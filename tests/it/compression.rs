@@ -698,6 +698,44 @@ fn bad_levels_and_types_are_refused_with_their_keys() {
 }
 
 #[test]
+fn a_route_asking_to_compress_while_compression_is_off_is_a_warning() {
+    let (ok, stderr) = check(
+        "[upstream.app]\nservers = [{ addr = \"127.0.0.1:9\" }]\n\n\
+         [[route]]\npath = \"/\"\nupstream = \"app\"\ncompress = true\n",
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains(":7: route[0].compress: has no effect while [compression] is absent"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_turns_compression_off_and_on() {
+    let backend = described_backend().await;
+    let mut admin = AdminBinary::from_toml(&format!(
+        "{ON}\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
+         [upstream.app]\nservers = [{{ addr = \"{}\" }}]\n",
+        backend.addr()
+    ));
+    let url = format!("http://{}/", admin.addr);
+    assert_eq!(
+        get(&url, "gzip").await.header("content-encoding"),
+        Some("gzip")
+    );
+    admin.reload_replacing("enabled = true", "enabled = false");
+    let plain = get(&url, "gzip").await;
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.body, sample_text(4000));
+    admin.reload_replacing("enabled = false", "enabled = true");
+    assert_eq!(
+        get(&url, "gzip").await.header("content-encoding"),
+        Some("gzip")
+    );
+}
+
+#[test]
 fn bad_min_size_is_refused_with_its_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("fulcrum.toml");
