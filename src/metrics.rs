@@ -7,9 +7,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::clock::now_ms;
-use crate::snapshot::Snapshot;
-
 /// Buckets for request and upstream times, in seconds (1 ms to 30 s).
 const TIME_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -530,26 +527,26 @@ impl Metrics {
             .inc();
     }
 
-    /// The exposition text, with live gauges read from `snapshot`.
-    pub fn render(&self, snapshot: &Snapshot) -> String {
-        let now = now_ms();
+    /// The exposition text, with the live gauges set from `pools` (read from the current snapshot by
+    /// the caller at scrape time).
+    pub fn render(&self, pools: &[LivePool<'_>]) -> String {
         self.in_flight.reset();
         self.healthy.reset();
         self.latency.reset();
         self.servers.reset();
-        for pool in &snapshot.pools {
+        for pool in pools {
             self.servers
-                .with_label_values(&[pool.name.as_str()])
-                .set(pool.servers().count() as i64);
-            for server in pool.servers() {
-                let labels = [pool.name.as_str(), server.addr.as_str()];
+                .with_label_values(&[pool.name])
+                .set(pool.servers.len() as i64);
+            for server in &pool.servers {
+                let labels = [pool.name, server.addr];
                 self.in_flight
                     .with_label_values(&labels)
-                    .set(server.state.in_flight() as i64);
+                    .set(server.in_flight as i64);
                 self.healthy
                     .with_label_values(&labels)
-                    .set(i64::from(server.state.healthy(now)));
-                if let Some(us) = server.state.latency().estimate_us(now) {
+                    .set(i64::from(server.healthy));
+                if let Some(us) = server.latency_us {
                     self.latency.with_label_values(&labels).set(us / 1e6);
                 }
             }
@@ -558,4 +555,26 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// One pool's live state, for the gauges set at scrape time.
+#[derive(Debug)]
+pub struct LivePool<'a> {
+    /// The pool's name.
+    pub name: &'a str,
+    /// Its servers, primaries and backups.
+    pub servers: Vec<LiveServer<'a>>,
+}
+
+/// One server's live state, for the gauges set at scrape time.
+#[derive(Debug)]
+pub struct LiveServer<'a> {
+    /// Its address as configured.
+    pub addr: &'a str,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Whether it takes traffic now.
+    pub healthy: bool,
+    /// Its latency estimate, in microseconds.
+    pub latency_us: Option<f64>,
 }

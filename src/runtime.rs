@@ -12,12 +12,12 @@ use crate::access_log::AccessLog;
 use crate::config::{AccessLogConfig, Config, RateLimitBackend, RateLimitConfig};
 use crate::discovery::Discovered;
 use crate::metrics::Metrics;
-use crate::proxy::client::{build_client, ClientSettings, UpstreamClient};
-use crate::proxy::upgrade::Tunnels;
 use crate::ratelimit::redis::RedisBackend;
-use crate::ratelimit::Store;
+use crate::ratelimit::{Limit, Store};
 use crate::snapshot::{Snapshot, ZoneShared};
 use crate::upstream::Registry;
+use crate::upstream_client::tunnel::Tunnels;
+use crate::upstream_client::{build_client, ClientSettings, UpstreamClient};
 
 /// Pooled clients by connect settings and, for `https://` servers found under a name, that name.
 type Clients = HashMap<(ClientSettings, Option<Arc<str>>), UpstreamClient>;
@@ -251,7 +251,7 @@ impl Runtime {
                 let mut zones = zones.lock();
                 let same = zones.get(&zone.name).is_some_and(|kept| {
                     kept.config.key == zone.key
-                        && kept.config.limit() == zone.limit()
+                        && Limit::of(&kept.config) == Limit::of(zone)
                         && kept.config.max_keys == zone.max_keys
                         && kept.config.backend == zone.backend
                 });
@@ -294,5 +294,28 @@ impl crate::discovery::Publisher for Runtime {
 
     fn resolver_error(&self, name: &str, reason: &str) {
         self.metrics.resolver_error(name, reason);
+    }
+}
+
+/// How often drained buckets are forgotten.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Forgets drained buckets of every zone in the current snapshot every few seconds, until `stop` fires.
+pub async fn sweep_rate_limit_buckets(
+    runtime: Arc<Runtime>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let now = crate::clock::now_ms();
+                for zone in &runtime.snapshot().zones {
+                    zone.store.sweep(now, zone.limit);
+                }
+            }
+            _ = stop.changed() => return,
+        }
     }
 }

@@ -10,13 +10,12 @@ use crate::config::{
     ServerConfig, Strategy, UpstreamConfig,
 };
 use crate::discovery::Found;
-use crate::health;
 use crate::metrics::{Metrics, PoolMetrics};
-use crate::proxy::client::{ClientSettings, UpstreamClient};
-use crate::proxy::router::Router;
 use crate::ratelimit::{Store, Zone};
+use crate::router::Router;
 use crate::tls::UpstreamTls;
 use crate::upstream::{Registry, Server};
+use crate::upstream_client::{ClientSettings, UpstreamClient};
 use std::sync::atomic::AtomicUsize;
 
 /// Everything a request needs to decide, built off the hot path and published with one swap.
@@ -26,13 +25,13 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// Compiled routes.
     pub router: Router,
-    /// Pools, indexed by [`crate::proxy::router::Route::pool`].
+    /// Pools, indexed by [`crate::router::Route::pool`].
     pub pools: Vec<Pool>,
-    /// Rate-limit zones, indexed by [`crate::proxy::router::Route::zones`].
+    /// Rate-limit zones, indexed by [`crate::router::Route::zones`].
     pub zones: Vec<Zone>,
     /// The access log, when configured.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
-    /// Answers by route and status class, indexed by [`crate::proxy::router::Route::index`].
+    /// Answers by route and status class, indexed by [`crate::router::Route::index`].
     pub route_metrics: Vec<[prometheus::IntCounter; 5]>,
 }
 
@@ -80,7 +79,7 @@ pub struct Pool {
     /// Servers with `drain = true`: no new requests, listed for status.
     pub drained: Vec<Server>,
     /// Request and response buffering.
-    pub buffers: Arc<crate::proxy::spool::BufferSettings>,
+    pub buffers: Arc<crate::message::spool::BufferSettings>,
     /// Metric handles for the pool.
     pub metrics: PoolMetrics,
     /// All metrics, for rare events (transitions).
@@ -317,7 +316,7 @@ fn build_pool(
             config.addr.to_string()
         };
         let (state, is_new) = registry.state_for(&identity);
-        health::prepare_state(&state, upstream.health_check.as_ref(), is_new);
+        crate::upstream::prepare_state(&state, upstream.health_check.as_ref(), is_new);
         state.set_max_conns(config.max_conns);
         if is_new && !first {
             state.begin_slow_start(now, slow_start_ms);
@@ -412,7 +411,7 @@ fn build_pool(
             .then(|| registry.queue_for(&upstream.name)),
         queue_size: upstream.queue,
         queue_timeout: upstream.queue_timeout,
-        buffers: Arc::new(crate::proxy::spool::BufferSettings {
+        buffers: Arc::new(crate::message::spool::BufferSettings {
             request: upstream.request_buffering,
             response: upstream.buffering,
             buffer_size: upstream.buffer_size,

@@ -21,7 +21,8 @@ CPU per request then includes what sharing the cores with the load costs it).
 A variant is a binary path, optionally followed by comma-separated NAME=VALUE environment settings and
 @KEY=VALUE settings of its upstream pool (`[upstream.app]` in its config; a string value is quoted). With
 `@protocol=h2c` (or `h2`) the variant's servers are the backends' HTTP/2 (prior knowledge) ports: the
-backend nginx listens on three more ports with `http2` for it.
+backend nginx listens on three more ports with `http2` for it. With `@https=1` they are its three TLS
+ports (HTTP/1.1 over TLS, `tls_verify = false` against the run's self-signed certificate).
 
 Prints per variant the median CPU us/request (and its user part), requests/s and p99, and each
 variant's paired CPU ratio to the first.
@@ -58,6 +59,16 @@ def add_http2_listeners(config, ports):
     last_listen = text.rindex("        listen ")
     end = text.index("\n", last_listen) + 1
     extra = "".join(f"        listen 127.0.0.1:{port} http2 reuseport backlog=4096;\n" for port in ports)
+    config.write_text(text[:end] + extra + text[end:])
+
+
+def add_tls_listeners(config, ports, workdir):
+    """Makes the backend nginx config at `config` also listen on `ports` with TLS (the run's certificate)."""
+    text = config.read_text()
+    last_listen = text.rindex("        listen ")
+    end = text.index("\n", last_listen) + 1
+    extra = "".join(f"        listen 127.0.0.1:{port} ssl reuseport backlog=4096;\n" for port in ports)
+    extra += f"        ssl_certificate {workdir}/cert.pem;\n        ssl_certificate_key {workdir}/key.pem;\n"
     config.write_text(text[:end] + extra + text[end:])
 
 
@@ -108,12 +119,14 @@ def main():
     render("nginx-backend.conf", work / "nginx-backend.conf", values)
     h2_ports = [free_port() for _ in range(3)]
     add_http2_listeners(work / "nginx-backend.conf", h2_ports)
+    tls_ports = [free_port() for _ in range(3)]
+    add_tls_listeners(work / "nginx-backend.conf", tls_ports, work)
     backend = subprocess.Popen([*pinned_to(LOAD_CORE, args.unpinned), which("nginx"), "-c",
                                 str(work / "nginx-backend.conf"), "-e", str(work / "backend-error.log")],
                                start_new_session=True)
     proxies = []
     try:
-        for port in ports + h2_ports:
+        for port in ports + h2_ports + tls_ports:
             wait_port(port)
         for i, variant in enumerate(args.variant):
             binary, *settings = variant.split(",")
@@ -122,11 +135,17 @@ def main():
                                           if not setting.startswith("@")))
             plain, tls = free_port(), free_port()
             variant_values = dict(values, plain=plain, tls=tls)
+            https = pool.pop("https", None) == "1"
             if pool.get("protocol") in ("h2", "h2c"):
                 variant_values.update(port1=h2_ports[0], port2=h2_ports[1], port3=h2_ports[2])
+            if https:
+                variant_values.update(port1=tls_ports[0], port2=tls_ports[1], port3=tls_ports[2])
+                pool["tls_verify"] = "false"
             config = render("fulcrum.toml", work / f"fulcrum-{i}.toml", variant_values)
-            config.write_text(with_pool_settings(config.read_text().replace(
-                "worker_threads = 1", f"worker_threads = {args.worker_threads}"), pool))
+            text = config.read_text().replace("worker_threads = 1", f"worker_threads = {args.worker_threads}")
+            if https:
+                text = text.replace('{ addr = "127.0.0.1:', '{ addr = "https://127.0.0.1:')
+            config.write_text(with_pool_settings(text, pool))
             proxy = Proxy(f"fulcrum-{i}", [binary, "run", "-c", str(config)], plain, tls, work, env=env,
                           pinned=not args.unpinned)
             proxies.append((variant, proxy))

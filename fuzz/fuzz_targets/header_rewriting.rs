@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
-use fulcrum::proxy::headers::{forwarding, strip_hop_by_hop, Peer};
+use fulcrum::message::headers::{forwarding, strip_hop_by_hop, Peer};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 
@@ -71,7 +71,7 @@ fuzz_target!(|input: Input| {
         host.as_ref(),
     );
     // The client's own forwarding fields are out of the map; the made ones are written after it (our
-    // HTTP/1.1 connections) or put into it (hyper's clients), which is what is checked below.
+    // HTTP/1.1 connections) or put into it (hyper's HTTP/2 client), which is what is checked below.
     for name in [
         "x-forwarded-for",
         "x-real-ip",

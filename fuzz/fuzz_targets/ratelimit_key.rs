@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
 use fulcrum::config::values::parse_hash_key;
-use fulcrum::proxy::client_ip::real_client_ip;
-use fulcrum::proxy::keys::key_hash;
+use fulcrum::request::client_ip::real_client_ip;
+use fulcrum::request::keys::key_hash;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
 use libfuzzer_sys::fuzz_target;

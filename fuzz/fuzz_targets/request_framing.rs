@@ -5,7 +5,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use fulcrum::proxy::h1codec::{encode_head, request_framing, RequestFraming};
+use fulcrum::upstream_client::h1codec::{encode_head, request_framing, RequestFraming};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]

@@ -5,7 +5,7 @@
 
 use arbitrary::Arbitrary;
 use fulcrum::config::RouteConfig;
-use fulcrum::proxy::router::Router;
+use fulcrum::router::Router;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]

@@ -5,7 +5,7 @@
 
 use arbitrary::Arbitrary;
 use bytes::BytesMut;
-use fulcrum::proxy::h1chunked::{decode_chunked, ChunkState, Decoded};
+use fulcrum::upstream_client::h1chunked::{decode_chunked, ChunkState, Decoded};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]

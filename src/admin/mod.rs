@@ -91,7 +91,7 @@ async fn handle(
         }
         (&Method::GET, ["status"]) => reply(StatusCode::OK, status::status(runtime)),
         (&Method::GET, ["metrics"]) => {
-            let text = runtime.metrics().render(&runtime.snapshot());
+            let text = metrics_text(runtime);
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -196,4 +196,28 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The Prometheus exposition text: the registry, with the live gauges (in flight, healthy, latency,
+/// servers per pool) read from the current snapshot now.
+pub fn metrics_text(runtime: &Runtime) -> String {
+    let snapshot = runtime.snapshot();
+    let now = crate::clock::now_ms();
+    let pools: Vec<crate::metrics::LivePool<'_>> = snapshot
+        .pools
+        .iter()
+        .map(|pool| crate::metrics::LivePool {
+            name: pool.name.as_str(),
+            servers: pool
+                .servers()
+                .map(|server| crate::metrics::LiveServer {
+                    addr: server.addr.as_str(),
+                    in_flight: server.state.in_flight() as u64,
+                    healthy: server.state.healthy(now),
+                    latency_us: server.state.latency().estimate_us(now),
+                })
+                .collect(),
+        })
+        .collect();
+    runtime.metrics().render(&pools)
 }

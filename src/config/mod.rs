@@ -293,17 +293,6 @@ pub enum OnRedisError {
     Local,
 }
 
-impl RateLimitConfig {
-    /// The limit for the bucket math.
-    pub fn limit(&self) -> crate::ratelimit::Limit {
-        crate::ratelimit::Limit {
-            rate_milli: self.rate.count * 1000 / self.rate.window_secs.max(1),
-            burst: self.burst,
-            delay: if self.nodelay { u64::MAX } else { self.delay },
-        }
-    }
-}
-
 /// One address to accept client connections on.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {

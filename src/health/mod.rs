@@ -3,7 +3,6 @@
 //! health only when its rise/fall counter says so.
 
 mod probe;
-mod rise_fall;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +11,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+pub use crate::upstream::{Flip, ProbeCounter};
 pub use probe::{probe, ProbeResult, Transport};
-pub use rise_fall::{Flip, ProbeCounter};
 
 use crate::clock::now_ms;
 use crate::config::HealthCheckConfig;
@@ -182,22 +181,5 @@ fn record(target: &Target, result: &ProbeResult) {
             );
         }
         Flip::None => {}
-    }
-}
-
-/// How a pool's health-check settings apply to a server's state when a snapshot is built: a new server
-/// with `start_unhealthy` waits for `passes` good probes; a server whose pool has no checks is not held out
-/// by old probe results.
-pub fn prepare_state(state: &ServerState, check: Option<&HealthCheckConfig>, is_new: bool) {
-    match check {
-        Some(check) if is_new && check.start_unhealthy => {
-            state.set_probe_counter(ProbeCounter::starting(true).pack());
-            state.set_active_down(true);
-        }
-        Some(_) => {}
-        None => {
-            state.set_probe_counter(ProbeCounter::default().pack());
-            state.set_active_down(false);
-        }
     }
 }

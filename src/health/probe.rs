@@ -1,16 +1,21 @@
-//! One active probe: an HTTP GET on a fresh connection, or a TCP connect, under a timeout.
+//! One active probe: an HTTP GET on a fresh connection (HTTP/1.1 with the request path's own client,
+//! HTTP/2 with hyper's), or a TCP connect, under a timeout.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, Request};
+use http::uri::{Authority, PathAndQuery};
+use http::{header, HeaderMap, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::config::{HealthCheckConfig, ProbeKind};
+use crate::message::body::{BodyLimits, RequestBody};
+use crate::upstream_client::h1conn::{Conn, H1Body};
+use crate::upstream_client::h1stream::UpstreamStream;
 
 /// Largest probe body read when `expect_body` is set.
 const MAX_PROBE_BODY: usize = 64 * 1024;
@@ -71,63 +76,97 @@ async fn run(
         Some(name) => name.clone(),
         None => format!("{host}:{port}"),
     };
-    match &transport.tls {
-        Some((config, name)) => {
-            let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+    let stream = match &transport.tls {
+        Some((config, name)) => UpstreamStream::Tls(Box::new(
+            tokio_rustls::TlsConnector::from(Arc::clone(config))
                 .connect(name.clone(), stream)
                 .await
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
-            http_probe(stream, "https", &authority, check, transport.http2).await
-        }
-        None => http_probe(stream, "http", &authority, check, transport.http2).await,
+                .map_err(|e| format!("TLS handshake failed: {e}"))?,
+        )),
+        None => UpstreamStream::Plain(stream),
+    };
+    if transport.http2 {
+        let scheme = if transport.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        http2_probe(stream, scheme, &authority, check).await
+    } else {
+        http1_probe(stream, &authority, check).await
     }
 }
 
-/// One GET over `io`, HTTP/1.1 (with `Connection: close`) or HTTP/2.
-async fn http_probe<I>(
-    io: I,
+/// One GET with `Connection: close` over our HTTP/1.1 client's connection (the one requests use).
+async fn http1_probe(
+    stream: UpstreamStream,
+    authority: &str,
+    check: &HealthCheckConfig,
+) -> Result<(), String> {
+    let target: PathAndQuery = check
+        .path
+        .parse()
+        .map_err(|_| format!("`{}` is not a path", check.path))?;
+    let mut headers = HeaderMap::with_capacity(3);
+    headers.insert(
+        header::HOST,
+        HeaderValue::from_str(authority)
+            .map_err(|_| format!("`{authority}` is not a Host value"))?,
+    );
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("fulcrum-health-check"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // The key names the connection for a pool; a probe's belongs to none.
+    let key = Authority::from_static("health-probe");
+    let mut conn = Conn::unpooled(stream, key);
+    let mut body = RequestBody::new(
+        None,
+        BodyLimits {
+            max_size: 0,
+            timeout: check.timeout,
+        },
+    );
+    let (head, whole) = conn
+        .send(
+            (&Method::GET, target.as_str()),
+            &mut headers,
+            None,
+            &mut body,
+            false,
+        )
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = head.response.status().as_u16();
+    if !check.status_ok(status) {
+        return Err(format!("unexpected status {status}"));
+    }
+    if let Some(expected) = &check.expect_body {
+        expect_in(H1Body::new(conn, &head, whole), expected).await?;
+    }
+    Ok(())
+}
+
+/// One GET over HTTP/2 (prior knowledge in clear, ALPN h2 over TLS) with hyper's client.
+async fn http2_probe(
+    stream: UpstreamStream,
     scheme: &str,
     authority: &str,
     check: &HealthCheckConfig,
-    http2: bool,
-) -> Result<(), String>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let io = TokioIo::new(io);
-    let builder = Request::get(format!("{scheme}://{authority}{}", check.path))
-        .header(header::USER_AGENT, "fulcrum-health-check");
-    if http2 {
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
-        let request = builder
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("cannot build the probe request: {e}"))?;
-        drive(connection, async move {
-            judge(sender.send_request(request).await, check).await
-        })
-        .await
-    } else {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+) -> Result<(), String> {
+    let request = Request::get(format!("{scheme}://{authority}{}", check.path))
+        .header(header::USER_AGENT, "fulcrum-health-check")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("cannot build the probe request: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
-            .map_err(|e| format!("handshake failed: {e}"))?;
-        let mut request = builder
-            .header(header::HOST, authority)
-            .header(header::CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("cannot build the probe request: {e}"))?;
-        // HTTP/1.1 sends the path only (origin form).
-        *request.uri_mut() = check
-            .path
-            .parse()
-            .map_err(|_| format!("`{}` is not a path", check.path))?;
-        drive(connection, async move {
-            judge(sender.send_request(request).await, check).await
-        })
-        .await
-    }
+            .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    drive(connection, async move {
+        judge(sender.send_request(request).await, check).await
+    })
+    .await
 }
 
 /// Drives `connection` until `request` is answered. The connection ending first is not itself an error
@@ -153,7 +192,7 @@ where
     }
 }
 
-/// Whether the probe request got a good answer: its status, and its body when `expect_body` is set.
+/// Whether the HTTP/2 probe request got a good answer: its status, and its body when `expect_body` is set.
 async fn judge(
     sent: hyper::Result<http::Response<hyper::body::Incoming>>,
     check: &HealthCheckConfig,
@@ -164,14 +203,24 @@ async fn judge(
         return Err(format!("unexpected status {status}"));
     }
     if let Some(expected) = &check.expect_body {
-        let body = Limited::new(response.into_body(), MAX_PROBE_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the body failed: {e}"))?
-            .to_bytes();
-        if !String::from_utf8_lossy(&body).contains(expected.as_str()) {
-            return Err(format!("body does not contain `{expected}`"));
-        }
+        expect_in(response.into_body(), expected).await?;
+    }
+    Ok(())
+}
+
+/// Whether `body` (its first [`MAX_PROBE_BODY`] bytes) contains `expected`.
+async fn expect_in<B>(body: B, expected: &str) -> Result<(), String>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display + std::error::Error + Send + Sync + 'static,
+{
+    let body = Limited::new(body, MAX_PROBE_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the body failed: {e}"))?
+        .to_bytes();
+    if !String::from_utf8_lossy(&body).contains(expected) {
+        return Err(format!("body does not contain `{expected}`"));
     }
     Ok(())
 }

@@ -21,6 +21,21 @@ pub struct Limit {
     pub delay: u64,
 }
 
+impl Limit {
+    /// The limit a `[ratelimit.NAME]` zone's config sets.
+    pub fn of(config: &crate::config::RateLimitConfig) -> Limit {
+        Limit {
+            rate_milli: config.rate.count * 1000 / config.rate.window_secs.max(1),
+            burst: config.burst,
+            delay: if config.nodelay {
+                u64::MAX
+            } else {
+                config.delay
+            },
+        }
+    }
+}
+
 /// What to do with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {

@@ -65,7 +65,7 @@ impl Zone {
             } => (*on_error, (*fleet_size).max(1)),
             crate::config::RateLimitBackend::Local => (OnRedisError::Allow, 1),
         };
-        let limit = config.limit();
+        let limit = Limit::of(config);
         let local_limit = share(limit, fleet_size);
         let policy = format!(
             "\"{}\";q={};w={}",
@@ -156,29 +156,6 @@ pub struct DelayedGuard(Arc<AtomicUsize>);
 impl Drop for DelayedGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// How often drained buckets are forgotten.
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Forgets drained buckets of every zone in the current snapshot every few seconds, until `stop` fires.
-pub async fn run_sweeper(
-    runtime: Arc<crate::runtime::Runtime>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut ticks = tokio::time::interval(SWEEP_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {
-                let now = crate::clock::now_ms();
-                for zone in &runtime.snapshot().zones {
-                    zone.store.sweep(now, zone.limit);
-                }
-            }
-            _ = stop.changed() => return,
-        }
     }
 }
 

@@ -23,7 +23,7 @@ use super::timed_io::{Lingering, TimedIo};
 use super::timeouts::{ConnectionClock, Verdict};
 use crate::config::{HttpLimits, ListenerConfig, ListenerTls};
 use crate::metrics::TlsFailureMetrics;
-use crate::proxy::{ListenerContext, ProxyService};
+use crate::request::{ListenerContext, ProxyService};
 use crate::runtime::Runtime;
 
 /// Pending connections the kernel queues per listener (nginx's default backlog on Linux is 511).
@@ -482,7 +482,7 @@ impl Connection {
 
 /// Drives `connection` to its end once its watchdog loop has stopped (draining): a request in flight that
 /// waits for an upstream still needs the wake-up at its due time the watchdog gave it (its `read_timeout`,
-/// see [`crate::proxy::deadline`]).
+/// see [`crate::forward::deadline`]).
 async fn until_closed<I>(
     mut connection: Pin<&mut Serving<I>>,
     clock: &ConnectionClock,

@@ -222,7 +222,7 @@ pub async fn start_on(
             proxy.stop.subscribe(),
         ));
     }
-    proxy.tasks.spawn(crate::ratelimit::run_sweeper(
+    proxy.tasks.spawn(crate::runtime::sweep_rate_limit_buckets(
         Arc::clone(&proxy.runtime),
         proxy.stop.subscribe(),
     ));

@@ -15,9 +15,9 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use super::timeouts::ConnectionClock;
-use crate::proxy::body::ProxyBody;
-use crate::proxy::deadline::UpstreamWatch;
-use crate::proxy::{Deliver, ProxyService};
+use crate::forward::body::ProxyBody;
+use crate::forward::deadline::UpstreamWatch;
+use crate::request::{Deliver, ProxyService};
 
 /// [`ProxyService`] reporting to a connection's clock.
 #[derive(Debug, Clone)]

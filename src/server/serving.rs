@@ -75,7 +75,7 @@ impl Protocols {
             .header_read_timeout(None)
             .keep_alive(true)
             .max_buf_size(limits.http1_max_header_size)
-            .header_room(crate::proxy::ADDED_HEADERS);
+            .header_room(crate::request::ADDED_HEADERS);
         let mut http1_keeping = http1.clone();
         http1_keeping.keep_idle_buffers(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());

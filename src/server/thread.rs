@@ -11,33 +11,13 @@
 //! upstream connections it checks out (the pool keeps idle connections per serving thread,
 //! [`worker_index`]), so their readiness is seen by the I/O driver of the thread that uses them.
 
-use std::cell::Cell;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 
-thread_local! {
-    /// This thread's serving-thread index; 0 on any other thread.
-    static WORKER_INDEX: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Serving threads started so far in this process (the highest index plus one).
-static STARTED: AtomicUsize = AtomicUsize::new(0);
-
-/// How many serving threads this process has started: what per-thread state is sized for (at least 1,
-/// for a proxy run on its caller's runtime).
-pub fn serving_threads_started() -> usize {
-    STARTED.load(Ordering::Acquire).max(1)
-}
-
-/// The index of the serving thread this runs on (0 to `worker_threads - 1`), or 0 off the serving
-/// threads: what per-thread state (the upstream pool's idle connections) is kept under.
-pub fn worker_index() -> usize {
-    WORKER_INDEX.with(Cell::get)
-}
+pub use crate::worker::{serving_threads_started, worker_index};
 
 /// How many serving threads `worker_threads` asks for: itself, or one per core for 0.
 pub fn serving_threads(worker_threads: usize) -> usize {
@@ -62,11 +42,11 @@ impl ServingThread {
         let runtime = Builder::new_current_thread().enable_all().build()?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        STARTED.fetch_max(index + 1, Ordering::AcqRel);
+        crate::worker::count_started(index);
         let thread = std::thread::Builder::new()
             .name(format!("fulcrum-serve-{index}"))
             .spawn(move || {
-                WORKER_INDEX.with(|cell| cell.set(index));
+                crate::worker::set_worker_index(index);
                 // Runs the spawned tasks until told to stop (or until the sender is dropped); dropping
                 // the runtime then drops whatever is left.
                 runtime.block_on(async {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::clock::now_ms;
 use crate::config::ClientLimits;
-use crate::proxy::deadline::UpstreamWatch;
+use crate::forward::deadline::UpstreamWatch;
 
 /// "Not running" for the timestamps below ([`now_ms`] is never 0).
 const NEVER: u64 = 0;
@@ -48,7 +48,7 @@ pub struct ConnectionClock {
 }
 
 /// The watchdog times an HTTP/1 request's upstream attempts: their due time is kept here, and the
-/// watchdog is poked only when it is set to look later than that (see [`crate::proxy::deadline`]).
+/// watchdog is poked only when it is set to look later than that (see [`crate::forward::deadline`]).
 impl UpstreamWatch for ConnectionClock {
     fn answer_due(&self, due: u64) {
         self.upstream_due.store(due, Ordering::Relaxed);

@@ -4,6 +4,7 @@ mod latency;
 mod passive;
 mod queue;
 mod registry;
+mod rise_fall;
 mod state;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ pub use latency::Latency;
 pub use passive::{PassiveHealth, Transition};
 pub use queue::{PoolQueue, Waited};
 pub use registry::Registry;
+pub use rise_fall::{prepare_state, Flip, ProbeCounter};
 pub use state::ServerState;
 
 /// A server as one snapshot sees it: its config and a handle on its live state.

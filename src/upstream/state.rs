@@ -30,7 +30,7 @@ const SLOW_START_FLOOR: f64 = 0.1;
 pub struct ServerState {
     word: AtomicU64,
     passive: PassiveHealth,
-    /// Consecutive probe results, a packed [`crate::health::ProbeCounter`]; written by the health checker.
+    /// Consecutive probe results, a packed [`super::ProbeCounter`]; written by the health checker.
     probes: AtomicU64,
     slow_start_since_ms: AtomicU64,
     slow_start_ms: AtomicU64,
@@ -166,7 +166,7 @@ impl ServerState {
         self.flag(DRAINED)
     }
 
-    /// The packed consecutive-probe counter (see [`crate::health::ProbeCounter`]).
+    /// The packed consecutive-probe counter (see [`super::ProbeCounter`]).
     pub fn probe_counter(&self) -> u64 {
         self.probes.load(Ordering::Relaxed)
     }

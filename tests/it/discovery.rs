@@ -21,13 +21,17 @@ async fn replica(ip: [u8; 4], port: u16, name: &'static str) -> Backend {
 
 /// Three replicas on 127.0.0.2, .3 and .4, one port.
 async fn three_replicas() -> [Backend; 3] {
-    let first = replica([127, 0, 0, 2], 0, "two").await;
-    let port = first.addr().port();
-    [
-        first,
-        replica([127, 0, 0, 3], port, "three").await,
-        replica([127, 0, 0, 4], port, "four").await,
-    ]
+    for _ in 0..20 {
+        let first = replica([127, 0, 0, 2], 0, "two").await;
+        let port = first.addr().port();
+        let three = Backend::named_on("three", SocketAddr::from(([127, 0, 0, 3], port))).await;
+        let four = Backend::named_on("four", SocketAddr::from(([127, 0, 0, 4], port))).await;
+        // The ephemeral port was free on .2 only; another test may hold it on .3 or .4.
+        if let (Ok(three), Ok(four)) = (three, four) {
+            return [first, three, four];
+        }
+    }
+    panic!("no port free on 127.0.0.2, .3 and .4 in 20 tries");
 }
 
 fn ips(last: &[u8]) -> Answer {
@@ -543,8 +547,6 @@ async fn https_servers_found_by_name_are_verified_against_that_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_address_is_health_checked_before_it_takes_traffic() {
     let dns = DnsServer::start().await;
-    let healthy = replica([127, 0, 0, 2], 0, "healthy").await;
-    let port = healthy.addr().port();
     // 127.0.0.3 answers 500 to everything, its probe included.
     let sick_requests = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&sick_requests);
@@ -554,9 +556,18 @@ async fn an_added_address_is_health_checked_before_it_takes_traffic() {
         }
         Box::pin(async { text(StatusCode::INTERNAL_SERVER_ERROR, "sick") })
     });
-    let _sick = Backend::start(SocketAddr::from(([127, 0, 0, 3], port)), handler)
-        .await
-        .expect("bind the sick replica");
+    let mut pair = None;
+    for _ in 0..20 {
+        let healthy = replica([127, 0, 0, 2], 0, "healthy").await;
+        let at = SocketAddr::from(([127, 0, 0, 3], healthy.addr().port()));
+        // The ephemeral port was free on .2 only; another test may hold it on .3.
+        if let Ok(sick) = Backend::start(at, Arc::clone(&handler)).await {
+            pair = Some((healthy, sick));
+            break;
+        }
+    }
+    let (healthy, _sick) = pair.expect("a port free on 127.0.0.2 and .3 in 20 tries");
+    let port = healthy.addr().port();
     dns.set("replicas.test", ips(&[2]));
     let binary = start_with(
         &dns,

@@ -111,11 +111,7 @@ async fn each_failing_upstream_gives_a_clean_502_or_a_cut_stream_and_counts_as_a
                 assert_eq!(status, 502, "{failure:?}");
             }
         }
-        let metrics = proxy
-            .proxy
-            .runtime()
-            .metrics()
-            .render(&proxy.proxy.runtime().snapshot());
+        let metrics = fulcrum::admin::metrics_text(proxy.proxy.runtime());
         let failures = sample(
             &metrics,
             "fulcrum_passive_failures_total",

@@ -18,7 +18,7 @@ async fn echo_upgrade_backend() -> Backend {
         if request.headers().get("upgrade").is_none_or(|v| v != "echo") {
             return text(StatusCode::BAD_REQUEST, "upgrade to echo only");
         }
-        // An upgrade goes through hyper's client: it must carry the forwarding fields all the same.
+        // An upgrade is a request like any other: it carries the forwarding fields.
         let forwarded = ["x-forwarded-for", "x-real-ip", "x-forwarded-host"]
             .map(|name| request.headers().get(name).cloned());
         if forwarded
@@ -160,42 +160,54 @@ async fn shutdown_gives_open_tunnels_the_grace_then_closes_them() {
 
 /// A WebSocket server behind hyper's upgrade: echoes text and binary messages, answers close with close.
 async fn websocket_echo_backend() -> Backend {
+    Backend::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        websocket_echo_handler(),
+    )
+    .await
+    .expect("bind a WebSocket backend")
+}
+
+/// The handler of [`websocket_echo_backend`], for a TLS backend too.
+fn websocket_echo_handler() -> fulcrum::demo::Handler {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
     use tokio_tungstenite::tungstenite::protocol::Role;
-    backend_with(|mut request: Request<Incoming>| async move {
-        let Some(key) = request.headers().get("sec-websocket-key").cloned() else {
-            return text(StatusCode::BAD_REQUEST, "not a websocket handshake");
-        };
-        let upgrade = hyper::upgrade::on(&mut request);
-        tokio::spawn(async move {
-            let Ok(upgraded) = upgrade.await else { return };
-            let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                None,
-            )
-            .await;
-            // A close frame is answered by the library on the next read, which then ends the stream.
-            while let Some(Ok(message)) = socket.next().await {
-                if (message.is_text() || message.is_binary()) && socket.send(message).await.is_err()
-                {
-                    return;
+    Arc::new(|mut request: Request<Incoming>| {
+        Box::pin(async move {
+            let Some(key) = request.headers().get("sec-websocket-key").cloned() else {
+                return text(StatusCode::BAD_REQUEST, "not a websocket handshake");
+            };
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    None,
+                )
+                .await;
+                // A close frame is answered by the library on the next read, which then ends the stream.
+                while let Some(Ok(message)) = socket.next().await {
+                    if (message.is_text() || message.is_binary())
+                        && socket.send(message).await.is_err()
+                    {
+                        return;
+                    }
                 }
-            }
-        });
-        let mut response = Response::new(demo_body(""));
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert("connection", "upgrade".parse().expect("value"));
-        headers.insert("upgrade", "websocket".parse().expect("value"));
-        headers.insert(
-            "sec-websocket-accept",
-            derive_accept_key(key.as_bytes()).parse().expect("value"),
-        );
-        Ok(response)
+            });
+            let mut response = Response::new(demo_body(""));
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers.insert("connection", "upgrade".parse().expect("value"));
+            headers.insert("upgrade", "websocket".parse().expect("value"));
+            headers.insert(
+                "sec-websocket-accept",
+                derive_accept_key(key.as_bytes()).parse().expect("value"),
+            );
+            Ok(response)
+        })
     })
-    .await
 }
 
 /// A WebSocket session over `stream` to `url`: text and binary frames echo back, and the close frame
@@ -275,4 +287,72 @@ async fn websocket_over_a_tls_listener_round_trips_frames() {
     .await
     .expect("TLS handshake");
     websocket_round_trip(stream, "wss://ws.test/socket".to_string()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_a_tls_upstream_round_trips_frames() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = crate::pki::TestCa::new("wss upstream CA");
+    let backend = Backend::start_tls(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        websocket_echo_handler(),
+        ca.issue(&["localhost"])
+            .server_config(dir.path(), "upstream"),
+    )
+    .await
+    .expect("start a TLS WebSocket backend");
+    let proxy = TestProxy::start(&one_pool(&format!(
+        "ca_file = \"{}\"\nservers = [{{ addr = \"https://localhost:{}\" }}]",
+        ca.write(dir.path(), "ca.pem").display(),
+        backend.addr().port()
+    )))
+    .await;
+    let addr = proxy.url("").trim_start_matches("http://").to_string();
+    let stream = TcpStream::connect(&addr)
+        .await
+        .expect("connect to the proxy");
+    websocket_round_trip(stream, format!("ws://{addr}/socket")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_the_upstream_sends_with_its_101_reach_the_client_first() {
+    // A raw upstream that writes its 101 and the first tunnel bytes in one segment, then echoes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let answer = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nearly!";
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        while let Ok(n) = stream.read(&mut chunk).await {
+            if n == 0 || stream.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = TestProxy::start(&echo_allowed(one_pool(&format!(
+        "servers = [{{ addr = \"{upstream}\" }}]"
+    ))))
+    .await;
+    let mut stream = open_tunnel(&proxy).await;
+    let mut early = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut early))
+        .await
+        .expect("the early bytes come in time")
+        .expect("read the early bytes");
+    assert_eq!(&early, b"early!");
+    echo(&mut stream, b"and then both ways").await;
 }

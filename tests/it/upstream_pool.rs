@@ -1,6 +1,6 @@
-//! The keep-alive pool to cleartext HTTP/1.1 upstreams (src/proxy/h1pool.rs): connections are reused,
-//! closed after `keepalive_timeout` idle, capped at `keepalive` per server, and one the server closed
-//! while it sat idle costs the client nothing.
+//! The keep-alive pool to HTTP/1.1 upstreams, cleartext and TLS (src/upstream_client/h1pool.rs): connections are
+//! reused, closed after `keepalive_timeout` idle, capped at `keepalive` per server, and one the server
+//! closed while it sat idle costs the client nothing.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::harness::{
     binary_with_global, closing_get, one_pool, wait_until, TestClient, TestProxy,
@@ -44,6 +44,19 @@ impl CountingBackend {
 
     /// Starts it; every answer waits until `hold_until` connections have been accepted (5 s at most).
     async fn start(after: AfterAnswer, hold_until: usize) -> Self {
+        Self::start_with(after, hold_until, None).await
+    }
+
+    /// Like [`CountingBackend::start`], over TLS (an `https://` server).
+    async fn start_tls(after: AfterAnswer, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(after, 0, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(
+        after: AfterAnswer,
+        hold_until: usize,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -53,7 +66,14 @@ impl CountingBackend {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::AcqRel);
                 let (count, closed) = (Arc::clone(&count), Arc::clone(&closed));
-                tokio::spawn(serve(stream, after, hold_until, count, closed));
+                match tls.clone() {
+                    None => tokio::spawn(serve(stream, after, hold_until, count, closed)),
+                    Some(tls) => tokio::spawn(async move {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            serve(stream, after, hold_until, count, closed).await;
+                        }
+                    }),
+                };
             }
         });
         Self {
@@ -64,8 +84,8 @@ impl CountingBackend {
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     after: AfterAnswer,
     hold_until: usize,
     accepted: Arc<AtomicUsize>,
@@ -198,4 +218,49 @@ async fn keepalive_caps_the_idle_connections_kept_per_server() {
             "the proxy closes the three connections past keepalive = 1",
         )
         .await;
+}
+
+/// A TLS backend on `localhost` and the upstream config that trusts it.
+async fn tls_backend(after: AfterAnswer, dir: &std::path::Path) -> (CountingBackend, String) {
+    let ca = crate::pki::TestCa::new("pool CA");
+    let backend =
+        CountingBackend::start_tls(after, ca.issue(&["localhost"]).server_config(dir, "pool"))
+            .await;
+    let config = one_pool(&format!(
+        "ca_file = \"{}\"\nservers = [{{ addr = \"https://localhost:{}\" }}]",
+        ca.write(dir, "ca.pem").display(),
+        backend.addr.port()
+    ));
+    (backend, config)
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_tls_upstream_connection() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (backend, config) = tls_backend(AfterAnswer::KeepOpen, dir.path()).await;
+    let proxy = TestProxy::start(&config).await;
+    let client = TestClient::new();
+    for _ in 0..20 {
+        let reply = client.get(&proxy.url("/")).await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "ok"));
+    }
+    assert_eq!(backend.accepted.load(Ordering::Acquire), 1);
+}
+
+#[tokio::test]
+async fn a_tls_connection_the_upstream_closed_while_idle_is_replaced_without_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (backend, config) = tls_backend(AfterAnswer::Close, dir.path()).await;
+    let proxy = TestProxy::start(&config).await;
+    let client = TestClient::new();
+    for round in 1..=5 {
+        let reply = client.get(&proxy.url("/")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "request {round}: {}",
+            reply.body
+        );
+    }
+    assert_eq!(backend.accepted.load(Ordering::Acquire), 5);
 }

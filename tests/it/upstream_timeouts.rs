@@ -163,7 +163,7 @@ async fn a_chunked_answer_that_stalls_between_chunks_is_cut_at_read_timeout() {
     );
 }
 
-/// A handler whose answer sends one chunk and then nothing, for hyper's clients (HTTP/2, TLS).
+/// A handler whose answer sends one chunk and then nothing (a hyper backend, for HTTP/2 and TLS).
 fn stalling_handler() -> Handler {
     Arc::new(|_request| {
         Box::pin(async move {

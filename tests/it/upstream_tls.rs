@@ -323,3 +323,39 @@ async fn an_http1_client_reaches_an_https_upstream_with_alpn_http11() {
         (StatusCode::OK, "HTTP/1.1")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_over_tls_checks_the_answer_body() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new("probe CA");
+    let healthy = tls_backend("ok", &ca.issue(&["localhost"]), dir.path()).await;
+    let degraded = tls_backend("degraded", &ca.issue(&["localhost"]), dir.path()).await;
+    let toml = one_pool(&format!(
+        "ca_file = \"{}\"\nservers = [{{ addr = \"https://localhost:{}\" }}, {{ addr = \"https://localhost:{}\" }}]\n\n\
+         [upstream.pool.health_check]\npath = \"/health\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\n\
+         max_fails = 1\npasses = 1\nexpect_body = \"ok\"\n",
+        ca.write(dir.path(), "ca.pem").display(),
+        healthy.addr().port(),
+        degraded.addr().port()
+    ));
+    let proxy = TestProxy::start(&toml).await;
+    let runtime = Arc::clone(proxy.proxy.runtime());
+    let probed = |index: usize| {
+        runtime.snapshot().pools[0]
+            .servers()
+            .nth(index)
+            .and_then(|server| server.state.last_probe())
+            .map(|(ok, _)| ok)
+    };
+    wait_until(Duration::from_secs(5), "both probes to run", || {
+        probed(0).is_some() && probed(1).is_some()
+    })
+    .await;
+    assert_eq!(probed(0), Some(true), "a body with the text passes");
+    assert_eq!(probed(1), Some(false), "a body without it fails");
+    let client = TestClient::new();
+    for _ in 0..6 {
+        let reply = client.get(&proxy.url("/")).await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "ok"));
+    }
+}

@@ -1,4 +1,4 @@
-//! Our own HTTP/1.1 upstream connections (src/proxy/h1conn.rs) against a raw upstream that writes its
+//! Our own HTTP/1.1 upstream connections (src/upstream_client/h1conn.rs) against a raw upstream that writes its
 //! answers byte for byte: every way a response body can be delimited, interim answers, a custom reason
 //! phrase, an answer that comes before the request body was read, bytes past a body's end, and heads
 //! that must be refused.

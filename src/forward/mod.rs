@@ -1,22 +1,31 @@
 //! Forwarding with retries: pick a server, send, classify the outcome, account passive health, maybe retry.
 
+pub mod body;
+pub mod compress;
+pub mod deadline;
+mod pick;
+pub mod request_buffer;
+pub mod response_buffer;
+pub mod trace;
+pub mod upgrade;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::{Method, Response};
+use http::Response;
 use tracing::{error, info, warn};
 
-use super::body::{BodyLimits, BodySlot, ClientFault, RequestBody};
-use super::deadline::{Deadlined, TimedOut, UpstreamWatch};
-use super::error::ProxyError;
-use super::h1conn::ResponseBody;
-use super::headers::Forwarding;
-use super::pick::{Picked, Picker};
 use crate::clock::now_ms;
 use crate::config::{AllUnhealthy, LeastTimeMode, RetryOn};
+use crate::forward::deadline::{Deadlined, TimedOut, UpstreamWatch};
+use crate::forward::pick::{Picked, Picker};
+use crate::message::body::{BodyLimits, BodySlot, ClientFault, RequestBody};
+use crate::message::error::ProxyError;
+use crate::message::headers::Forwarding;
 use crate::snapshot::{Pool, Snapshot, TierKind};
 use crate::upstream::{InFlightGuard, Server, Transition};
+use crate::upstream_client::h1conn::ResponseBody;
 
 /// What one request needs to know to be forwarded.
 pub struct Forward<'a> {
@@ -35,7 +44,7 @@ pub struct Forward<'a> {
     /// Largest body accepted.
     pub body_limits: BodyLimits,
     /// Where the answering server and its time are noted, for the access log.
-    pub trace: &'a mut super::Trace,
+    pub trace: &'a mut trace::Trace,
     /// When the request was handed to [`forward`]: the first attempt's send time unless picking waited.
     pub started: std::time::Instant,
     /// The client connection's watchdog, when it enforces the attempts' `read_timeout` (HTTP/1).
@@ -143,8 +152,8 @@ pub async fn forward(request: Forward<'_>) -> Result<UpstreamResponse, ProxyErro
         started,
         watch,
     } = request;
-    let replayable_method =
-        is_idempotent(&parts.method) || pool.retry_on.has(RetryOn::NON_IDEMPOTENT);
+    let replayable_method = crate::message::headers::is_idempotent(&parts.method)
+        || pool.retry_on.has(RetryOn::NON_IDEMPOTENT);
     let mut picker = Picker::new(pool, client_ip, key_hash);
     let mut last: Option<Outcome> = None;
 
@@ -343,12 +352,4 @@ fn note_transition(pool: &Pool, server: &Server, transition: Transition) {
         }
         Transition::None => {}
     }
-}
-
-/// RFC 9110 9.2.2 idempotent methods.
-pub(super) fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
-    )
 }

@@ -8,9 +8,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use super::body::ProxyBody;
-use super::error::ProxyError;
 use super::{local_answer, LocalAnswer};
+use crate::forward::body::ProxyBody;
+use crate::message::error::ProxyError;
 
 /// Path prefix of ACME http-01 challenges (RFC 8555 8.3).
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";

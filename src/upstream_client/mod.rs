@@ -1,5 +1,12 @@
 //! The pooled keep-alive client to upstream servers: HTTP/1.1 or HTTP/2, cleartext or TLS.
 
+pub mod h1chunked;
+pub mod h1codec;
+pub mod h1conn;
+mod h1pool;
+pub mod h1stream;
+pub mod tunnel;
+
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -14,13 +21,13 @@ use rustls::pki_types::ServerName;
 
 use tokio_util::either::Either;
 
-use super::body::RequestBody;
-use super::error::ProxyError;
-use super::h1conn::ResponseBody;
-use super::headers::Forwarding;
 use crate::config::UpstreamProtocol;
+use crate::message::body::RequestBody;
+use crate::message::error::ProxyError;
+use crate::message::headers::Forwarding;
 use crate::tls::UpstreamTls;
 use crate::upstream::Server;
+use crate::upstream_client::h1conn::ResponseBody;
 
 /// hyper-util's pooled client; `https://` URIs go over TLS, others in clear.
 pub type LegacyClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -28,10 +35,10 @@ pub type LegacyClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 /// A pooled client; cheap to clone (clones share the pool).
 #[derive(Debug, Clone)]
 pub enum UpstreamClient {
-    /// hyper-util's client: TLS and HTTP/2 upstreams.
+    /// hyper-util's client: HTTP/2 upstreams (h2 over TLS, h2c).
     Legacy(Box<LegacyClient>),
-    /// Our own pool: cleartext HTTP/1.1 upstreams.
-    Http1(Arc<super::h1pool::Http1Pool>),
+    /// Our own pool: HTTP/1.1 upstreams, cleartext or TLS, upgrades included.
+    Http1(Arc<crate::upstream_client::h1pool::Http1Pool>),
 }
 
 impl UpstreamClient {
@@ -125,17 +132,27 @@ pub struct ClientSettings {
     pub tls: Option<u64>,
 }
 
-/// Builds a client with its own connection pool: ours for cleartext HTTP/1.1 servers, hyper-util's for TLS
-/// and HTTP/2; `tls` must be the settings whose fingerprint is in `settings.tls`. `name`: the host name
-/// TLS servers found under a name are verified against and sent in SNI (their URIs carry addresses),
-/// unless `tls_server_name` says otherwise.
+/// Builds a client with its own connection pool: ours for HTTP/1.1 servers (one way to speak HTTP/1.1
+/// upstream, cleartext or TLS: docs/architecture.md), hyper-util's for HTTP/2; `tls` must be the settings
+/// whose fingerprint is in `settings.tls`. `name`: the host name TLS servers found under a name are
+/// verified against and sent in SNI (their URIs carry addresses), unless `tls_server_name` says otherwise.
 pub fn build_client(
     settings: ClientSettings,
     tls: Option<&UpstreamTls>,
     name: Option<&str>,
 ) -> UpstreamClient {
-    if tls.is_none() && !settings.protocol.is_http2() && !hyper_for_cleartext() {
-        return UpstreamClient::Http1(Arc::new(super::h1pool::Http1Pool::new(
+    let fixed_name = |tls: &UpstreamTls| {
+        tls.server_name
+            .clone()
+            .or_else(|| name.and_then(|n| ServerName::try_from(n.to_string()).ok()))
+    };
+    if !settings.protocol.is_http2() {
+        let tls = tls.map(|tls| crate::upstream_client::h1pool::PoolTls {
+            config: tls.for_protocol(false),
+            name: fixed_name(tls),
+        });
+        return UpstreamClient::Http1(Arc::new(crate::upstream_client::h1pool::Http1Pool::new(
+            tls,
             settings.connect_timeout,
             settings.keepalive_timeout,
             settings.keepalive,
@@ -145,15 +162,10 @@ pub fn build_client(
     http.set_connect_timeout(Some(settings.connect_timeout));
     http.set_nodelay(true);
     http.enforce_http(false);
-    let http2 = settings.protocol.is_http2();
     let (config, names): (_, Arc<dyn ResolveServerName + Send + Sync>) = match tls {
         Some(tls) => (
-            tls.for_protocol(http2),
-            match tls
-                .server_name
-                .clone()
-                .or_else(|| name.and_then(|n| ServerName::try_from(n.to_string()).ok()))
-            {
+            tls.for_protocol(true),
+            match fixed_name(tls) {
                 Some(name) => Arc::new(FixedServerNameResolver::new(name)),
                 None => Arc::new(DefaultServerNameResolver::default()),
             },
@@ -170,19 +182,9 @@ pub fn build_client(
         .pool_max_idle_per_host(settings.keepalive)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .set_host(false);
-    if http2 {
-        builder.http2_only(true);
-    }
+        .set_host(false)
+        .http2_only(true);
     UpstreamClient::Legacy(Box::new(builder.build(connector)))
-}
-
-/// `FULCRUM_UPSTREAM_HTTP1=hyper`: cleartext HTTP/1.1 upstreams go through hyper-util's pooled client as
-/// TLS and HTTP/2 ones do, instead of our own. A measurement switch for the choice of one HTTP/1.1 client
-/// (`benches/load/ab.py` variants, docs/benchmarks.md); read once.
-fn hyper_for_cleartext() -> bool {
-    static HYPER: OnceLock<bool> = OnceLock::new();
-    *HYPER.get_or_init(|| std::env::var("FULCRUM_UPSTREAM_HTTP1").is_ok_and(|v| v == "hyper"))
 }
 
 /// The TLS config of a pool without `https://` servers: never used for a handshake, and it trusts nothing.

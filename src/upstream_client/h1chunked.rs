@@ -5,7 +5,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
-use super::h1codec::{CodecError, MAX_HEADERS};
+use crate::upstream_client::h1codec::{CodecError, MAX_HEADERS};
 
 /// Longest chunk-size line, and largest trailer section, of a chunked response body.
 const MAX_CHUNK_LINE: usize = 4 * 1024;

@@ -6,8 +6,8 @@ use http::header::{self, HeaderValue};
 use http::Response;
 use http_body_util::{Either, Full};
 
-use super::body::ProxyBody;
-use super::error::ProxyError;
+use crate::forward::body::ProxyBody;
+use crate::message::error::ProxyError;
 
 /// Marks a response the proxy made itself, for the metrics.
 #[derive(Debug, Clone, Copy)]

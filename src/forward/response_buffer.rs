@@ -21,9 +21,9 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 
-use super::body::Upstream;
-use super::h1conn::BoxError;
-use super::spool::{BufferSettings, MemoryCharge, TempFile, FILE_READ};
+use crate::forward::body::Upstream;
+use crate::message::spool::{BufferSettings, MemoryCharge, TempFile, FILE_READ};
+use crate::upstream_client::h1conn::BoxError;
 
 /// `X-Accel-Buffering`, nginx's header by which an answer turns buffering on or off for itself.
 static X_ACCEL_BUFFERING: http::header::HeaderName =
@@ -32,7 +32,7 @@ static X_ACCEL_BUFFERING: http::header::HeaderName =
 /// Whether an answer with `headers` is read ahead of its client: `buffering` as configured, unless the
 /// answer's `X-Accel-Buffering` says otherwise (the header is removed, as nginx does); never an event
 /// stream or an HTTP/2 upstream's answer (gRPC and other streams stay streams).
-pub(super) fn buffers_answer(
+pub fn buffers_answer(
     headers: &mut http::HeaderMap,
     buffering: bool,
     protocol: crate::config::UpstreamProtocol,

@@ -11,9 +11,9 @@ use http::Response;
 use http_body_util::{Either, Full};
 use tracing::{info, warn};
 
-use super::body::ProxyBody;
-use super::keys::key_hash;
+use crate::forward::body::ProxyBody;
 use crate::ratelimit::{Decision, DelayedGuard, Zone};
+use crate::request::keys::key_hash;
 use crate::snapshot::Snapshot;
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");

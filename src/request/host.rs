@@ -5,7 +5,7 @@ use http::Request;
 
 /// The host a request is routed by and forwarded with as `Host` (RFC 9112 3.2.2, RFC 9113 8.3.1): the
 /// request target's authority when it has one (absolute form in HTTP/1.1, `:authority` in HTTP/2), else
-/// its `Host` header (its first value and how many there are, from [`super::framing::scan`]). `Err` when
+/// its `Host` header (its first value and how many there are, from [`crate::request::framing::scan`]). `Err` when
 /// the request breaks the rules: an HTTP/1.1 request has exactly one `Host`, an HTTP/1.0 one at most one,
 /// every value is `host[:port]` with a port below 65536 and no userinfo (RFC 9110 4.2.4), and an empty
 /// `Host` is refused as nginx refuses it.

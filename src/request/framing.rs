@@ -51,7 +51,7 @@ pub fn scan(headers: &HeaderMap) -> Scan<'_> {
         } else if name == header::UPGRADE {
             upgrade = true;
         } else if name == header::CONNECTION {
-            connection_upgrade |= super::upgrade::names_upgrade(value);
+            connection_upgrade |= crate::forward::upgrade::names_upgrade(value);
         } else if lookalike.is_none() && is_lookalike(name) {
             lookalike = Some(name);
         }

@@ -245,6 +245,19 @@ fn join_values<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<Stri
     }))
 }
 
+/// RFC 9110 9.2.2 idempotent methods.
+pub fn is_idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

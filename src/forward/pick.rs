@@ -6,10 +6,10 @@ use std::net::IpAddr;
 
 use tracing::warn;
 
-use super::error::ProxyError;
 use crate::balance::PickContext;
 use crate::clock::now_ms;
 use crate::config::AllUnhealthy;
+use crate::message::error::ProxyError;
 use crate::snapshot::{Pool, TierKind, Tried};
 use crate::upstream::{InFlightGuard, Waited};
 

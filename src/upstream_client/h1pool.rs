@@ -1,6 +1,7 @@
-//! The keep-alive pool for cleartext HTTP/1.1 upstream servers, in place of hyper-util's legacy client
-//! (which stays for TLS and HTTP/2 upstreams): idle connections ([`Conn`]) per server address, driven
-//! on the request's task (src/proxy/h1conn.rs). hyper-util's pool hashed its key with SipHash on every
+//! The keep-alive pool for HTTP/1.1 upstream servers, cleartext or TLS, in place of hyper-util's legacy
+//! client (which stays for HTTP/2 upstreams): idle connections ([`Conn`]) per server address, driven
+//! on the request's task (src/upstream_client/h1conn.rs). Upgrades go through it too: a `101` hands its
+//! connection to the tunnel. hyper-util's pool hashed its key with SipHash on every
 //! checkout and return and went through several boxed futures per request (docs/benchmarks-history.md).
 
 use std::collections::HashMap;
@@ -11,19 +12,21 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::uri::Authority;
-use http::{header, HeaderMap, Method, Request, Response, Uri};
+use http::{header, HeaderMap, Method, Response, StatusCode, Uri};
 use http_body::Body as _;
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use super::body::RequestBody;
-use super::error::{root_cause, ProxyError};
-use super::h1conn::{Conn, H1Body, ResponseBody};
-use super::headers::Forwarding;
 use crate::clock::now_ms;
-use crate::server::{serving_threads_started, worker_index};
+use crate::message::body::RequestBody;
+use crate::message::error::ProxyError;
+use crate::message::headers::Forwarding;
+use crate::upstream_client::h1conn::{Conn, H1Body, ResponseBody, UpstreamTunnel};
+use crate::upstream_client::h1stream::UpstreamStream;
+use crate::worker::{serving_threads_started, worker_index};
 
 /// Sends that may go to a fresh connection after a pooled one turned out closed before it answered (the
 /// server closed it while it sat idle).
@@ -32,6 +35,9 @@ const STALE_RETRIES: usize = 2;
 /// Idle connections per server address (its `host:port`), kept per serving thread.
 #[derive(Debug)]
 pub struct Http1Pool {
+    /// How `https://` servers are reached: the TLS config and the name to verify and send in SNI
+    /// (`None`: each server's own host); `None` for cleartext pools.
+    tls: Option<PoolTls>,
     connect_timeout: Duration,
     keepalive_timeout: Duration,
     keepalive: usize,
@@ -41,6 +47,16 @@ pub struct Http1Pool {
     /// `keepalive` does per worker process.
     idle: Box<[Mutex<IdleSet>]>,
     sweeping: AtomicBool,
+}
+
+/// The TLS a pool's connections are made with.
+#[derive(Debug, Clone)]
+pub struct PoolTls {
+    /// The rustls client config (ALPN `http/1.1`).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name every server is verified against (`tls_server_name`, or the name servers were found
+    /// under); without one, a server's own host from its address.
+    pub name: Option<ServerName<'static>>,
 }
 
 /// One serving thread's idle connections, by server address.
@@ -79,9 +95,15 @@ impl Idle {
 
 impl Http1Pool {
     /// A pool that connects within `connect_timeout`, keeps up to `keepalive` idle connections per server
-    /// and closes those idle for `keepalive_timeout`.
-    pub fn new(connect_timeout: Duration, keepalive_timeout: Duration, keepalive: usize) -> Self {
+    /// and closes those idle for `keepalive_timeout`; over TLS when `tls` is given.
+    pub fn new(
+        tls: Option<PoolTls>,
+        connect_timeout: Duration,
+        keepalive_timeout: Duration,
+        keepalive: usize,
+    ) -> Self {
         Self {
+            tls,
             connect_timeout,
             keepalive_timeout,
             keepalive,
@@ -95,7 +117,7 @@ impl Http1Pool {
     /// Sends a request with `method`, the target of `uri`, `headers` and `body` on an idle or new
     /// connection to `key`, and waits for the response head; the body is read as the response is. A pooled connection the server closed before
     /// answering is replaced, up to [`STALE_RETRIES`] times, when sending again cannot repeat an effect
-    /// ([`super::h1conn::ConnError::may_resend`]); any other failure is the caller's to classify and retry.
+    /// ([`crate::upstream_client::h1conn::ConnError::may_resend`]); any other failure is the caller's to classify and retry.
     ///
     /// The response takes `headers`' map (its room, not its fields); on failure they are as they were,
     /// so a retry can send them.
@@ -115,18 +137,10 @@ impl Http1Pool {
         key: &'a Authority,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
         async move {
-            if headers.contains_key(header::UPGRADE) {
-                // Boxed: upgrades are rare, and hyper's client future is large.
-                // A copy: a retry after a failed upgrade sends them again.
-                let mut headers = headers.clone();
-                if let Some(forwarding) = forwarding {
-                    forwarding.insert_into(&mut headers);
-                }
-                return Box::pin(self.upgrade((method, uri), headers, body, key)).await;
-            }
             let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
             let has_body = !body.is_end_stream();
-            let idempotent = super::forward::is_idempotent(method);
+            let idempotent = crate::message::headers::is_idempotent(method);
+            let upgrading = headers.contains_key(header::UPGRADE);
             let mut stale = 0;
             loop {
                 let (mut conn, pooled) = match self.checkout(key) {
@@ -138,9 +152,16 @@ impl Http1Pool {
                     ),
                 };
                 match conn
-                    .send(method, target, headers, forwarding, &mut body)
+                    .send((method, target), headers, forwarding, &mut body, upgrading)
                     .await
                 {
+                    Ok((head, _)) if head.response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let mut response = head
+                            .response
+                            .map(|()| http_body_util::Either::Right(H1Body::switched()));
+                        response.extensions_mut().insert(UpstreamTunnel::new(conn));
+                        return Ok(response);
+                    }
                     Ok((head, whole)) => {
                         let body = H1Body::new(conn, &head, whole);
                         return Ok(head.response.map(|()| http_body_util::Either::Right(body)));
@@ -157,42 +178,6 @@ impl Http1Pool {
                 }
             }
         }
-    }
-
-    /// An upgrade request goes through hyper's client, which hands the socket over on `101`; the
-    /// connection is not pooled again.
-    async fn upgrade(
-        &self,
-        (method, uri): (&Method, &Uri),
-        headers: HeaderMap,
-        body: RequestBody,
-        key: &Authority,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
-        let mut request = Request::new(body);
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = uri
-            .path_and_query()
-            .map_or_else(Uri::default, |pq| Uri::from(pq.clone()));
-        *request.headers_mut() = headers;
-        let stream = match self.checkout(key) {
-            Some(conn) => (*conn).into_stream(),
-            None => self.connect(key).await?,
-        };
-        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| ProxyError::Connect(root_cause(&error)))?;
-        // Serves the connection until it closes; with upgrades, so a 101 hands its socket to a tunnel.
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                debug!(%error, "upstream connection ended with an error");
-            }
-        });
-        sender
-            .send_request(request)
-            .await
-            .map(|response| response.map(http_body_util::Either::Left))
-            .map_err(|error| ProxyError::Upstream(root_cause(&error)))
     }
 
     /// A pooled connection to `key` that can take a request now, if there is one.
@@ -237,25 +222,43 @@ impl Http1Pool {
         &self.idle[worker_index().min(self.idle.len() - 1)]
     }
 
-    async fn connect(&self, key: &Authority) -> Result<TcpStream, ProxyError> {
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(key.as_str()),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(ProxyError::Connect(error.to_string())),
-            Err(_) => {
-                return Err(ProxyError::Connect(format!(
-                    "connect timed out after {:?}",
-                    self.connect_timeout
-                )))
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+    /// A new connection to `key`, with its TLS handshake for a TLS pool, both within `connect_timeout`
+    /// (as nginx's `proxy_connect_timeout` covers the SSL handshake).
+    async fn connect(&self, key: &Authority) -> Result<UpstreamStream, ProxyError> {
+        match tokio::time::timeout(self.connect_timeout, self.open(key)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(ProxyError::Connect(format!(
+                "connect timed out after {:?}",
+                self.connect_timeout
+            ))),
+        }
     }
+
+    async fn open(&self, key: &Authority) -> Result<UpstreamStream, ProxyError> {
+        let stream = TcpStream::connect(key.as_str())
+            .await
+            .map_err(|error| ProxyError::Connect(error.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(UpstreamStream::Plain(stream));
+        };
+        let name = match &tls.name {
+            Some(name) => name.clone(),
+            None => server_name(key)?,
+        };
+        TlsConnector::from(Arc::clone(&tls.config))
+            .connect(name, stream)
+            .await
+            .map(|tls| UpstreamStream::Tls(Box::new(tls)))
+            .map_err(|error| ProxyError::Connect(format!("TLS handshake failed: {error}")))
+    }
+}
+
+/// The name a server at `key` is verified against: its host (a name, or an IP address).
+fn server_name(key: &Authority) -> Result<ServerName<'static>, ProxyError> {
+    let host = key.host().trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_owned())
+        .map_err(|error| ProxyError::Connect(format!("`{host}` is not a TLS server name: {error}")))
 }
 
 /// Closes connections idle past `keepalive_timeout` (checked every half of it), until the pool is gone.

@@ -53,7 +53,7 @@ impl Trace {
 }
 
 /// Starts the access log line of a request (only when the access log is on).
-pub(super) fn access_entry(
+pub fn access_entry(
     request: &Request<Incoming>,
     id: &HeaderValue,
     log: Arc<crate::access_log::AccessLog>,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use http_body_util::BodyExt;
 use tracing::warn;
 
-use super::body::{BodyLimits, BodySlot, ClientFault, RequestBody};
-use super::error::ProxyError;
-use super::spool::{BufferSettings, SpoolWriter};
+use crate::message::body::{BodyLimits, BodySlot, ClientFault, RequestBody};
+use crate::message::error::ProxyError;
+use crate::message::spool::{BufferSettings, SpoolWriter};
 
 /// Reads the body in `slot` under `limits` into memory and a temp file, and gives back a slot that sends
 /// it. When no temp file can be written, what was read is sent first and the rest streams from the

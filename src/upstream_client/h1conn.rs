@@ -1,35 +1,35 @@
-//! One cleartext HTTP/1.1 upstream connection, driven on the request's own task: the request is written
+//! One HTTP/1.1 upstream connection (cleartext or TLS), driven on the request's own task: the request is written
 //! from its rewritten parts, the response head parsed into a `Response`, and the body read by the
 //! response body itself ([`H1Body`]), which gives the connection back to its pool at the end.
 //!
 //! hyper's client runs a task per connection reached through a channel and a oneshot, and re-encodes a
 //! header map per message; doing the same work inline is cheaper per proxied request
-//! (docs/benchmarks-history.md). hyper's client stays for upgrades, TLS and HTTP/2.
+//! (docs/benchmarks-history.md). hyper's client stays for HTTP/2 only.
 
 use std::future::{poll_fn, Future};
 use std::io::{IoSlice, Write as _};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
 use http::{HeaderMap, Method};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
-use super::body::RequestBody;
-use super::h1chunked::{decode_chunked, ChunkState, Decoded};
-use super::h1codec::{
+use crate::message::body::RequestBody;
+use crate::message::headers::Forwarding;
+use crate::upstream_client::h1chunked::{decode_chunked, ChunkState, Decoded};
+use crate::upstream_client::h1codec::{
     self, encode_head, request_framing, CodecError, Head, RequestFraming, ResponseFraming,
 };
-use super::h1pool::Http1Pool;
-use super::headers::Forwarding;
+use crate::upstream_client::h1pool::Http1Pool;
+use crate::upstream_client::h1stream::UpstreamStream;
 
 /// An error a body of ours, or hyper's, raises.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::message::body::BoxError;
 
 /// Room reserved before each read of a response head or body.
 const READ_HEAD: usize = 8 * 1024;
@@ -43,7 +43,7 @@ const READ_BODY_MAX: usize = 256 * 1024;
 /// goes back to. Always boxed, so a response body moves a pointer rather than the connection.
 #[derive(Debug)]
 pub struct Conn {
-    io: TcpStream,
+    io: UpstreamStream,
     /// Bytes read and not used yet.
     buf: BytesMut,
     /// The request head, or a chunk's framing, on its way out.
@@ -94,7 +94,7 @@ impl ConnError {
 
 impl Conn {
     /// A connection over `io` to `key`, which has sent and read nothing yet, that returns to `pool`.
-    pub fn new(io: TcpStream, pool: &Arc<Http1Pool>, key: &Authority) -> Box<Self> {
+    pub fn new(io: UpstreamStream, pool: &Arc<Http1Pool>, key: &Authority) -> Box<Self> {
         Box::new(Self {
             io,
             buf: BytesMut::new(),
@@ -104,42 +104,45 @@ impl Conn {
         })
     }
 
+    /// A connection that belongs to no pool (a health probe's): closed when its response ends.
+    pub fn unpooled(io: UpstreamStream, key: Authority) -> Box<Self> {
+        Box::new(Self {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            pool: Weak::new(),
+            key,
+        })
+    }
+
     /// The address of the server it is connected to (its pool's key).
     pub fn key(&self) -> &Authority {
         &self.key
     }
 
-    /// The socket, for hyper's client (an upgrade): only for a connection with nothing unread.
-    pub fn into_stream(self) -> TcpStream {
-        self.io
+    /// The stream and the bytes the server sent after its `101` head: the upstream side of a tunnel.
+    pub fn into_tunnel(self) -> (UpstreamStream, BytesMut) {
+        (self.io, self.buf)
     }
 
     /// Whether an idle connection can take a request: a close, a reset or stray bytes from the server
     /// make it unusable. No system call unless the reactor has seen the socket readable.
     pub fn is_usable(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                self.buf.reserve(1);
-                // Pending: the readiness was stale (and is cleared now).
-                poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf).is_pending()
-            }
-        }
+        self.io.is_usable(&mut self.buf)
     }
 
     /// Sends a request (origin-form `target`) and reads its response head. The head comes back with
     /// whether the whole request was sent: a server may answer before reading all of a body, and then
     /// the connection cannot be reused. The response's fields go into `headers` (the request's, left
-    /// as they were until a whole head has arrived, so a failed send can be repeated).
+    /// as they were until a whole head has arrived, so a failed send can be repeated). `upgrading`: the
+    /// request asks to switch protocols, so a `101` is its answer (else an error).
     pub async fn send(
         &mut self,
-        method: &Method,
-        target: &str,
+        (method, target): (&Method, &str),
         headers: &mut HeaderMap,
         forwarding: Option<&Forwarding>,
         body: &mut RequestBody,
+        upgrading: bool,
     ) -> Result<(Head, bool), ConnError> {
         let framing = request_framing(!body.is_end_stream(), headers);
         self.out.clear();
@@ -149,6 +152,8 @@ impl Conn {
                 .write_all(&self.out)
                 .await
                 .map_err(ConnError::Write)?;
+            // TLS keeps what it could not write yet; a socket has nothing to flush.
+            self.io.flush().await.map_err(ConnError::Write)?;
             true
         } else {
             // Boxed: only requests with a body need this future.
@@ -156,7 +161,8 @@ impl Conn {
         };
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = h1codec::parse_head(&mut self.buf, method, headers)? {
+                if let Some(head) = h1codec::parse_head(&mut self.buf, method, headers, upgrading)?
+                {
                     return Ok((head, whole));
                 }
             }
@@ -188,38 +194,62 @@ impl Conn {
         framing: RequestFraming,
         body: &mut RequestBody,
     ) -> Result<bool, ConnError> {
-        let (mut reader, writer) = self.io.split();
-        let buf = &mut self.buf;
-        let sending = write_body(writer, &mut self.out, framing, body);
-        let mut sending = std::pin::pin!(sending);
-        poll_fn(|cx| {
-            if let Poll::Ready(sent) = sending.as_mut().poll(cx) {
-                return Poll::Ready(sent.map(|()| true));
+        match &mut self.io {
+            UpstreamStream::Plain(tcp) => {
+                let (reader, writer) = tcp.split();
+                send_watching(reader, writer, &mut self.out, &mut self.buf, framing, body).await
             }
-            loop {
-                buf.reserve(READ_HEAD);
-                match poll_read_buf(Pin::new(&mut reader), cx, buf) {
-                    Poll::Pending => return Poll::Pending,
-                    // A close before the body was all sent: the head read reports it.
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(false)),
-                    // `100 Continue` and other interim answers: the body goes on.
-                    Poll::Ready(Ok(_)) => match h1codec::skip_interim(buf) {
-                        Ok(false) => {}
-                        // A final answer before the body was all sent.
-                        Ok(true) => return Poll::Ready(Ok(false)),
-                        Err(error) => return Poll::Ready(Err(error.into())),
-                    },
-                    Poll::Ready(Err(error)) => {
-                        return Poll::Ready(Err(ConnError::Closed {
-                            received: !buf.is_empty(),
-                            cause: error.to_string(),
-                        }))
-                    }
+            UpstreamStream::Tls(tls) => {
+                let (reader, writer) = tokio::io::split(&mut **tls);
+                send_watching(reader, writer, &mut self.out, &mut self.buf, framing, body).await
+            }
+        }
+    }
+}
+
+/// Writes the head in `out` and the body through `writer`, reading any answer from `reader` into
+/// `buf` meanwhile (see [`Conn::send_with_body`]).
+async fn send_watching<R, W>(
+    mut reader: R,
+    writer: W,
+    out: &mut Vec<u8>,
+    buf: &mut BytesMut,
+    framing: RequestFraming,
+    body: &mut RequestBody,
+) -> Result<bool, ConnError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let sending = write_body(writer, out, framing, body);
+    let mut sending = std::pin::pin!(sending);
+    poll_fn(|cx| {
+        if let Poll::Ready(sent) = sending.as_mut().poll(cx) {
+            return Poll::Ready(sent.map(|()| true));
+        }
+        loop {
+            buf.reserve(READ_HEAD);
+            match poll_read_buf(Pin::new(&mut reader), cx, buf) {
+                Poll::Pending => return Poll::Pending,
+                // A close before the body was all sent: the head read reports it.
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(false)),
+                // `100 Continue` and other interim answers: the body goes on.
+                Poll::Ready(Ok(_)) => match h1codec::skip_interim(buf) {
+                    Ok(false) => {}
+                    // A final answer before the body was all sent.
+                    Ok(true) => return Poll::Ready(Ok(false)),
+                    Err(error) => return Poll::Ready(Err(error.into())),
+                },
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Err(ConnError::Closed {
+                        received: !buf.is_empty(),
+                        cause: error.to_string(),
+                    }))
                 }
             }
-        })
-        .await
-    }
+        }
+    })
+    .await
 }
 
 /// What the body's next poll gave, or that the head must go out first (the body is not ready yet).
@@ -229,8 +259,8 @@ enum Next {
 }
 
 /// Writes `out` (the head) and then the body with `framing`.
-async fn write_body(
-    mut writer: tokio::net::tcp::WriteHalf<'_>,
+async fn write_body<W: AsyncWrite + Unpin>(
+    mut writer: W,
     out: &mut Vec<u8>,
     framing: RequestFraming,
     body: &mut RequestBody,
@@ -246,6 +276,7 @@ async fn write_body(
         match next {
             Next::Flush => {
                 writer.write_all(out).await.map_err(ConnError::Write)?;
+                writer.flush().await.map_err(ConnError::Write)?;
                 out.clear();
             }
             Next::Frame(Some(Ok(frame))) => {
@@ -268,6 +299,8 @@ async fn write_body(
                     }
                     _ => write_all_vectored(&mut writer, [out, &data]).await?,
                 }
+                // TLS may keep records back, and the body's next piece may be a while coming.
+                writer.flush().await.map_err(ConnError::Write)?;
                 out.clear();
             }
             Next::Frame(Some(Err(error))) => return Err(ConnError::Body(error)),
@@ -283,6 +316,7 @@ async fn write_body(
                     writer.write_all(out).await.map_err(ConnError::Write)?;
                     out.clear();
                 }
+                writer.flush().await.map_err(ConnError::Write)?;
                 return Ok(());
             }
         }
@@ -290,8 +324,8 @@ async fn write_body(
 }
 
 /// Writes every byte of `parts` with as few system calls as the socket allows.
-async fn write_all_vectored<const N: usize>(
-    writer: &mut tokio::net::tcp::WriteHalf<'_>,
+async fn write_all_vectored<W: AsyncWrite + Unpin, const N: usize>(
+    writer: &mut W,
     parts: [&[u8]; N],
 ) -> Result<(), ConnError> {
     let mut slices = parts.map(IoSlice::new);
@@ -345,6 +379,18 @@ pub enum H1BodyError {
 }
 
 impl H1Body {
+    /// The body of a `101` answer: none (the connection became the tunnel's).
+    pub fn switched() -> Self {
+        Self {
+            conn: None,
+            remaining: Remaining::Done,
+            keep_alive: false,
+            hop_by_hop_removed: true,
+            read_size: READ_BODY,
+            cut: None,
+        }
+    }
+
     /// The body of a response with `head`'s framing on `conn`; `whole` whether the whole request was
     /// sent (else the connection is not pooled again).
     pub fn new(conn: Box<Conn>, head: &Head, whole: bool) -> Self {
@@ -500,7 +546,25 @@ impl Body for H1Body {
     }
 }
 
-/// An upstream response body: hyper's (TLS, HTTP/2, upgrades) on the left, ours on the right.
+/// The upstream side of a switched (`101`) connection, in the answer's extensions until the tunnel
+/// takes it (extensions must be `Clone`, hence the shared slot).
+#[derive(Debug, Clone)]
+pub struct UpstreamTunnel(Arc<parking_lot::Mutex<Option<Box<Conn>>>>);
+
+impl UpstreamTunnel {
+    /// Holds `conn`, whose answer was `101`.
+    pub fn new(conn: Box<Conn>) -> Self {
+        Self(Arc::new(parking_lot::Mutex::new(Some(conn))))
+    }
+
+    /// The stream, and the bytes the server sent past its `101` head (the tunnel's first bytes to the
+    /// client); `None` once taken.
+    pub fn take(&self) -> Option<(UpstreamStream, BytesMut)> {
+        self.0.lock().take().map(|conn| conn.into_tunnel())
+    }
+}
+
+/// An upstream response body: hyper's (HTTP/2) on the left, ours (HTTP/1.1) on the right.
 pub type ResponseBody = http_body_util::Either<hyper::body::Incoming, H1Body>;
 
 /// Whether a response's hop-by-hop fields were left out as its head was parsed (ours, unless a

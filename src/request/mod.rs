@@ -1,32 +1,14 @@
 //! The per-request service: route, check limits, rewrite headers, forward, answer.
 
 mod answer;
-pub mod body;
-pub mod client;
 pub mod client_ip;
-mod compress;
-pub mod deadline;
-pub mod error;
-mod forward;
 mod framing;
-pub mod h1chunked;
-pub mod h1codec;
-pub mod h1conn;
-mod h1pool;
-pub mod headers;
 mod host;
 pub mod keys;
 mod limits;
 mod listener_context;
-mod pick;
 mod redirect;
-mod request_buffer;
 pub mod request_id;
-mod response_buffer;
-pub mod router;
-pub mod spool;
-mod trace;
-pub mod upgrade;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -40,14 +22,17 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::{debug, warn};
 
+use crate::forward::body::{PendingLog, ProxyBody, UpstreamBody};
+use crate::forward::trace::access_entry;
+pub use crate::forward::trace::Trace;
+use crate::forward::{compress, deadline, forward, request_buffer, upgrade, Forward};
+use crate::message::body::{BodyLimits, BodySlot};
+use crate::message::error::ProxyError;
+use crate::message::headers;
+use crate::router;
 use crate::snapshot::Snapshot;
 pub(crate) use answer::{local_answer, route_answer, LocalAnswer};
-use body::{ProxyBody, UpstreamBody};
-use error::ProxyError;
-use forward::{forward, Forward};
 pub use listener_context::ListenerContext;
-use trace::access_entry;
-pub use trace::Trace;
 
 /// Headers the proxy may add to a request's map: X-Request-Id, and the four of [`headers::Forwarding`]
 /// when the upstream's client is not our HTTP/1.1 pool. The HTTP/1 server makes a request's map with
@@ -278,8 +263,8 @@ impl ProxyService {
         let Some(pool) = snapshot.pools.get(pool_index) else {
             return local_answer(&ProxyError::NoRoute);
         };
-        let mut slot = routed.body.take().and_then(body::BodySlot::new);
-        let body_limits = body::BodyLimits {
+        let mut slot = routed.body.take().and_then(BodySlot::new);
+        let body_limits = BodyLimits {
             max_size: routed.route.max_body_size,
             timeout: self.listener.client_limits.body_timeout,
         };
@@ -364,7 +349,7 @@ impl ProxyService {
         &self,
         snapshot: &Snapshot,
         trace: Trace,
-        pending: Option<Box<body::PendingLog>>,
+        pending: Option<Box<PendingLog>>,
         mut response: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
         if let Some(counters) = trace.route.and_then(|r| snapshot.route_metrics.get(r)) {
@@ -400,7 +385,7 @@ impl ProxyService {
 
     fn answer(
         &self,
-        result: Result<forward::UpstreamResponse, ProxyError>,
+        result: Result<crate::forward::UpstreamResponse, ProxyError>,
         (client_upgrade, buffering): (
             Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
             Option<bool>,
@@ -428,24 +413,33 @@ impl ProxyService {
                 let tunnel = match client_upgrade {
                     Some((_, client)) if upgrade::is_switching(&response) => {
                         let protocol = response.headers().get(header::UPGRADE).cloned();
-                        self.listener
+                        if !self
+                            .listener
                             .runtime
                             .tunnels()
-                            .splice(client, &mut response, guard);
+                            .splice(client, &mut response, guard)
+                        {
+                            // Only HTTP/1.1 upstreams switch, and they always hand their connection.
+                            warn!(id, client = %client_ip, pool = %pool.name, "a 101 came without its connection: 502");
+                            return local_answer(&ProxyError::Upstream(
+                                "101 Switching Protocols without an upgraded connection"
+                                    .to_string(),
+                            ));
+                        }
                         protocol
                     }
                     _ => {
                         let (mut parts, body) = response.into_parts();
-                        if !h1conn::hop_by_hop_removed(&body) {
+                        if !crate::upstream_client::h1conn::hop_by_hop_removed(&body) {
                             headers::strip_hop_by_hop(&mut parts.headers);
                         }
-                        let buffer = response_buffer::buffers_answer(
+                        let buffer = crate::forward::response_buffer::buffers_answer(
                             &mut parts.headers,
                             buffering.unwrap_or(pool.buffers.response),
                             pool.protocol,
                         )
                         .then_some(&pool.buffers);
-                        let origin = forward::BodyOrigin {
+                        let origin = crate::forward::BodyOrigin {
                             snapshot: Arc::clone(snapshot),
                             pool: pool_index,
                             server,

@@ -5,7 +5,7 @@
 //! request body waits for the client, only the client's `client_body_timeout` runs (in the body), so a
 //! slow upload never counts against the server. Once the whole request has been handed to the server's
 //! connection, its answer's head must come within `read_timeout` (the body's reads are timed by
-//! [`super::body::UpstreamBody`]). What the request is doing is kept in a [`SendProgress`] that the
+//! [`crate::forward::body::UpstreamBody`]). What the request is doing is kept in a [`SendProgress`] that the
 //! request body updates as the upstream connection takes its frames, which may happen on another task
 //! (hyper's connection tasks): the attempt looks at it whenever it is polled and at its next due time.
 //!
@@ -16,13 +16,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Sleep;
 
 use crate::clock::now_ms;
+use crate::message::progress::{SendProgress, Sending};
 
 /// A watchdog that can enforce a request's upstream deadline: one request's at a time.
 pub trait UpstreamWatch: Send + Sync {
@@ -44,64 +44,6 @@ pub enum TimedOut {
 /// [`now_ms`] reads a clock that moves once per kernel tick (up to 10 ms at HZ=100) and may lag the
 /// precise one by that much: a due time this much later never expires before the timeout has passed.
 const COARSE_SLACK_MS: u64 = 10;
-
-/// The request body waits for the client.
-const WAITING_ON_CLIENT: u64 = u64::MAX;
-/// Set with the time the whole request was handed to the server's connection.
-const ENDED: u64 = 1 << 63;
-
-/// How far a request body has gone toward its server, shared by the body (which writes it) and the
-/// attempt's deadline (which reads it): one atomic word, a [`now_ms`] time with a state.
-#[derive(Debug)]
-pub struct SendProgress(AtomicU64);
-
-/// What [`SendProgress`] says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sending {
-    /// The server's connection has owed progress since this time (it was handed a frame, or the head).
-    Upstream(u64),
-    /// The body waits for the client (its own `client_body_timeout` runs).
-    Client,
-    /// The whole request was handed to the server's connection at this time.
-    Ended(u64),
-}
-
-impl Default for SendProgress {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl SendProgress {
-    /// A request whose head is being sent now.
-    pub fn new() -> Self {
-        Self(AtomicU64::new(now_ms()))
-    }
-
-    /// The server's connection was handed something to send now.
-    pub fn handed(&self) {
-        self.0.store(now_ms(), Ordering::Relaxed);
-    }
-
-    /// The body waits for the client.
-    pub fn waiting_on_client(&self) {
-        self.0.store(WAITING_ON_CLIENT, Ordering::Relaxed);
-    }
-
-    /// The whole request has been handed to the server's connection.
-    pub fn ended(&self) {
-        self.0.store(ENDED | now_ms(), Ordering::Relaxed);
-    }
-
-    /// Where the request is.
-    pub fn get(&self) -> Sending {
-        match self.0.load(Ordering::Relaxed) {
-            WAITING_ON_CLIENT => Sending::Client,
-            word if word & ENDED != 0 => Sending::Ended(word & !ENDED),
-            since => Sending::Upstream(since),
-        }
-    }
-}
 
 /// What an attempt's timeouts say at a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,10 @@
 //! The rise/fall counter of active health: consecutive failed probes take a server down, consecutive good
-//! ones bring it back. A pure value type, packed into one `u64` in the server's live state.
+//! ones bring it back. A pure value type, packed into one `u64` in the server's live state; the health
+//! checker writes it, a new snapshot prepares it.
+
+use crate::config::HealthCheckConfig;
+
+use super::ServerState;
 
 /// Health by consecutive probe results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,6 +92,23 @@ impl ProbeCounter {
             down: word >> 63 == 1,
             fails: ((word >> 32) & 0x7fff_ffff) as u32,
             passes: word as u32,
+        }
+    }
+}
+
+/// How a pool's health-check settings apply to a server's state when a snapshot is built: a new server
+/// with `start_unhealthy` waits for `passes` good probes; a server whose pool has no checks is not held out
+/// by old probe results.
+pub fn prepare_state(state: &ServerState, check: Option<&HealthCheckConfig>, is_new: bool) {
+    match check {
+        Some(check) if is_new && check.start_unhealthy => {
+            state.set_probe_counter(ProbeCounter::starting(true).pack());
+            state.set_active_down(true);
+        }
+        Some(_) => {}
+        None => {
+            state.set_probe_counter(ProbeCounter::default().pack());
+            state.set_active_down(false);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 wire format of our upstream connections, without I/O: a request head written from the
 //! rewritten parts, and a response head parsed from the read buffer with how its body is delimited (the
-//! chunked decoder is in [`super::h1chunked`]). [`super::h1conn`] drives it on the request's own task.
+//! chunked decoder is in [`crate::upstream_client::h1chunked`]). [`crate::upstream_client::h1conn`] drives it on the request's own task.
 
 use std::mem::MaybeUninit;
 
@@ -8,7 +8,7 @@ use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 
-use super::headers::Forwarding;
+use crate::message::headers::Forwarding;
 
 /// Most header fields a response head may have (hyper's limit too).
 pub(super) const MAX_HEADERS: usize = 100;
@@ -130,17 +130,20 @@ pub struct Head {
     /// Whether the connection may carry another request after this response's body.
     pub keep_alive: bool,
     /// Whether the hop-by-hop fields are out of the head already: false when its `Connection` names
-    /// other fields, or it has a `TE`; then [`super::headers::strip_hop_by_hop`] must run.
+    /// other fields, or it has a `TE`; then [`crate::message::headers::strip_hop_by_hop`] must run.
     pub hop_by_hop_removed: bool,
 }
 
 /// Parses a response head from the start of `buf`, skipping interim (1xx) responses. `Ok(None)` when
 /// more bytes are needed; on success the head's bytes are consumed from `buf` (the body's first bytes
 /// stay), and the head's fields are in `room`'s map (cleared first: it lends its allocation).
+/// `upgrading`: the request asked to switch protocols, so a `101` is a final answer (with its `Upgrade`
+/// field kept, and no body); otherwise a `101` is an error.
 pub fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
     room: &mut HeaderMap,
+    upgrading: bool,
 ) -> Result<Option<Head>, CodecError> {
     loop {
         // Uninitialised: zeroing every field slot per response cost more than the parse.
@@ -150,7 +153,8 @@ pub fn parse_head(
             return Ok(None);
         };
         let code = parsed.code.unwrap_or(0);
-        if code == 101 {
+        let switching = code == 101;
+        if switching && !upgrading {
             return Err(CodecError::UnexpectedSwitch);
         }
         if is_interim(code) {
@@ -194,13 +198,19 @@ pub fn parse_head(
             let name = header_name(&bytes[name..name + name_len])?;
             let value = HeaderValue::from_maybe_shared(bytes.slice(value..value + value_len))
                 .map_err(|_| CodecError::Header)?;
-            if seen.keep(&name, &value) {
+            if seen.keep(&name, &value) || (switching && name == header::UPGRADE) {
                 headers.append(name, value);
             }
         }
-        let framing = seen.framing(method, status)?;
-        let keep_alive =
-            version == Version::HTTP_11 && framing != ResponseFraming::UntilClose && !seen.close;
+        let framing = if switching {
+            ResponseFraming::Empty
+        } else {
+            seen.framing(method, status)?
+        };
+        let keep_alive = version == Version::HTTP_11
+            && framing != ResponseFraming::UntilClose
+            && !seen.close
+            && !switching;
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -293,7 +303,7 @@ struct Seen {
     bad_length: bool,
     /// `Connection: close`.
     close: bool,
-    /// A hop-by-hop field left in the map for [`super::headers::strip_hop_by_hop`].
+    /// A hop-by-hop field left in the map for [`crate::message::headers::strip_hop_by_hop`].
     other_hop_by_hop: bool,
 }
 
@@ -323,10 +333,9 @@ impl Seen {
         }
         if *name == header::CONNECTION {
             self.close |= has_token(value, "close");
-            let usual = value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .all(|token| super::headers::is_usual_connection_token(token.trim_ascii()));
+            let usual = value.as_bytes().split(|&b| b == b',').all(|token| {
+                crate::message::headers::is_usual_connection_token(token.trim_ascii())
+            });
             // A Connection naming other fields stays, so the stripping that removes them finds it.
             self.other_hop_by_hop |= !usual;
             return !usual;
@@ -335,7 +344,7 @@ impl Seen {
             self.other_hop_by_hop = true;
             return true;
         }
-        !super::headers::is_hop_by_hop(name)
+        !crate::message::headers::is_hop_by_hop(name)
     }
 
     /// How the body is delimited (RFC 9112 6.3), for a response to `method` with `status`.
@@ -379,10 +388,15 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::headers::{forwarding, Peer};
+    use crate::message::headers::{forwarding, Peer};
 
     fn head(bytes: &[u8], method: Method) -> Result<Option<Head>, CodecError> {
-        parse_head(&mut BytesMut::from(bytes), &method, &mut HeaderMap::new())
+        parse_head(
+            &mut BytesMut::from(bytes),
+            &method,
+            &mut HeaderMap::new(),
+            false,
+        )
     }
 
     #[test]
@@ -478,7 +492,7 @@ mod tests {
         );
         let mut room = HeaderMap::new();
         room.insert(header::HOST, HeaderValue::from_static("a request's field"));
-        let head = parse_head(&mut buf, &Method::GET, &mut room)
+        let head = parse_head(&mut buf, &Method::GET, &mut room, false)
             .expect("valid")
             .expect("complete");
         assert!(!head.response.headers().contains_key(header::HOST));

@@ -1,0 +1,301 @@
+//! The response body as the proxy hands it to the client: it holds its server's in-flight count until it
+//! ends, times the upstream's reads (`read_timeout`), may be read ahead of a slow client, and writes the
+//! access log line when it is dropped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::clock::now_ms;
+use crate::message::body::BoxError;
+use crate::upstream::InFlightGuard;
+use crate::upstream_client::h1conn::ResponseBody;
+
+/// An access log line waiting for its body to end (it is written when dropped, with the bytes sent).
+#[derive(Debug)]
+pub struct PendingLog {
+    /// The line so far.
+    pub entry: crate::access_log::Entry,
+    /// Where it goes.
+    pub log: std::sync::Arc<crate::access_log::AccessLog>,
+    /// When the request arrived.
+    pub started: std::time::Instant,
+    /// Written at all: false for a route with `access_log = false`.
+    pub enabled: bool,
+}
+
+impl Drop for PendingLog {
+    fn drop(&mut self) {
+        if !self.enabled {
+            return;
+        }
+        self.entry.duration = self.started.elapsed();
+        self.log.log(&self.entry);
+    }
+}
+
+/// The server sent nothing of its answer's body for `read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream read_timeout passed while reading the answer's body")]
+pub struct UpstreamReadTimedOut;
+
+/// `read_timeout` between two reads of an answer's body: a timer made only once a read waits, and moved
+/// only when it fires before the time since the last read has passed.
+#[derive(Debug)]
+struct ReadClock {
+    timeout_ms: u64,
+    last_read: u64,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ReadClock {
+    fn new(timeout: std::time::Duration) -> Self {
+        Self {
+            // The coarse clock may lag by a tick: never cut an answer early.
+            timeout_ms: u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX / 2)
+                .saturating_add(10),
+            last_read: now_ms(),
+            timer: None,
+        }
+    }
+
+    /// A read waits: whether the timeout has passed since the last one (else the task is woken by then).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let due = self.last_read.saturating_add(self.timeout_ms);
+            let now = now_ms();
+            if now >= due {
+                return true;
+            }
+            let at = tokio::time::Instant::now() + std::time::Duration::from_millis(due - now);
+            let timer = match self.timer.as_mut() {
+                Some(timer) => {
+                    if timer.is_elapsed() {
+                        timer.as_mut().reset(at);
+                    }
+                    timer
+                }
+                None => self.timer.insert(Box::pin(tokio::time::sleep_until(at))),
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+        }
+    }
+}
+
+/// The answer's body as it comes from its server: keeps the server's in-flight count until it ends or is
+/// dropped, and fails once the server sends nothing for `read_timeout` while it is being read.
+#[derive(Debug)]
+pub struct Upstream {
+    inner: ResponseBody,
+    guard: Option<InFlightGuard>,
+    origin: Option<crate::forward::BodyOrigin>,
+    read: ReadClock,
+    /// The last poll was pending: the read clock runs from that wait's start. A body nobody polls
+    /// (a slow client, a full buffer) is not waiting on its server.
+    waiting: bool,
+}
+
+impl Upstream {
+    /// Wraps `inner`, releasing `guard` at its end; a failure before the end counts against `origin`.
+    pub fn new(
+        inner: ResponseBody,
+        guard: InFlightGuard,
+        origin: crate::forward::BodyOrigin,
+    ) -> Self {
+        let open = !inner.is_end_stream();
+        let read = ReadClock::new(origin.read_timeout());
+        Self {
+            inner,
+            guard: open.then_some(guard),
+            origin: open.then_some(origin),
+            read,
+            waiting: false,
+        }
+    }
+}
+
+impl Body for Upstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if !this.waiting {
+            this.read.last_read = now_ms();
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.waiting = polled.is_pending();
+        if polled.is_pending() && this.origin.is_some() && this.read.expired(cx) {
+            let error = UpstreamReadTimedOut;
+            if let Some(origin) = this.origin.take() {
+                origin.body_timed_out(&error);
+            }
+            this.guard.take();
+            return Poll::Ready(Some(Err(Box::new(error))));
+        }
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(origin) = this.origin.take() {
+                    origin.body_ended();
+                }
+                this.guard.take();
+            }
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(origin) = this.origin.take() {
+                    origin.body_failed(&**error);
+                }
+                this.guard.take();
+            }
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Where the client's copy of an answer comes from.
+#[derive(Debug)]
+enum Source {
+    /// Straight from the server, at the client's pace.
+    Direct(Upstream),
+    /// Read ahead of the client by [`crate::forward::response_buffer`].
+    Buffered(crate::forward::response_buffer::Buffered),
+    /// One of the others, compressed on its way out ([`crate::forward::compress`]).
+    Compressed(Box<crate::forward::compress::Compressed<Source>>),
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Source::Direct(upstream) => Pin::new(upstream).poll_frame(cx),
+            Source::Buffered(buffered) => Pin::new(buffered).poll_frame(cx),
+            Source::Compressed(compressed) => Pin::new(compressed.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Direct(upstream) => upstream.is_end_stream(),
+            Source::Buffered(buffered) => buffered.is_end_stream(),
+            Source::Compressed(compressed) => compressed.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Direct(upstream) => upstream.size_hint(),
+            Source::Buffered(buffered) => buffered.size_hint(),
+            Source::Compressed(compressed) => compressed.size_hint(),
+        }
+    }
+}
+
+/// The answer's body as the client gets it: from its server directly or through the response buffer;
+/// writes the request's access log line when it ends (or the client goes away).
+#[derive(Debug)]
+pub struct UpstreamBody {
+    source: Source,
+    // Boxed: most proxies run without an access log, and this body is moved and kept per connection.
+    log: Option<Box<PendingLog>>,
+}
+
+impl UpstreamBody {
+    /// Wraps `inner`, releasing `guard` at its end; a failure before the end counts against `origin`.
+    /// With `buffer`, the answer is read ahead of the client ([`crate::forward::response_buffer`]).
+    pub fn new(
+        inner: ResponseBody,
+        guard: InFlightGuard,
+        origin: crate::forward::BodyOrigin,
+        buffer: Option<&Arc<crate::message::spool::BufferSettings>>,
+    ) -> Self {
+        let upstream = Upstream::new(inner, guard, origin);
+        let source = match buffer {
+            Some(settings) if !upstream.is_end_stream() => Source::Buffered(
+                crate::forward::response_buffer::Buffered::start(upstream, settings),
+            ),
+            _ => Source::Direct(upstream),
+        };
+        Self { source, log: None }
+    }
+
+    /// The same body compressed with `algorithm` at `level` on its way to the client (after the response
+    /// buffer, which keeps reading the upstream's bytes ahead).
+    pub fn compressed(self, algorithm: crate::config::Algorithm, level: i32) -> Self {
+        Self {
+            source: Source::Compressed(Box::new(crate::forward::compress::Compressed::new(
+                self.source,
+                algorithm,
+                level,
+            ))),
+            log: self.log,
+        }
+    }
+
+    /// Writes `log` when the body ends (or the client goes away).
+    pub fn attach_log(&mut self, log: Box<PendingLog>) {
+        if self.is_end_stream() {
+            drop(log);
+        } else {
+            self.log = Some(log);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.source).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                this.log.take();
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(log), Some(data)) = (this.log.as_mut(), frame.data_ref()) {
+                    log.entry.bytes += data.len() as u64;
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.source.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.source.size_hint()
+    }
+}
+
+/// What the proxy answers with: an upstream body or a short local one.
+pub type ProxyBody = http_body_util::Either<UpstreamBody, http_body_util::Full<Bytes>>;
