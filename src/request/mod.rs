@@ -2,6 +2,7 @@
 
 mod answer;
 pub mod client_ip;
+mod compression;
 mod framing;
 mod host;
 pub mod keys;
@@ -25,7 +26,7 @@ use tracing::{debug, warn};
 use crate::forward::body::{PendingLog, ProxyBody, UpstreamBody};
 use crate::forward::trace::access_entry;
 pub use crate::forward::trace::Trace;
-use crate::forward::{compress, deadline, forward, request_buffer, upgrade, Forward};
+use crate::forward::{deadline, forward, request_buffer, upgrade, Forward};
 use crate::message::body::{BodyLimits, BodySlot};
 use crate::message::error::ProxyError;
 use crate::message::headers;
@@ -144,7 +145,7 @@ impl ProxyService {
         // Read from the client's request before a route's rules rewrite it for the upstream (removing
         // Accept-Encoding there is how the upstream is asked for a plain answer we compress).
         let compress =
-            compress::negotiate_request(&request, route.compress, &snapshot.config.compression);
+            compression::negotiate_request(&request, route.compress, &snapshot.config.compression);
         let route = RouteAt {
             pool: route.pool,
             max_body_size: route.max_body_size,
@@ -328,7 +329,7 @@ impl ProxyService {
             // After the route's header rules, as nginx's gzip filter runs after add_header: a
             // `Cache-Control: no-transform` set there is honoured.
             let compressed;
-            (response, compressed) = compress::compress_answer(
+            (response, compressed) = compression::compress_answer(
                 response,
                 routed.route.compress,
                 &snapshot.config.compression,
@@ -564,5 +565,5 @@ struct RouteAt {
     /// The route's path and header rules, when it has any.
     rules: Option<Arc<router::RouteRules>>,
     /// What the client's `Accept-Encoding` allows for the answer.
-    compress: compress::Negotiated,
+    compress: compression::Negotiated,
 }
