@@ -62,15 +62,15 @@ fn redis(c: &mut Criterion) {
             return;
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let live = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("a tokio runtime for the bench");
+        .expect("a tokio live for the bench");
     let up = prometheus::IntGauge::new("redis_up", "bench").expect("a gauge");
     let backend = RedisBackend::new(&[server.url()], false, "bench", Duration::from_secs(1), up)
         .expect("a Redis URL");
     // Latency distribution of one check (a round trip running the Lua script).
-    let mut samples: Vec<Duration> = runtime.block_on(async {
+    let mut samples: Vec<Duration> = live.block_on(async {
         let mut samples = Vec::with_capacity(10_000);
         for i in 0..10_000u64 {
             let started = Instant::now();
@@ -87,7 +87,7 @@ fn redis(c: &mut Criterion) {
         samples.len()
     );
     c.bench_function("ratelimit/redis/check", |b| {
-        b.iter(|| runtime.block_on(backend.check(black_box(7), LIMIT)))
+        b.iter(|| live.block_on(backend.check(black_box(7), LIMIT)))
     });
     drop(server);
 }

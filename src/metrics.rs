@@ -142,7 +142,7 @@ pub struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    /// Handles counted nowhere, for servers built outside a runtime (benches, unit tests).
+    /// Handles counted nowhere, for servers built outside a running proxy (benches, unit tests).
     pub fn detached() -> ServerMetrics {
         let counter =
             || IntCounter::new("detached", "not exported").expect("a valid constant name");

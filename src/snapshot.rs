@@ -69,7 +69,7 @@ pub struct Pool {
     /// What to do when no server can be picked; `None` answers 502 (nginx).
     pub all_unhealthy: Option<AllUnhealthy>,
     /// Where requests wait when every server is at its `max_conns`; `None` when no server has one.
-    pub queue: Option<Arc<crate::upstream::PoolQueue>>,
+    pub queue: Option<Arc<crate::upstream::WaitQueue>>,
     /// Requests that may wait in the queue (0: none, a full pool answers 503 at once).
     pub queue_size: usize,
     /// Longest wait in the queue.
@@ -175,7 +175,7 @@ impl Tier {
 
 impl Snapshot {
     /// Builds a snapshot; `client_for` hands out pooled clients so pools stay warm across snapshots.
-    /// `first` is the runtime's first snapshot: servers it adds are not slow-started.
+    /// `first` is the proxy's first snapshot: servers it adds are not slow-started.
     pub fn build(
         config: Arc<Config>,
         registry: &Registry,

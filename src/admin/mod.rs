@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::runtime::Runtime;
+use crate::live::Live;
 
 /// The status page: one self-contained HTML file that polls `/status`.
 const STATUS_PAGE: &str = include_str!("page.html");
@@ -30,7 +30,7 @@ pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
 /// Serves the admin API on `socket` until `stop` fires.
 pub async fn serve(
     socket: TcpListener,
-    runtime: Arc<Runtime>,
+    live: Arc<Live>,
     reloads: mpsc::Sender<ReloadRequest>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -39,11 +39,11 @@ pub async fn serve(
         tokio::select! {
             accepted = socket.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
-                let (runtime, reloads) = (Arc::clone(&runtime), reloads.clone());
+                let (live, reloads) = (Arc::clone(&live), reloads.clone());
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
-                        let (runtime, reloads) = (Arc::clone(&runtime), reloads.clone());
-                        async move { Ok::<_, Infallible>(handle(request, &runtime, &reloads).await) }
+                        let (live, reloads) = (Arc::clone(&live), reloads.clone());
+                        async move { Ok::<_, Infallible>(handle(request, &live, &reloads).await) }
                     });
                     let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -62,13 +62,13 @@ pub async fn serve(
 
 async fn handle(
     request: Request<Incoming>,
-    runtime: &Runtime,
+    live: &Live,
     reloads: &mpsc::Sender<ReloadRequest>,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path().replace("%3A", ":").replace("%3a", ":");
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method().clone();
-    if method == Method::POST && !authorized(&request, runtime) {
+    if method == Method::POST && !authorized(&request, live) {
         warn!("admin: refused a state change without the right token");
         let mut refusal = reply(
             StatusCode::UNAUTHORIZED,
@@ -89,9 +89,9 @@ async fn handle(
             );
             response
         }
-        (&Method::GET, ["status"]) => reply(StatusCode::OK, status::status(runtime)),
+        (&Method::GET, ["status"]) => reply(StatusCode::OK, status::status(live)),
         (&Method::GET, ["metrics"]) => {
-            let text = metrics_text(runtime);
+            let text = metrics_text(live);
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -100,7 +100,7 @@ async fn handle(
             response
         }
         (&Method::GET, ["config"]) => {
-            let snapshot = runtime.snapshot();
+            let snapshot = live.snapshot();
             reply(
                 StatusCode::OK,
                 json!({
@@ -111,7 +111,7 @@ async fn handle(
         }
         (&Method::POST, ["reload"]) => reload(reloads).await,
         (&Method::POST, ["upstreams", pool, "servers", addr, action @ ("drain" | "undrain")]) => {
-            drain(runtime, pool, addr, *action == "drain")
+            drain(live, pool, addr, *action == "drain")
         }
         (_, ["status"] | ["config"] | ["reload"]) => reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -122,8 +122,8 @@ async fn handle(
 }
 
 /// Whether the request carries the configured token (always, when none is configured).
-fn authorized(request: &Request<Incoming>, runtime: &Runtime) -> bool {
-    let snapshot = runtime.snapshot();
+fn authorized(request: &Request<Incoming>, live: &Live) -> bool {
+    let snapshot = live.snapshot();
     let Some(token) = snapshot
         .config
         .admin
@@ -158,8 +158,8 @@ async fn reload(reloads: &mpsc::Sender<ReloadRequest>) -> Response<Full<Bytes>> 
     }
 }
 
-fn drain(runtime: &Runtime, pool_name: &str, addr: &str, drained: bool) -> Response<Full<Bytes>> {
-    let snapshot = runtime.snapshot();
+fn drain(live: &Live, pool_name: &str, addr: &str, drained: bool) -> Response<Full<Bytes>> {
+    let snapshot = live.snapshot();
     let Some(pool) = snapshot.pools.iter().find(|p| p.name == pool_name) else {
         return reply(
             StatusCode::NOT_FOUND,
@@ -200,8 +200,8 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
 
 /// The Prometheus exposition text: the registry, with the live gauges (in flight, healthy, latency,
 /// servers per pool) read from the current snapshot now.
-pub fn metrics_text(runtime: &Runtime) -> String {
-    let snapshot = runtime.snapshot();
+pub fn metrics_text(live: &Live) -> String {
+    let snapshot = live.snapshot();
     let now = crate::clock::now_ms();
     let pools: Vec<crate::metrics::LivePool<'_>> = snapshot
         .pools
@@ -219,5 +219,5 @@ pub fn metrics_text(runtime: &Runtime) -> String {
                 .collect(),
         })
         .collect();
-    runtime.metrics().render(&pools)
+    live.metrics().render(&pools)
 }

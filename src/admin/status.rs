@@ -3,22 +3,22 @@
 use serde_json::{json, Value};
 
 use crate::clock::now_ms;
-use crate::runtime::Runtime;
+use crate::live::Live;
 use crate::snapshot::{Pool, Snapshot};
 use crate::upstream::Server;
 
 /// `GET /status`: every pool and server with weight, health, in-flight and probe results.
-pub fn status(runtime: &Runtime) -> Value {
-    let snapshot = runtime.snapshot();
-    let (reloads_ok, reloads_failed) = runtime.reload_counts();
+pub fn status(live: &Live) -> Value {
+    let snapshot = live.snapshot();
+    let (reloads_ok, reloads_failed) = live.reload_counts();
     json!({
         "pools": snapshot.pools.iter().map(pool).collect::<Vec<_>>(),
         "zones": zones(&snapshot),
         "reloads": { "ok": reloads_ok, "failed": reloads_failed },
-        "tunnels": runtime.tunnels().open(),
+        "tunnels": live.tunnels().open(),
         "buffers": {
-            "request": buffers(&runtime.metrics().buffers().request),
-            "response": buffers(&runtime.metrics().buffers().response),
+            "request": buffers(&live.metrics().buffers().request),
+            "response": buffers(&live.metrics().buffers().response),
         },
     })
 }

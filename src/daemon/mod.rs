@@ -95,7 +95,7 @@ pub async fn run(
             _ = upgrade.recv() => spawn_upgrade(&proxy, &path),
             _ = reopen.recv() => {
                 info!("SIGUSR1: reopening the access log");
-                proxy.runtime().reopen_access_log();
+                proxy.live().reopen_access_log();
             }
             Some(answer) = next_admin_reload(&mut admin_reloads) => {
                 let _ = answer.send(reload(&mut proxy, &path, "admin API"));
@@ -167,7 +167,7 @@ async fn next_admin_reload(
 /// Points the watcher at the files the config now in force names (certificates may have moved).
 fn follow(watcher: &mut Option<ConfigWatcher>, proxy: &RunningProxy) {
     if let Some(watcher) = watcher {
-        watcher.follow(&proxy.runtime().snapshot().config.tls_files());
+        watcher.follow(&proxy.live().snapshot().config.tls_files());
     }
 }
 
@@ -182,7 +182,7 @@ async fn changed(watcher: &mut Option<ConfigWatcher>) {
 /// line and key. Returns the error text for callers that report it (the admin API).
 pub fn reload(proxy: &mut RunningProxy, path: &Path, trigger: &str) -> Result<(), String> {
     systemd::notify("RELOADING=1");
-    let runtime = Arc::clone(proxy.runtime());
+    let live = Arc::clone(proxy.live());
     let result = match Config::load(path) {
         Err(e) => Err(e.to_string()),
         Ok(config) => {
@@ -194,11 +194,11 @@ pub fn reload(proxy: &mut RunningProxy, path: &Path, trigger: &str) -> Result<()
     };
     match &result {
         Ok(()) => {
-            runtime.reload_succeeded();
+            live.reload_succeeded();
             info!(trigger, config = %path.display(), "config reloaded");
         }
         Err(e) => {
-            runtime.reload_failed();
+            live.reload_failed();
             error!(trigger, "reload refused, old config keeps serving: {e}");
         }
     }

@@ -1,8 +1,8 @@
 //! Service discovery: `resolve = true` server entries re-resolved in the background (A/AAAA, or SRV with
 //! `service`), so replicas that come and go behind one DNS name become and stop being servers.
 //!
-//! Each name has one task on the runtime that runs background work (never a serving thread). An answer
-//! that changes a name's set of addresses is stored in [`Discovered`] and the runtime rebuilds its
+//! Each name has one task on the tokio runtime that runs background work (never a serving thread). An answer
+//! that changes a name's set of addresses is stored in [`Discovered`] and the live state rebuilds its
 //! snapshot with it; servers that stay keep their live state through the registry, as on a reload.
 //! A resolver that times out or fails (SERVFAIL, REFUSED, no name server) keeps the last set; a name that
 //! does not exist or has no address (NXDOMAIN, an empty answer) empties it.
@@ -98,8 +98,8 @@ impl Discovered {
 }
 
 /// What discovery needs of the running proxy: the config in force and its changes, the store of found
-/// servers, a rebuild when a set changes, and a count of failed resolutions. The runtime implements it,
-/// so this module does not reach up into the runtime.
+/// servers, a rebuild when a set changes, and a count of failed resolutions. The live state implements it,
+/// so this module does not reach up into it.
 pub trait Publisher: Send + Sync + 'static {
     /// The config in force.
     fn config(&self) -> Arc<Config>;
@@ -125,12 +125,12 @@ pub fn names(config: &Config) -> BTreeSet<Discover> {
 
 /// Follows the names of the config in force until `stop` fires: one task per name, started when a
 /// snapshot names it and stopped when none does; all restarted when `[resolver]` changes.
-pub async fn run<P: Publisher>(runtime: Arc<P>, mut stop: watch::Receiver<bool>) {
-    let mut published = runtime.subscribe();
+pub async fn run<P: Publisher>(live: Arc<P>, mut stop: watch::Receiver<bool>) {
+    let mut published = live.subscribe();
     let mut tasks: HashMap<Discover, JoinHandle<()>> = HashMap::new();
     let mut current: Option<(ResolverConfig, Arc<Resolver>)> = None;
     loop {
-        let config = runtime.config();
+        let config = live.config();
         let wanted = names(&config);
         if !wanted.is_empty() {
             let resolver = match &current {
@@ -157,7 +157,7 @@ pub async fn run<P: Publisher>(runtime: Arc<P>, mut stop: watch::Receiver<bool>)
             for name in &wanted {
                 if !tasks.contains_key(name) {
                     let task = tokio::spawn(follow(
-                        Arc::clone(&runtime),
+                        Arc::clone(&live),
                         Arc::clone(&resolver),
                         name.clone(),
                         config.resolver.valid,
@@ -170,7 +170,7 @@ pub async fn run<P: Publisher>(runtime: Arc<P>, mut stop: watch::Receiver<bool>)
             let keep = wanted.contains(name);
             if !keep {
                 task.abort();
-                runtime.discovered().forget(name);
+                live.discovered().forget(name);
             }
             keep
         });
@@ -193,7 +193,7 @@ async fn wait(stop: &mut watch::Receiver<bool>, published: &mut watch::Receiver<
 
 /// Resolves `name` again and again, storing each answer and rebuilding the snapshot when it changes.
 async fn follow<P: Publisher>(
-    runtime: Arc<P>,
+    live: Arc<P>,
     resolver: Arc<Resolver>,
     name: Discover,
     valid: Option<Duration>,
@@ -203,7 +203,7 @@ async fn follow<P: Publisher>(
         let (wait, found) = match resolver.lookup(&name).await {
             Ok((found, ttl)) => (valid.unwrap_or(ttl), Some(found)),
             Err(error) => {
-                runtime.resolver_error(&name.query, error.reason());
+                live.resolver_error(&name.query, error.reason());
                 let empties = error.empties();
                 if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                     warned = Some(Instant::now());
@@ -217,17 +217,17 @@ async fn follow<P: Publisher>(
             }
         };
         if let Some(found) = found {
-            if let Some((added, removed)) = runtime.discovered().set(&name, found) {
+            if let Some((added, removed)) = live.discovered().set(&name, found) {
                 info!(
                     name = %name.query,
                     added = %list(&added),
                     removed = %list(&removed),
                     "service discovery: the set of servers changed"
                 );
-                runtime.rebuild();
+                live.rebuild();
             }
         }
-        runtime.discovered().settle(&name);
+        live.discovered().settle(&name);
         tokio::time::sleep(jittered(wait.max(FLOOR))).await;
     }
 }

@@ -16,7 +16,7 @@ pub use probe::{probe, ProbeResult, Transport};
 
 use crate::clock::now_ms;
 use crate::config::HealthCheckConfig;
-use crate::runtime::Runtime;
+use crate::live::Live;
 use crate::snapshot::Snapshot;
 use crate::upstream::ServerState;
 
@@ -36,11 +36,11 @@ struct Target {
 
 /// Runs until `stop` fires; restarts its probe loops whenever a new snapshot is published (the counters
 /// live in the servers' state, so nothing is lost).
-pub async fn run_checker(runtime: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
-    let mut published = runtime.subscribe();
+pub async fn run_checker(live: Arc<Live>, mut stop: watch::Receiver<bool>) {
+    let mut published = live.subscribe();
     loop {
         let mut probes = JoinSet::new();
-        for target in targets(&runtime.snapshot()) {
+        for target in targets(&live.snapshot()) {
             probes.spawn(probe_loop(target));
         }
         tokio::select! {

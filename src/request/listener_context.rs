@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use http::header::HeaderValue;
 
-use crate::runtime::Runtime;
+use crate::live::Live;
 
 /// What every connection of one listener shares: kept once per listener (and config), not per connection.
 #[derive(Debug)]
 pub struct ListenerContext {
-    pub(super) runtime: Arc<Runtime>,
+    pub(super) live: Arc<Live>,
     /// `http` or `https`, as the `X-Forwarded-Proto` value, made once.
     pub(super) proto_value: HeaderValue,
     pub(super) client_limits: crate::config::ClientLimits,
@@ -21,13 +21,13 @@ impl ListenerContext {
     /// request body timeout, `https_redirect` the port every request is redirected to
     /// (`redirect_to_https`), when set.
     pub fn new(
-        runtime: Arc<Runtime>,
+        live: Arc<Live>,
         proto: &'static str,
         client_limits: crate::config::ClientLimits,
         https_redirect: Option<u16>,
     ) -> Self {
         Self {
-            runtime,
+            live,
             proto_value: HeaderValue::from_static(proto),
             client_limits,
             https_redirect,

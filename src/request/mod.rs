@@ -335,7 +335,7 @@ impl ProxyService {
                 &snapshot.config.compression,
             );
             if let Some(algorithm) = compressed {
-                self.listener.runtime.metrics().compressed(algorithm);
+                self.listener.live.metrics().compressed(algorithm);
             }
         }
         if let Some(quota) = quota {
@@ -359,7 +359,7 @@ impl ProxyService {
         }
         if response.extensions().get::<LocalAnswer>().is_some() {
             self.listener
-                .runtime
+                .live
                 .metrics()
                 .local_answer(response.status().as_u16());
         }
@@ -416,7 +416,7 @@ impl ProxyService {
                         let protocol = response.headers().get(header::UPGRADE).cloned();
                         if !self
                             .listener
-                            .runtime
+                            .live
                             .tunnels()
                             .splice(client, &mut response, guard)
                         {
@@ -493,7 +493,7 @@ impl ProxyService {
         // reused one, may be sized for the client's headers only.
         request.headers_mut().reserve(ADDED_HEADERS);
         let id = request_id::assign(request.headers_mut());
-        let snapshot = self.listener.runtime.snapshot();
+        let snapshot = self.listener.live.snapshot();
         let pending = snapshot
             .access_log
             .as_ref()

@@ -1,18 +1,24 @@
-//! The running proxy: its listeners, the runtime, the background tasks; start, reload and shutdown.
+//! The running proxy: its listeners, its live state, the background tasks; start, reload and shutdown.
 
 mod acceptor;
+mod admission;
+mod bind;
+mod connection;
+mod connection_clock;
 mod control;
+mod handshake;
 mod listener;
 mod service;
 mod serving;
 mod thread;
 mod timed_io;
-mod timeouts;
+mod verdict;
 
+pub use connection_clock::ConnectionClock;
 pub use service::{ClockedBody, ClockedService};
 pub use thread::{serving_threads, serving_threads_started, worker_index, ServingThread};
 pub use timed_io::TimedIo;
-pub use timeouts::{ConnectionClock, Verdict};
+pub use verdict::Verdict;
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,7 +33,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ListenerConfig};
 use crate::health;
-use crate::runtime::Runtime;
+use crate::live::Live;
 
 /// A bound listener.
 #[derive(Debug, Clone)]
@@ -56,7 +62,7 @@ pub struct RunningProxy {
     listeners: Vec<ListenerHandle>,
     admin: Option<SocketAddr>,
     reloads: Option<tokio::sync::mpsc::Receiver<crate::admin::ReloadRequest>>,
-    runtime: Arc<Runtime>,
+    live: Arc<Live>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     /// Where the listeners' accept loops (and so their connections) run: one loop per listener on each.
@@ -104,7 +110,7 @@ fn bind_all<'a>(
                     info!(listener = %config.name, addr = %config.listen, "using an inherited socket");
                     socket
                 }
-                None => listener::bind(config.listen, config.reuseport).map_err(error)?,
+                None => bind::bind(config.listen, config.reuseport).map_err(error)?,
             };
             socket.set_nonblocking(true).map_err(error)?;
             let addr = socket.local_addr().map_err(error)?;
@@ -188,42 +194,42 @@ pub async fn start_on(
     for unused in inherited {
         warn!(addr = ?unused.local_addr().ok(), "an inherited socket matches no listener; closing it");
     }
-    let runtime = Runtime::new(config);
+    let live = Live::new(config);
     let (stop, _) = watch::channel(false);
     let (reload_sender, reloads) = tokio::sync::mpsc::channel(4);
     let mut proxy = RunningProxy {
         listeners: Vec::new(),
         admin: admin.as_ref().map(|(_, addr)| *addr),
         reloads: Some(reloads),
-        runtime,
+        live,
         stop,
         tasks: JoinSet::new(),
         serving,
     };
     proxy.tasks.spawn(crate::discovery::run(
-        Arc::clone(&proxy.runtime),
+        Arc::clone(&proxy.live),
         proxy.stop.subscribe(),
     ));
-    settle_discovery(&proxy.runtime).await;
+    settle_discovery(&proxy.live).await;
     for socket in bound {
         let handle = proxy.serve(socket);
         proxy.listeners.push(handle);
     }
     proxy.tasks.spawn(health::run_checker(
-        Arc::clone(&proxy.runtime),
+        Arc::clone(&proxy.live),
         proxy.stop.subscribe(),
     ));
     if let Some((socket, addr)) = admin {
         info!(%addr, "admin API listening");
         proxy.tasks.spawn(crate::admin::serve(
             socket,
-            Arc::clone(&proxy.runtime),
+            Arc::clone(&proxy.live),
             reload_sender,
             proxy.stop.subscribe(),
         ));
     }
-    proxy.tasks.spawn(crate::runtime::sweep_rate_limit_buckets(
-        Arc::clone(&proxy.runtime),
+    proxy.tasks.spawn(crate::live::sweep_rate_limit_buckets(
+        Arc::clone(&proxy.live),
         proxy.stop.subscribe(),
     ));
     Ok(proxy)
@@ -232,15 +238,15 @@ pub async fn start_on(
 /// Waits (at most the resolver's timeout and a little more) for every `resolve = true` name's first
 /// answer, so the listeners open with the servers found; a name that does not answer yet is followed
 /// in the background and its pool answers 503 until it does.
-async fn settle_discovery(runtime: &Runtime) {
-    let config = Arc::clone(&runtime.snapshot().config);
+async fn settle_discovery(live: &Live) {
+    let config = Arc::clone(&live.snapshot().config);
     if crate::discovery::names(&config).is_empty() {
         return;
     }
     let deadline = tokio::time::Instant::now()
         + config.resolver.timeout
         + std::time::Duration::from_millis(500);
-    while !runtime.discovered().settled_for(&config) && tokio::time::Instant::now() < deadline {
+    while !live.discovered().settled_for(&config) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
@@ -263,9 +269,9 @@ impl RunningProxy {
         self.reloads.take()
     }
 
-    /// The runtime (snapshot and live state).
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
+    /// The live state (the published snapshot, and what outlives snapshots).
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
     /// Applies a validated config: binds the listeners it adds first (any failure changes nothing), then
@@ -297,7 +303,7 @@ impl RunningProxy {
                 return Err(error);
             }
         };
-        self.runtime.apply(config);
+        self.live.apply(config);
         for removed in old.into_iter().flatten() {
             info!(listener = %removed.bound.name, addr = %removed.bound.addr, "listener removed by reload");
             let _ = removed.stop.send(true);
@@ -347,8 +353,8 @@ impl RunningProxy {
             handle.socket = None;
             let _ = handle.stop.send(true);
         }
-        let grace = self.runtime.snapshot().config.global.shutdown_timeout;
-        let tunnels = self.runtime.tunnels();
+        let grace = self.live.snapshot().config.global.shutdown_timeout;
+        let tunnels = self.live.tunnels();
         let open = tunnels.open();
         if open > 0 {
             info!(tunnels = open, "draining upgraded tunnels");
@@ -373,7 +379,7 @@ impl RunningProxy {
             socket.as_fd().try_clone_to_owned().ok()
         });
         // What the listener's accept loops count together (its connection limits).
-        let counts = Arc::new(listener::ListenerCounts::default());
+        let counts = Arc::new(admission::ListenerCounts::default());
         for (socket, handle) in bound.sockets {
             self.tasks.spawn_on(
                 listener::accept_loop(
@@ -383,7 +389,7 @@ impl RunningProxy {
                         socket,
                         counts: Arc::clone(&counts),
                     },
-                    Arc::clone(&self.runtime),
+                    Arc::clone(&self.live),
                     stopped.clone(),
                 ),
                 &handle,

@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use super::timeouts::ConnectionClock;
+use super::connection_clock::ConnectionClock;
 use crate::forward::body::ProxyBody;
 use crate::forward::deadline::UpstreamWatch;
 use crate::request::{Deliver, ProxyService};

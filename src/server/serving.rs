@@ -18,7 +18,7 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::listener::Shared;
+use super::connection::Shared;
 use super::service::ClockedService;
 use super::timed_io::{TimedIo, PREFACE_LEN};
 use crate::config::HttpLimits;
@@ -272,7 +272,7 @@ fn read_preface<I: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::timeouts::ConnectionClock;
+    use crate::server::connection_clock::ConnectionClock;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::timeouts::ConnectionClock;
+use super::connection_clock::ConnectionClock;
 
 /// The length of the HTTP/2 connection preface, the most a connection reads before choosing its protocol.
 pub const PREFACE_LEN: usize = 24;

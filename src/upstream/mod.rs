@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub use latency::Latency;
 pub use passive::{PassiveHealth, Transition};
-pub use queue::{PoolQueue, Waited};
+pub use queue::{WaitQueue, Waited};
 pub use registry::Registry;
 pub use rise_fall::{prepare_state, Flip, ProbeCounter};
 pub use state::ServerState;
@@ -91,7 +91,7 @@ impl Server {
 
     /// Like [`Self::in_flight_guard`], unless the server is at its `max_conns`; the guard wakes a request
     /// waiting in `queue` when it drops.
-    pub fn try_in_flight_guard(&self, queue: Option<&Arc<PoolQueue>>) -> Option<InFlightGuard> {
+    pub fn try_in_flight_guard(&self, queue: Option<&Arc<WaitQueue>>) -> Option<InFlightGuard> {
         if !self.state.try_enter() {
             return None;
         }
@@ -111,7 +111,7 @@ impl Server {
 #[derive(Debug)]
 pub struct InFlightGuard {
     state: Arc<ServerState>,
-    queue: Option<Arc<PoolQueue>>,
+    queue: Option<Arc<WaitQueue>>,
 }
 
 impl Drop for InFlightGuard {

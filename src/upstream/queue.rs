@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 /// Waiting requests of one pool, shared by the snapshots that keep the pool (so a request ending under
 /// an old snapshot wakes one waiting under the new).
 #[derive(Debug, Default)]
-pub struct PoolQueue {
+pub struct WaitQueue {
     freed: Notify,
     waiting: AtomicUsize,
 }
@@ -26,7 +26,7 @@ pub enum Waited {
     TimedOut,
 }
 
-impl PoolQueue {
+impl WaitQueue {
     /// A future that completes when a slot is freed; pin it and `enable` it before looking for a server,
     /// so a slot freed between the look and the wait is not missed.
     pub fn listen(&self) -> Notified<'_> {

@@ -12,7 +12,7 @@ use super::ServerState;
 #[derive(Debug, Default)]
 pub struct Registry {
     states: Mutex<HashMap<String, Weak<ServerState>>>,
-    queues: Mutex<HashMap<String, Weak<super::PoolQueue>>>,
+    queues: Mutex<HashMap<String, Weak<super::WaitQueue>>>,
 }
 
 impl Registry {
@@ -30,13 +30,13 @@ impl Registry {
     }
 
     /// The queue of the pool named `upstream`, the same while any snapshot holds it.
-    pub fn queue_for(&self, upstream: &str) -> Arc<super::PoolQueue> {
+    pub fn queue_for(&self, upstream: &str) -> Arc<super::WaitQueue> {
         let mut queues = self.queues.lock();
         if let Some(queue) = queues.get(upstream).and_then(Weak::upgrade) {
             return queue;
         }
         queues.retain(|_, weak| weak.strong_count() > 0);
-        let queue = Arc::new(super::PoolQueue::default());
+        let queue = Arc::new(super::WaitQueue::default());
         queues.insert(upstream.to_string(), Arc::downgrade(&queue));
         queue
     }

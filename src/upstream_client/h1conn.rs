@@ -22,10 +22,10 @@ use tokio_util::io::poll_read_buf;
 use crate::message::body::RequestBody;
 use crate::message::headers::Forwarding;
 use crate::upstream_client::h1chunked::{decode_chunked, ChunkState, Decoded};
+use crate::upstream_client::h1client::Http1Client;
 use crate::upstream_client::h1codec::{
     self, encode_head, request_framing, CodecError, Head, RequestFraming, ResponseFraming,
 };
-use crate::upstream_client::h1pool::Http1Pool;
 use crate::upstream_client::h1stream::UpstreamStream;
 
 /// An error a body of ours, or hyper's, raises.
@@ -49,7 +49,7 @@ pub struct Conn {
     /// The request head, or a chunk's framing, on its way out.
     out: Vec<u8>,
     /// The pool it returns to (weak: the pool holds its idle connections), under its server's address.
-    pool: Weak<Http1Pool>,
+    pool: Weak<Http1Client>,
     key: Authority,
 }
 
@@ -94,7 +94,7 @@ impl ConnError {
 
 impl Conn {
     /// A connection over `io` to `key`, which has sent and read nothing yet, that returns to `pool`.
-    pub fn new(io: UpstreamStream, pool: &Arc<Http1Pool>, key: &Authority) -> Box<Self> {
+    pub fn new(io: UpstreamStream, pool: &Arc<Http1Client>, key: &Authority) -> Box<Self> {
         Box::new(Self {
             io,
             buf: BytesMut::new(),

@@ -1,9 +1,9 @@
 //! The pooled keep-alive client to upstream servers: HTTP/1.1 or HTTP/2, cleartext or TLS.
 
 pub mod h1chunked;
+mod h1client;
 pub mod h1codec;
 pub mod h1conn;
-mod h1pool;
 pub mod h1stream;
 pub mod tunnel;
 
@@ -38,7 +38,7 @@ pub enum UpstreamClient {
     /// hyper-util's client: HTTP/2 upstreams (h2 over TLS, h2c).
     Legacy(Box<LegacyClient>),
     /// Our own pool: HTTP/1.1 upstreams, cleartext or TLS, upgrades included.
-    Http1(Arc<crate::upstream_client::h1pool::Http1Pool>),
+    Http1(Arc<crate::upstream_client::h1client::Http1Client>),
 }
 
 impl UpstreamClient {
@@ -147,16 +147,18 @@ pub fn build_client(
             .or_else(|| name.and_then(|n| ServerName::try_from(n.to_string()).ok()))
     };
     if !settings.protocol.is_http2() {
-        let tls = tls.map(|tls| crate::upstream_client::h1pool::PoolTls {
+        let tls = tls.map(|tls| crate::upstream_client::h1client::Http1Tls {
             config: tls.for_protocol(false),
             name: fixed_name(tls),
         });
-        return UpstreamClient::Http1(Arc::new(crate::upstream_client::h1pool::Http1Pool::new(
-            tls,
-            settings.connect_timeout,
-            settings.keepalive_timeout,
-            settings.keepalive,
-        )));
+        return UpstreamClient::Http1(Arc::new(
+            crate::upstream_client::h1client::Http1Client::new(
+                tls,
+                settings.connect_timeout,
+                settings.keepalive_timeout,
+                settings.keepalive,
+            ),
+        ));
     }
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(settings.connect_timeout));

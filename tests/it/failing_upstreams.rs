@@ -111,14 +111,14 @@ async fn each_failing_upstream_gives_a_clean_502_or_a_cut_stream_and_counts_as_a
                 assert_eq!(status, 502, "{failure:?}");
             }
         }
-        let metrics = fulcrum::admin::metrics_text(proxy.proxy.runtime());
+        let metrics = fulcrum::admin::metrics_text(proxy.proxy.live());
         let failures = sample(
             &metrics,
             "fulcrum_passive_failures_total",
             &[&bad.to_string()],
         );
         assert_eq!(failures, 3.0, "{failure:?}: passive failures");
-        let in_flight: usize = proxy.proxy.runtime().snapshot().pools[0].primary.servers[0]
+        let in_flight: usize = proxy.proxy.live().snapshot().pools[0].primary.servers[0]
             .state
             .in_flight();
         assert_eq!(in_flight, 0, "{failure:?}: a request stayed in flight");

@@ -225,7 +225,7 @@ impl TestProxy {
     /// Applies a new config (as a reload will).
     pub fn apply(&self, toml: &str) {
         let config = Config::parse(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
-        self.proxy.runtime().apply(config);
+        self.proxy.live().apply(config);
     }
 }
 

@@ -71,7 +71,7 @@ impl FlappyBackend {
 
 /// The live state of the `index`-th primary server of the first pool.
 fn state_of(proxy: &TestProxy, index: usize) -> Arc<ServerState> {
-    Arc::clone(&proxy.proxy.runtime().snapshot().pools[0].primary.servers[index].state)
+    Arc::clone(&proxy.proxy.live().snapshot().pools[0].primary.servers[index].state)
 }
 
 fn check(extra: &str) -> String {

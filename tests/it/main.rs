@@ -35,7 +35,7 @@ mod strategies;
 mod tls;
 mod tunnels;
 mod upgrade;
-mod upstream_pool;
+mod upstream_keepalive;
 mod upstream_timeouts;
 mod upstream_tls;
 mod upstream_wire;

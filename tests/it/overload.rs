@@ -38,7 +38,7 @@ async fn gated_backend() -> (
 }
 
 fn queued(proxy: &TestProxy) -> usize {
-    let snapshot = proxy.proxy.runtime().snapshot();
+    let snapshot = proxy.proxy.live().snapshot();
     snapshot.pools[0]
         .queue
         .as_ref()

@@ -96,7 +96,7 @@ async fn bad_file_keeps_the_old_config_serving_and_counts_the_failure() {
     let mut proxy = TestProxy::start(&good).await;
     std::fs::write(&path, format!("{good}\nbroken = [\n")).expect("write broken config");
     assert!(fulcrum::daemon::reload(&mut proxy.proxy, &path, "test").is_err());
-    assert_eq!(proxy.proxy.runtime().reload_counts(), (0, 1));
+    assert_eq!(proxy.proxy.live().reload_counts(), (0, 1));
     let reply = TestClient::new().get(&proxy.url("/")).await;
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "a"));
 }
@@ -124,7 +124,7 @@ async fn passive_down_and_in_flight_survive_a_reload() {
         fulcrum::Config::parse(&config_on("127.0.0.1:0", &servers(2)), Path::new("r.toml"))
             .expect("a valid config");
     proxy.proxy.reload(config).expect("reload");
-    let pool = &proxy.proxy.runtime().snapshot().pools[0];
+    let pool = &proxy.proxy.live().snapshot().pools[0];
     assert_eq!(
         pool.primary.servers[0].state.in_flight(),
         1,

@@ -67,7 +67,7 @@ async fn status_page_lists_servers_and_shows_one_going_down() {
     );
 
     b.stop().await;
-    let state = proxy.proxy.runtime().snapshot().pools[0].primary.servers[1]
+    let state = proxy.proxy.live().snapshot().pools[0].primary.servers[1]
         .state
         .clone();
     wait_until(Duration::from_secs(5), "the probes to see b down", || {

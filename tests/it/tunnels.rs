@@ -109,12 +109,12 @@ async fn upgrade_is_tunneled_both_ways_and_counts_as_in_flight() {
         backend.addr()
     ))))
     .await;
-    let state = Arc::clone(&proxy.proxy.runtime().snapshot().pools[0].primary.servers[0].state);
+    let state = Arc::clone(&proxy.proxy.live().snapshot().pools[0].primary.servers[0].state);
     let mut tunnel = open_tunnel(&proxy).await;
     echo(&mut tunnel, b"ping").await;
     echo(&mut tunnel, &[0u8, 159, 146, 150, 255]).await;
     assert_eq!(state.in_flight(), 1, "an open tunnel counts as in flight");
-    assert_eq!(proxy.proxy.runtime().tunnels().open(), 1);
+    assert_eq!(proxy.proxy.live().tunnels().open(), 1);
     drop(tunnel);
     wait_until(Duration::from_secs(5), "the tunnel to be released", || {
         state.in_flight() == 0

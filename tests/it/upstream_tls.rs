@@ -83,9 +83,9 @@ async fn https_upstreams_are_verified_against_ca_file_and_an_untrusted_one_gets_
     let client = TestClient::new();
 
     // Probes run over TLS too: the trusted server passes, the untrusted one fails its handshake.
-    let runtime = Arc::clone(proxy.proxy.runtime());
+    let live = Arc::clone(proxy.proxy.live());
     let probed = |pool: &str| {
-        let snapshot = runtime.snapshot();
+        let snapshot = live.snapshot();
         snapshot
             .pools
             .iter()
@@ -339,9 +339,9 @@ async fn a_probe_over_tls_checks_the_answer_body() {
         degraded.addr().port()
     ));
     let proxy = TestProxy::start(&toml).await;
-    let runtime = Arc::clone(proxy.proxy.runtime());
+    let live = Arc::clone(proxy.proxy.live());
     let probed = |index: usize| {
-        runtime.snapshot().pools[0]
+        live.snapshot().pools[0]
             .servers()
             .nth(index)
             .and_then(|server| server.state.last_probe())

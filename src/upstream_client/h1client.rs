@@ -1,6 +1,7 @@
-//! The keep-alive pool for HTTP/1.1 upstream servers, cleartext or TLS, in place of hyper-util's legacy
-//! client (which stays for HTTP/2 upstreams): idle connections ([`Conn`]) per server address, driven
-//! on the request's task (src/upstream_client/h1conn.rs). Upgrades go through it too: a `101` hands its
+//! The HTTP/1.1 client to upstream servers, cleartext or TLS, in place of hyper-util's legacy client
+//! (which stays for HTTP/2 upstreams): it connects, and keeps idle connections ([`Conn`]) per server
+//! address and serving thread ("pool" names only a config's `[upstream.NAME]` elsewhere), driven on the
+//! request's task (src/upstream_client/h1conn.rs). Upgrades go through it too: a `101` hands its
 //! connection to the tunnel. hyper-util's pool hashed its key with SipHash on every
 //! checkout and return and went through several boxed futures per request (docs/benchmarks-history.md).
 
@@ -34,10 +35,10 @@ const STALE_RETRIES: usize = 2;
 
 /// Idle connections per server address (its `host:port`), kept per serving thread.
 #[derive(Debug)]
-pub struct Http1Pool {
+pub struct Http1Client {
     /// How `https://` servers are reached: the TLS config and the name to verify and send in SNI
     /// (`None`: each server's own host); `None` for cleartext pools.
-    tls: Option<PoolTls>,
+    tls: Option<Http1Tls>,
     connect_timeout: Duration,
     keepalive_timeout: Duration,
     keepalive: usize,
@@ -51,7 +52,7 @@ pub struct Http1Pool {
 
 /// The TLS a pool's connections are made with.
 #[derive(Debug, Clone)]
-pub struct PoolTls {
+pub struct Http1Tls {
     /// The rustls client config (ALPN `http/1.1`).
     pub config: Arc<rustls::ClientConfig>,
     /// The name every server is verified against (`tls_server_name`, or the name servers were found
@@ -93,11 +94,11 @@ impl Idle {
     }
 }
 
-impl Http1Pool {
+impl Http1Client {
     /// A pool that connects within `connect_timeout`, keeps up to `keepalive` idle connections per server
     /// and closes those idle for `keepalive_timeout`; over TLS when `tls` is given.
     pub fn new(
-        tls: Option<PoolTls>,
+        tls: Option<Http1Tls>,
         connect_timeout: Duration,
         keepalive_timeout: Duration,
         keepalive: usize,
@@ -262,7 +263,7 @@ fn server_name(key: &Authority) -> Result<ServerName<'static>, ProxyError> {
 }
 
 /// Closes connections idle past `keepalive_timeout` (checked every half of it), until the pool is gone.
-async fn sweep(pool: Weak<Http1Pool>) {
+async fn sweep(pool: Weak<Http1Client>) {
     let period = match pool.upgrade() {
         Some(pool) => (pool.keepalive_timeout / 2).max(Duration::from_millis(100)),
         None => return,

@@ -1,4 +1,6 @@
-//! The runtime: the published snapshot, the live server registry and the upstream clients.
+//! The live state of a running proxy (`Live`): the published snapshot, and what outlives snapshots
+//! (the server registry, the upstream clients, tunnels, rate-limit zones, metrics, discovered sets).
+//! Named apart from tokio's runtimes, which run it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +26,7 @@ type Clients = HashMap<(ClientSettings, Option<Arc<str>>), UpstreamClient>;
 
 /// Holds what outlives one config: the registry of server state and the pooled clients.
 #[derive(Debug)]
-pub struct Runtime {
+pub struct Live {
     snapshot: ArcSwap<Snapshot>,
     registry: Registry,
     clients: Mutex<Clients>,
@@ -83,9 +85,9 @@ struct ZoneState {
     shared: ZoneShared,
 }
 
-impl Runtime {
-    /// A runtime serving `config`.
-    pub fn new(config: Config) -> Arc<Runtime> {
+impl Live {
+    /// The live state serving `config`.
+    pub fn new(config: Config) -> Arc<Live> {
         let registry = Registry::default();
         let clients = Mutex::new(HashMap::new());
         let zones = Mutex::new(HashMap::new());
@@ -102,7 +104,7 @@ impl Runtime {
             true,
         );
         snapshot.access_log = Self::access_log_for(&access_log, &snapshot.config, &metrics);
-        Arc::new(Runtime {
+        Arc::new(Live {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             clients,
@@ -275,21 +277,21 @@ impl Runtime {
     }
 }
 
-impl crate::discovery::Publisher for Runtime {
+impl crate::discovery::Publisher for Live {
     fn config(&self) -> Arc<Config> {
         Arc::clone(&self.snapshot().config)
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
-        Runtime::subscribe(self)
+        Live::subscribe(self)
     }
 
     fn discovered(&self) -> &Discovered {
-        Runtime::discovered(self)
+        Live::discovered(self)
     }
 
     fn rebuild(&self) {
-        Runtime::rebuild(self);
+        Live::rebuild(self);
     }
 
     fn resolver_error(&self, name: &str, reason: &str) {
@@ -302,7 +304,7 @@ const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Forgets drained buckets of every zone in the current snapshot every few seconds, until `stop` fires.
 pub async fn sweep_rate_limit_buckets(
-    runtime: Arc<Runtime>,
+    live: Arc<Live>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut ticks = tokio::time::interval(SWEEP_EVERY);
@@ -311,7 +313,7 @@ pub async fn sweep_rate_limit_buckets(
         tokio::select! {
             _ = ticks.tick() => {
                 let now = crate::clock::now_ms();
-                for zone in &runtime.snapshot().zones {
+                for zone in &live.snapshot().zones {
                     zone.store.sweep(now, zone.limit);
                 }
             }

@@ -1,4 +1,4 @@
-//! The keep-alive pool to HTTP/1.1 upstreams, cleartext and TLS (src/upstream_client/h1pool.rs): connections are
+//! Keep-alive connections to HTTP/1.1 upstreams, cleartext and TLS (src/upstream_client/h1client.rs): connections are
 //! reused, closed after `keepalive_timeout` idle, capped at `keepalive` per server, and one the server
 //! closed while it sat idle costs the client nothing.
 
