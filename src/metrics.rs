@@ -44,6 +44,8 @@ pub struct Metrics {
     buffers: BufferMetrics,
     /// `local_answers` handles for the statuses the proxy answers itself, resolved once.
     local_by_status: Vec<(u16, IntCounter)>,
+    /// `fulcrum_compressed_responses_total` by algorithm, in [`crate::config::Algorithm::ALL`] order.
+    compressed: [IntCounter; 3],
 }
 
 /// Statuses the proxy answers itself (a rate-limit zone may configure another 4xx/5xx).
@@ -270,6 +272,14 @@ impl Default for Metrics {
         .expect("metric names are valid constants");
         r.register(Box::new(access_log_dropped.clone()))
             .expect("each metric is registered once");
+        let compressed = counter_vec(
+            &r,
+            "fulcrum_compressed_responses_total",
+            "Answers sent compressed, by content coding.",
+            &["algorithm"],
+        );
+        let compressed =
+            crate::config::Algorithm::ALL.map(|a| compressed.with_label_values(&[a.token()]));
         let mut metrics = Metrics {
             requests: counter_vec(
                 &r,
@@ -408,6 +418,7 @@ impl Default for Metrics {
             access_log_dropped,
             buffers: BufferMetrics::new(&r),
             local_by_status: Vec::new(),
+            compressed,
             registry: r,
         };
         metrics.local_by_status = LOCAL_STATUSES
@@ -522,6 +533,13 @@ impl Metrics {
     /// The counter of dropped access log lines.
     pub fn access_log_dropped(&self) -> IntCounter {
         self.access_log_dropped.clone()
+    }
+
+    /// Counts an answer sent compressed with `algorithm`.
+    pub fn compressed(&self, algorithm: crate::config::Algorithm) {
+        if let Some(counter) = self.compressed.get(algorithm.index()) {
+            counter.inc();
+        }
     }
 
     /// Counts an answer the proxy made itself.

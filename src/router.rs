@@ -35,6 +35,8 @@ pub struct Route {
     pub access_log: bool,
     /// The route's cache, when it has one.
     pub cache: Option<std::sync::Arc<crate::cache::RouteCache>>,
+    /// Whether the route's answers may be compressed: `[compression]` is on and the route did not opt out.
+    pub compress: bool,
 }
 
 /// What a route changes in the request it forwards and in the answer, or the answer it gives itself.
@@ -66,6 +68,7 @@ impl Router {
         pool_index: impl Fn(&str) -> usize,
         zone_index: impl Fn(&str) -> usize,
         default_max_body: u64,
+        compression_enabled: bool,
     ) -> Self {
         let mut router = Router::default();
         for (index, config) in routes.iter().enumerate() {
@@ -96,6 +99,7 @@ impl Router {
                 }),
                 access_log: config.access_log,
                 cache: None,
+                compress: compression_enabled && config.compress && config.answer.is_none(),
             };
             match config.host.as_deref() {
                 None => router.any_host.push(route),
@@ -223,6 +227,7 @@ mod tests {
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
             access_log: true,
+            compress: true,
             answer: None,
             cache: None,
         }
@@ -236,7 +241,7 @@ mod tests {
             route(Some("*.example.com"), "/", "3"),
             route(Some("*.b.example.com"), "/", "4"),
         ];
-        Router::new(&routes, |name| name.parse().unwrap_or(99), |_| 0, 1)
+        Router::new(&routes, |name| name.parse().unwrap_or(99), |_| 0, 1, true)
     }
 
     #[test]
@@ -273,7 +278,7 @@ mod tests {
         let mut exact = route(None, "/api/", "5");
         exact.exact = true;
         let routes = [route(None, "/", "0"), route(None, "/api/", "1"), exact];
-        let r = Router::new(&routes, |name| name.parse().unwrap_or(99), |_| 0, 1);
+        let r = Router::new(&routes, |name| name.parse().unwrap_or(99), |_| 0, 1, true);
         assert_eq!(r.find(None, "/api/").map(|r| r.pool), Some(5));
         assert_eq!(r.find(None, "/api/x").map(|r| r.pool), Some(1));
         assert_eq!(r.find(None, "/api").map(|r| r.pool), Some(0));
@@ -281,7 +286,7 @@ mod tests {
 
     #[test]
     fn no_match_without_catch_all() {
-        let r = Router::new(&[route(None, "/api/", "0")], |_| 0, |_| 0, 1);
+        let r = Router::new(&[route(None, "/api/", "0")], |_| 0, |_| 0, 1, true);
         assert!(r.find(None, "/").is_none());
     }
 }

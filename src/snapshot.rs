@@ -221,6 +221,7 @@ impl Snapshot {
             |name| names.iter().position(|n| *n == name).unwrap_or(0),
             |name| zone_names.iter().position(|n| *n == name).unwrap_or(0),
             config.global.max_body_size,
+            config.compression.enabled,
         );
         Snapshot {
             config: Arc::clone(&config),

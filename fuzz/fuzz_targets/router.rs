@@ -31,13 +31,14 @@ fuzz_target!(|input: Input| {
             request_headers: Default::default(),
             response_headers: Default::default(),
             access_log: true,
+            compress: true,
             answer: None,
             cache: None,
             buffering: None,
             request_buffering: None,
         })
         .collect();
-    let router = Router::new(&routes, |_| 0, |_| 0, 1 << 20);
+    let router = Router::new(&routes, |_| 0, |_| 0, 1 << 20, true);
     for (host, path) in input.lookups.iter().take(64) {
         let Some(found) = router.find(host.as_deref(), path) else {
             // Nothing found: then no host-less route matches the path either.

@@ -26,6 +26,20 @@ pub struct FileConfig {
     pub admin: Option<AdminFile>,
     pub access_log: Option<AccessLogFile>,
     pub resolver: Option<ResolverFile>,
+    pub compression: Option<CompressionFile>,
+}
+
+/// `[compression]`: which answers are compressed on their way to the client, and how.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionFile {
+    pub enabled: Option<bool>,
+    pub algorithms: Option<Spanned<Vec<String>>>,
+    pub types: Option<Spanned<Vec<String>>>,
+    pub min_size: Option<Spanned<ConfigSize>>,
+    pub gzip_level: Option<Spanned<i32>>,
+    pub br_level: Option<Spanned<i32>>,
+    pub zstd_level: Option<Spanned<i32>>,
 }
 
 /// `[resolver]`: the name servers that re-resolve `resolve = true` servers.
@@ -183,6 +197,7 @@ pub struct RouteFile {
     pub request_headers: Option<Spanned<HeaderRulesFile>>,
     pub response_headers: Option<Spanned<HeaderRulesFile>>,
     pub access_log: Option<bool>,
+    pub compress: Option<Spanned<bool>>,
     #[serde(rename = "return")]
     pub answer: Option<Spanned<ReturnFile>>,
     pub cache: Option<Spanned<String>>,

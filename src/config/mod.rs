@@ -7,6 +7,7 @@ mod route;
 mod validate;
 mod validate_cache;
 mod validate_client;
+mod validate_compression;
 mod validate_health;
 mod validate_http;
 mod validate_limits;
@@ -49,6 +50,8 @@ pub struct Config {
     pub access_log: Option<AccessLogConfig>,
     /// `[resolver]`: how `resolve = true` servers are re-resolved.
     pub resolver: ResolverConfig,
+    /// `[compression]`: off unless the section is present.
+    pub compression: CompressionConfig,
     /// The file this came from and its text, for `GET /config` (secrets redacted there).
     pub source: ConfigSource,
     /// Things that are valid but probably not what was meant (e.g. a key the chosen strategy ignores).
@@ -126,6 +129,108 @@ pub struct Global {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Where bodies past `buffer_size` spill (nginx `proxy_temp_path`); `None` is the system temp dir.
     pub temp_path: Option<std::path::PathBuf>,
+}
+
+/// A content coding the proxy can compress answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// `zstd` (RFC 8878).
+    Zstd,
+    /// `br`, Brotli (RFC 7932).
+    Brotli,
+    /// `gzip` (RFC 1952).
+    Gzip,
+}
+
+impl Algorithm {
+    /// Every algorithm, in the default order of preference.
+    pub const ALL: [Algorithm; 3] = [Algorithm::Zstd, Algorithm::Brotli, Algorithm::Gzip];
+
+    /// The levels each algorithm takes, and its default: gzip 1 (nginx's `gzip_comp_level`), brotli 4
+    /// and zstd 3 (its own default): fast settings that keep most of the size gain of the higher levels,
+    /// as a proxy compressing every answer on the fly needs.
+    pub const fn levels(self) -> (std::ops::RangeInclusive<i32>, i32) {
+        match self {
+            Algorithm::Zstd => (1..=19, 3),
+            Algorithm::Brotli => (0..=11, 4),
+            Algorithm::Gzip => (1..=9, 1),
+        }
+    }
+
+    /// Its position in [`Self::ALL`], for tables indexed by algorithm.
+    pub const fn index(self) -> usize {
+        match self {
+            Algorithm::Zstd => 0,
+            Algorithm::Brotli => 1,
+            Algorithm::Gzip => 2,
+        }
+    }
+
+    /// Its name in `Accept-Encoding`, `Content-Encoding` and the config.
+    pub const fn token(self) -> &'static str {
+        match self {
+            Algorithm::Zstd => "zstd",
+            Algorithm::Brotli => "br",
+            Algorithm::Gzip => "gzip",
+        }
+    }
+
+    /// The algorithm a config or `Accept-Encoding` token names (`x-gzip` is gzip, RFC 9110 8.4.1.3).
+    pub fn from_token(token: &str) -> Option<Algorithm> {
+        Self::ALL
+            .into_iter()
+            .find(|a| token.eq_ignore_ascii_case(a.token()))
+            .or_else(|| {
+                token
+                    .eq_ignore_ascii_case("x-gzip")
+                    .then_some(Algorithm::Gzip)
+            })
+    }
+}
+
+/// `[compression]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressionConfig {
+    /// Compress at all (nginx `gzip on`); a route may still opt out with `compress = false`.
+    pub enabled: bool,
+    /// The algorithms offered, in our order of preference (ties in the client's q-values go by it).
+    pub algorithms: Vec<Algorithm>,
+    /// Media types compressed, lowercase: `text/html`, `text/*` (a whole top-level type) or `*` (any).
+    pub types: Vec<String>,
+    /// Answers whose `Content-Length` is below this are sent as they are (nginx `gzip_min_length`).
+    pub min_size: u64,
+    /// Compression level of each algorithm, by [`Algorithm::index`] (nginx `gzip_comp_level`).
+    pub levels: [i32; 3],
+}
+
+impl CompressionConfig {
+    /// The level `algorithm` compresses at.
+    pub fn level(&self, algorithm: Algorithm) -> i32 {
+        self.levels
+            .get(algorithm.index())
+            .copied()
+            .unwrap_or(algorithm.levels().1)
+    }
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            algorithms: Algorithm::ALL.to_vec(),
+            types: [
+                "text/*",
+                "application/json",
+                "application/javascript",
+                "application/xml",
+                "image/svg+xml",
+            ]
+            .map(String::from)
+            .to_vec(),
+            min_size: 1024,
+            levels: Algorithm::ALL.map(|a| a.levels().1),
+        }
+    }
 }
 
 /// A rate written `10r/s` or `600r/m`.
@@ -321,6 +426,9 @@ pub struct RouteConfig {
     pub response_headers: HeaderRules,
     /// Whether requests of this route are written to the access log (`access_log = false`: not).
     pub access_log: bool,
+    /// Whether answers of this route may be compressed (`compress = false`: never); `[compression]`
+    /// decides the rest.
+    pub compress: bool,
     /// `return`: the route answers itself.
     pub answer: Option<ReturnConfig>,
     /// `cache = "ZONE"` and its companions: the route's answers are cached.

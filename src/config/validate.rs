@@ -136,7 +136,14 @@ impl Validator<'_> {
         for (name, zone) in &file.caches {
             caches.insert(name.clone(), self.cache_zone(name, zone)?);
         }
-        let routes = self.routes(&file.routes, &upstreams, &rate_limits, &caches)?;
+        let compression = self.compression(file.compression.as_ref())?;
+        let routes = self.routes(
+            &file.routes,
+            &upstreams,
+            &rate_limits,
+            &caches,
+            &compression,
+        )?;
         let admin = match &file.admin {
             Some(admin) => Some(self.admin(admin)?),
             None => None,
@@ -155,6 +162,7 @@ impl Validator<'_> {
             admin,
             access_log,
             resolver,
+            compression,
             source: ConfigSource {
                 path: self.path.to_path_buf(),
                 text: self.source.to_string(),

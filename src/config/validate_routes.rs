@@ -9,8 +9,8 @@ use super::error::ConfigError;
 use super::file::{HeaderRulesFile, ReturnFile, RouteFile};
 use super::validate::Validator;
 use super::{
-    CacheZoneConfig, HeaderRules, PathRewrite, RateLimitConfig, ReturnConfig, RouteConfig,
-    UpstreamConfig,
+    CacheZoneConfig, CompressionConfig, HeaderRules, PathRewrite, RateLimitConfig, ReturnConfig,
+    RouteConfig, UpstreamConfig,
 };
 
 /// Fields the proxy writes itself on every request: a rule for one would be lost or fight them.
@@ -50,6 +50,7 @@ impl Validator<'_> {
         upstreams: &BTreeMap<String, UpstreamConfig>,
         zones: &BTreeMap<String, RateLimitConfig>,
         caches: &BTreeMap<String, CacheZoneConfig>,
+        compression: &CompressionConfig,
     ) -> Result<Vec<RouteConfig>, ConfigError> {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(files.len());
@@ -57,6 +58,7 @@ impl Validator<'_> {
             let mut route = self.route(i, file, upstreams, zones, &mut seen)?;
             route.cache = self.route_cache(file, caches, &|k: &str| format!("route[{i}].{k}"))?;
             out.push(route);
+            self.route_compress(i, file, compression);
         }
         Ok(out)
     }
@@ -158,6 +160,7 @@ impl Validator<'_> {
                 ("upgrades", file.upgrades.is_some()),
                 ("max_body_size", file.max_body_size.is_some()),
                 ("cache", file.cache.is_some()),
+                ("compress", file.compress.is_some()),
             ];
             if let Some((name, _)) = pointless.iter().find(|(_, set)| *set) {
                 return Err(self.err(
@@ -197,6 +200,7 @@ impl Validator<'_> {
             request_headers,
             response_headers,
             access_log: file.access_log.unwrap_or(true),
+            compress: file.compress.as_ref().is_none_or(|c| *c.get_ref()),
             answer,
             buffering: file.buffering,
             request_buffering: file.request_buffering,

@@ -177,6 +177,48 @@ enum Source {
     Direct(Upstream),
     /// Read ahead of the client by [`crate::forward::response_buffer`].
     Buffered(crate::forward::response_buffer::Buffered),
+    /// A whole body the proxy holds (a cache hit), so it can be compressed like a server's.
+    Whole(http_body_util::Full<Bytes>),
+    /// One of the others, compressed on its way out ([`crate::forward::compress`]); the inner body
+    /// keeps the cache fill, which stores the answer as the server sent it.
+    Compressed(Box<crate::forward::compress::Compressed<UpstreamBody>>),
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Source::Direct(upstream) => Pin::new(upstream).poll_frame(cx),
+            Source::Buffered(buffered) => Pin::new(buffered).poll_frame(cx),
+            Source::Whole(whole) => Pin::new(whole)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Source::Compressed(compressed) => Pin::new(compressed.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Direct(upstream) => upstream.is_end_stream(),
+            Source::Buffered(buffered) => buffered.is_end_stream(),
+            Source::Whole(whole) => whole.is_end_stream(),
+            Source::Compressed(compressed) => compressed.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Direct(upstream) => upstream.size_hint(),
+            Source::Buffered(buffered) => buffered.size_hint(),
+            Source::Whole(whole) => whole.size_hint(),
+            Source::Compressed(compressed) => compressed.size_hint(),
+        }
+    }
 }
 
 /// The answer's body as the client gets it: from its server directly or through the response buffer;
@@ -222,6 +264,33 @@ impl UpstreamBody {
         }
     }
 
+    /// The same body compressed with `algorithm` at `level` on its way to the client (after the response
+    /// buffer, which keeps reading the upstream's bytes ahead).
+    pub fn compressed(self, algorithm: crate::config::Algorithm, level: i32) -> Self {
+        // The log counts the bytes the client gets, the fill those the server sent.
+        let inner = Self {
+            source: self.source,
+            log: None,
+            fill: self.fill,
+        };
+        Self {
+            source: Source::Compressed(Box::new(crate::forward::compress::Compressed::new(
+                inner, algorithm, level,
+            ))),
+            log: self.log,
+            fill: None,
+        }
+    }
+
+    /// A whole body the proxy holds (a cache hit's), as an answer body that can be compressed.
+    pub fn whole(body: http_body_util::Full<Bytes>) -> Self {
+        Self {
+            source: Source::Whole(body),
+            log: None,
+            fill: None,
+        }
+    }
+
     /// Writes `log` when the body ends (or the client goes away).
     pub fn attach_log(&mut self, log: Box<PendingLog>) {
         if self.is_end_stream() {
@@ -241,10 +310,7 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.source {
-            Source::Direct(upstream) => Pin::new(upstream).poll_frame(cx),
-            Source::Buffered(buffered) => Pin::new(buffered).poll_frame(cx),
-        };
+        let polled = Pin::new(&mut this.source).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => {
                 this.log.take();
@@ -281,17 +347,11 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Direct(upstream) => upstream.is_end_stream(),
-            Source::Buffered(buffered) => buffered.is_end_stream(),
-        }
+        self.source.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.source {
-            Source::Direct(upstream) => upstream.size_hint(),
-            Source::Buffered(buffered) => buffered.size_hint(),
-        }
+        self.source.size_hint()
     }
 }
 

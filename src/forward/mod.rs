@@ -1,6 +1,7 @@
 //! Forwarding with retries: pick a server, send, classify the outcome, account passive health, maybe retry.
 
 pub mod body;
+pub mod compress;
 pub mod deadline;
 mod pick;
 pub mod request_buffer;

@@ -69,6 +69,9 @@ impl Scope {
 pub fn setting(t: &mut Translator, d: &Directive, scope: &mut Scope, level: Level) {
     let name = d.name.as_str();
     let first = d.args.first().map(String::as_str).unwrap_or("");
+    if super::gzip::setting(t, d, scope, level) {
+        return;
+    }
     let report = &mut t.report;
     match name {
         // Listener-wide.
@@ -455,8 +458,8 @@ fn unsupported_setting(t: &mut Translator, d: &Directive) {
     let name = d.name.as_str();
     let why = if name.starts_with("proxy_cache") || name == "proxy_no_cache" {
         "response caching is not supported"
-    } else if name.starts_with("gzip") || name.starts_with("brotli") {
-        "compression is not supported (the upstream's encoding passes through)"
+    } else if name.starts_with("gzip") || name.starts_with("brotli") || name.starts_with("zstd") {
+        "not translated ([compression] takes gzip, gzip_types, gzip_min_length, gzip_comp_level; the brotli and zstd modules' settings have no equivalent)"
     } else if name.contains("lua") || name.starts_with("js_") || name.starts_with("perl") {
         "scripting is not supported"
     } else if matches!(name, "root" | "alias" | "index" | "try_files" | "autoindex") {

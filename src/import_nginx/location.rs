@@ -322,6 +322,7 @@ pub(super) fn location_route(
     if scope.value("route:access_log").is_some() {
         keys.set("access_log", "false");
     }
+    super::gzip::route_keys(scope, &mut keys);
     for key in ["buffering", "request_buffering"] {
         if let Some((on, _)) = scope.value(&format!("route:{key}")) {
             if on == "false" {

@@ -6,6 +6,7 @@
 //! directive once, with the worst of what became of it.
 
 mod directives;
+mod gzip;
 mod listen;
 mod location;
 mod output;

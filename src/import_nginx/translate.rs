@@ -80,6 +80,8 @@ pub struct Translator {
     pub access_log: Option<Table>,
     /// `[resolver]`.
     pub resolver: Option<Table>,
+    /// `[compression]`, made by the first `gzip on` or `gzip_*` setting.
+    pub compression: Option<Table>,
     /// `log_format` names.
     pub log_formats: HashSet<String>,
     /// A directive `nginx -t` would refuse (the import then fails with exit status 1).
@@ -103,6 +105,7 @@ impl Translator {
             servers: Vec::new(),
             access_log: None,
             resolver: None,
+            compression: None,
             log_formats: HashSet::new(),
             invalid: None,
         }

@@ -17,6 +17,11 @@ impl Translator {
             .filter_map(|(k, v)| Some((k.strip_prefix("@listener.")?.to_string(), v.clone())))
             .collect();
         self.global.keys.retain(|(k, _)| !k.starts_with('@'));
+        if self.compression.is_none() {
+            for route in &mut self.routes {
+                route.table.keys.retain(|(k, _)| k != "compress");
+            }
+        }
         for listener in &mut self.listeners {
             for (k, v) in &pending {
                 if listener.table.get(k).is_none() {
@@ -100,6 +105,9 @@ impl Translator {
         }
         if let Some(log) = &self.access_log {
             log.write(&mut out);
+        }
+        if let Some(compression) = &self.compression {
+            compression.write(&mut out);
         }
         if self.listeners.is_empty() {
             out.push_str("# No nginx `server` block was read: a listener on nginx's default port, so that the file

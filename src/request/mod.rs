@@ -3,6 +3,7 @@
 mod answer;
 mod cached;
 pub mod client_ip;
+mod compression;
 mod framing;
 mod host;
 pub mod keys;
@@ -151,6 +152,10 @@ impl ProxyService {
                 request.headers(),
             ))
         });
+        // Read from the client's request before a route's rules rewrite it for the upstream (removing
+        // Accept-Encoding there is how the upstream is asked for a plain answer we compress).
+        let compress =
+            compression::negotiate_request(&request, route.compress, &snapshot.config.compression);
         let route = RouteAt {
             pool: route.pool,
             max_body_size: route.max_body_size,
@@ -158,6 +163,7 @@ impl ProxyService {
             buffering: route.buffering,
             request_buffering: route.request_buffering,
             rules: route.rules.clone(),
+            compress,
         };
         let client_upgrade =
             allowed_upgrade.map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
@@ -268,9 +274,8 @@ impl ProxyService {
         let mut cache_step = None;
         if let Some(request) = routed.cache.take() {
             match self.cache_before(snapshot, routed, trace, *request).await {
-                Err(mut answer) => {
-                    dress(&routed.route, quota, &mut answer);
-                    return answer;
+                Err(answer) => {
+                    return dress(&self.listener.live, snapshot, &routed.route, quota, answer);
                 }
                 Ok(step) => cache_step = Some(step),
             }
@@ -347,8 +352,13 @@ impl ProxyService {
         pool.metrics
             .request_duration
             .observe(ended.saturating_duration_since(started).as_secs_f64());
-        dress(&routed.route, quota, &mut response);
-        response
+        dress(
+            &self.listener.live,
+            snapshot,
+            &routed.route,
+            quota,
+            response,
+        )
     }
 
     /// What every answer gets on its way out: the route's status counters, the request ID, and the access
@@ -528,16 +538,33 @@ impl ProxyService {
     }
 }
 
-/// The route's response header rules (not on the proxy's own answers) and the rate-limit quota fields.
-fn dress(route: &RouteAt, quota: Option<limits::Quota>, response: &mut Response<ProxyBody>) {
-    if let Some(rules) = &route.rules {
-        if response.extensions().get::<LocalAnswer>().is_none() {
+/// What the route does to an answer on its way out: its response header rules and compression (not on
+/// the proxy's own answers), then the rate-limit quota fields. A cache entry is stored before this, so it
+/// keeps the upstream's answer as it was and each hit is dressed for its own client.
+fn dress(
+    live: &crate::live::Live,
+    snapshot: &Snapshot,
+    route: &RouteAt,
+    quota: Option<limits::Quota>,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    if response.extensions().get::<LocalAnswer>().is_none() {
+        if let Some(rules) = &route.rules {
             rules.response_headers.apply(response.headers_mut());
+        }
+        // After the route's header rules, as nginx's gzip filter runs after add_header: a
+        // `Cache-Control: no-transform` set there is honoured.
+        let compressed;
+        (response, compressed) =
+            compression::compress_answer(response, route.compress, &snapshot.config.compression);
+        if let Some(algorithm) = compressed {
+            live.metrics().compressed(algorithm);
         }
     }
     if let Some(quota) = quota {
         quota.add_to(response.headers_mut());
     }
+    response
 }
 
 /// What a client connection does with the answer to a request, and what it offers the request meanwhile.
@@ -586,4 +613,6 @@ struct RouteAt {
     request_buffering: Option<bool>,
     /// The route's path and header rules, when it has any.
     rules: Option<Arc<router::RouteRules>>,
+    /// What the client's `Accept-Encoding` allows for the answer.
+    compress: compression::Negotiated,
 }

@@ -80,6 +80,7 @@ fn every_fixture_imports_with_its_exit_status_and_passes_check() {
         ("configs/health-and-returns.conf", 0),
         ("configs/proxy-uri.conf", 0),
         ("configs/headers.conf", 0),
+        ("configs/compression.conf", 0),
         ("configs/unsupported.conf", 3),
     ];
     for (name, status) in cases {
@@ -163,7 +164,7 @@ fn the_seed_config_translates_each_directive_as_the_docs_say() {
 fn the_reports_name_what_has_no_equivalent_and_what_differs() {
     let unsupported = import(&fixtures().join("configs/unsupported.conf"));
     for expected in [
-        "unsupported.conf:4: gzip: not supported:",
+        "unsupported.conf:4: brotli: not supported:",
         "unsupported.conf:14: location: not supported: regular-expression locations",
         "unsupported.conf:16: rewrite: not supported:",
         "unsupported.conf:20: if: not supported:",
@@ -369,4 +370,56 @@ fn buffering_directives_become_buffering_keys() {
             run.stderr
         );
     }
+}
+
+#[test]
+fn gzip_directives_become_the_compression_section() {
+    let run = import(&fixtures().join("configs/compression.conf"));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_checks(&run.toml, "compression.conf");
+    let config: toml::Value = toml::from_str(&run.toml).expect("TOML");
+    let compression = &config["compression"];
+    assert_eq!(
+        compression["algorithms"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        run.toml
+    );
+    assert_eq!(compression["algorithms"][0].as_str(), Some("gzip"));
+    let types: Vec<&str> = compression["types"]
+        .as_array()
+        .expect("types")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(types, ["text/html", "application/json", "text/css"]);
+    assert_eq!(compression["min_size"].as_integer(), Some(1000));
+    assert_eq!(compression["gzip_level"].as_integer(), Some(5));
+    let routes = config["route"].as_array().expect("routes");
+    let compress = |path: &str| {
+        routes
+            .iter()
+            .find(|r| r["path"].as_str() == Some(path))
+            .unwrap_or_else(|| panic!("a route for {path}: {}", run.toml))
+            .get("compress")
+            .and_then(|v| v.as_bool())
+    };
+    assert_eq!(
+        compress("/"),
+        None,
+        "gzip on is the section's default: {}",
+        run.toml
+    );
+    assert_eq!(compress("/downloads/"), Some(false));
+    assert!(
+        !run.stderr.contains(": gzip"),
+        "every gzip directive here translates exactly: {}",
+        run.stderr
+    );
+    let without = import(&fixtures().join("configs/buffering.conf"));
+    assert!(
+        !without.toml.contains("compress"),
+        "no gzip, no compression keys: {}",
+        without.toml
+    );
 }

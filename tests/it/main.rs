@@ -9,6 +9,7 @@ mod buffering;
 mod cache;
 mod cli;
 mod client_limits;
+mod compression;
 mod conformance;
 mod desync_vectors;
 mod discovery;

@@ -1,7 +1,8 @@
 //! Differential tests against nginx itself: tests/fixtures/nginx/differential/nginx.conf runs under
 //! /usr/sbin/nginx and, through `fulcrum import-nginx`, under fulcrum, in front of the same backends; the
 //! same requests go to both and what the client and the backends see is compared. Where the two differ
-//! on purpose, the test names the difference and checks that the import report states it.
+//! on purpose, the test names the difference and checks that the import report states it. The gzip
+//! comparison has a small config of its own (gzip settings would change the other answers).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -429,5 +430,129 @@ async fn the_backend_sees_the_same_path_and_headers_as_behind_nginx() {
             .contains("fulcrum also sends X-Forwarded-Host, which nginx does not here"),
         "{}",
         pair.report
+    );
+}
+
+/// A backend for the gzip comparison: `/…/html` and `/…/json` 4000 bytes of text of that type with a
+/// strong ETag, `/small` 500 bytes of HTML, `/png` 4000 bytes typed `image/png`.
+async fn typed_backend() -> fulcrum::demo::Backend {
+    backend_with(|request: Request<hyper::body::Incoming>| async move {
+        let path = request.uri().path();
+        let (content_type, len) = if path.ends_with("/json") {
+            ("application/json", 4000)
+        } else if path.ends_with("/small") {
+            ("text/html", 500)
+        } else if path.ends_with("/png") {
+            ("image/png", 4000)
+        } else {
+            ("text/html", 4000)
+        };
+        let text: String = (0..)
+            .map(|i| format!("<p>line {i} of the page</p>\n"))
+            .flat_map(|line| line.chars().collect::<Vec<_>>())
+            .take(len)
+            .collect();
+        let mut response = http::Response::new(demo_body(text));
+        let headers = response.headers_mut();
+        headers.insert("content-type", http::HeaderValue::from_static(content_type));
+        headers.insert("etag", http::HeaderValue::from_static("\"v1\""));
+        Ok(response)
+    })
+    .await
+}
+
+/// What a gzip-accepting client sees of one answer: encoding, Vary, ETag, length, and the body decoded.
+async fn gzip_view(client: &TestClient, addr: SocketAddr, path: &str) -> Vec<String> {
+    use std::io::Read;
+    let request = Request::get(format!("http://{addr}{path}"))
+        .header("accept-encoding", "gzip")
+        .body(empty())
+        .expect("request");
+    let response = client.response(request).await;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+    };
+    let encoding = header("content-encoding");
+    let mut view = vec![
+        format!("{path} content-encoding={encoding:?}"),
+        format!("{path} vary={:?}", header("vary")),
+        format!("{path} etag={:?}", header("etag")),
+        format!(
+            "{path} has content-length={}",
+            header("content-length").is_some()
+        ),
+    ];
+    let raw = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("read the body")
+        .to_bytes();
+    let mut body = Vec::new();
+    match encoding.as_deref() {
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(&raw[..])
+                .read_to_end(&mut body)
+                .expect("valid gzip");
+        }
+        _ => body = raw.to_vec(),
+    }
+    view.push(format!("{path} body bytes={}", body.len()));
+    view
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_compresses_the_same_answers_as_nginx() {
+    let backend = typed_backend().await;
+    let config = |listen: SocketAddr| {
+        format!(
+            "worker_processes 1;\nevents {{ worker_connections 64; }}\nhttp {{\n    access_log off;\n    \
+             gzip on;\n    gzip_types application/json;\n    gzip_min_length 1000;\n    gzip_vary on;\n    \
+             gzip_proxied any;\n    upstream app {{ server {}; }}\n    server {{\n        listen {listen};\n        \
+             location / {{ proxy_pass http://app; }}\n        location /raw/ {{ proxy_pass http://app; gzip off; }}\n    \
+             }}\n}}\n",
+            backend.addr()
+        )
+    };
+    let nginx_addr = refusing_addr();
+    let _nginx = start_nginx(&config(nginx_addr), nginx_addr);
+    let fulcrum_addr = refusing_addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, config(fulcrum_addr)).expect("write the config");
+    let toml = dir.path().join("fulcrum.toml");
+    let import = std::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .arg("import-nginx")
+        .arg(&conf)
+        .arg("-o")
+        .arg(&toml)
+        .output()
+        .expect("run import-nginx");
+    let report = String::from_utf8_lossy(&import.stderr).into_owned();
+    assert_eq!(import.status.code(), Some(0), "{report}");
+    assert!(
+        !report.contains(": gzip"),
+        "every gzip directive translates exactly: {report}"
+    );
+    let _fulcrum = FulcrumProcess::spawn(&toml, &[]);
+    wait_accepting(fulcrum_addr, "fulcrum");
+    let client = TestClient::new();
+    let mut seen = Vec::new();
+    for addr in [nginx_addr, fulcrum_addr] {
+        let mut views = Vec::new();
+        for path in ["/html", "/json", "/small", "/png", "/raw/html"] {
+            views.extend(gzip_view(&client, addr, path).await);
+        }
+        seen.push(views);
+    }
+    assert_eq!(seen[0], seen[1], "nginx, then fulcrum");
+    assert!(
+        seen[1].contains(&"/html content-encoding=Some(\"gzip\")".to_string())
+            && seen[1].contains(&"/html etag=Some(\"w/\\\"v1\\\"\")".to_string())
+            && seen[1].contains(&"/raw/html content-encoding=None".to_string()),
+        "{:#?}",
+        seen[1]
     );
 }
