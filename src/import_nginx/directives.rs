@@ -69,7 +69,7 @@ impl Scope {
 pub fn setting(t: &mut Translator, d: &Directive, scope: &mut Scope, level: Level) {
     let name = d.name.as_str();
     let first = d.args.first().map(String::as_str).unwrap_or("");
-    if super::gzip::setting(t, d, scope, level) {
+    if super::gzip::setting(t, d, scope, level) || super::cache::setting(t, d, scope) {
         return;
     }
     let report = &mut t.report;
@@ -456,9 +456,8 @@ fn listener_level_note(t: &mut Translator, d: &Directive, level: Level) {
 
 fn unsupported_setting(t: &mut Translator, d: &Directive) {
     let name = d.name.as_str();
-    let why = if name.starts_with("proxy_cache") || name == "proxy_no_cache" {
-        "response caching is not supported"
-    } else if name.starts_with("gzip") || name.starts_with("brotli") || name.starts_with("zstd") {
+    let why = if name.starts_with("gzip") || name.starts_with("brotli") || name.starts_with("zstd")
+    {
         "not translated ([compression] takes gzip, gzip_types, gzip_min_length, gzip_comp_level; the brotli and zstd modules' settings have no equivalent)"
     } else if name.contains("lua") || name.starts_with("js_") || name.starts_with("perl") {
         "scripting is not supported"

@@ -139,6 +139,20 @@ pub(super) fn add_response_headers(t: &mut Translator, scope: &Scope, keys: &mut
                 .unsupported(d, "a hop-by-hop or framing header cannot be set");
             continue;
         }
+        if value == "$upstream_cache_status" {
+            if keys.get("cache").is_some() && name.eq_ignore_ascii_case("x-cache-status") {
+                t.report.exact(d);
+            } else if keys.get("cache").is_some() {
+                t.report.differ(
+                    d,
+                    format!("every answer of a cached route carries X-Cache-Status; `{name}` is not added"),
+                );
+            } else {
+                // Without a cache the variable is empty, and nginx adds no header with an empty value.
+                t.report.exact(d);
+            }
+            continue;
+        }
         if value.contains('$') {
             t.report
                 .unsupported(d, "header values with variables are not supported");
@@ -315,6 +329,7 @@ pub(super) fn location_route(
     if let Some(rules) = header_rules(&set, &remove) {
         keys.set("request_headers", rules);
     }
+    super::cache::route_keys(scope, &mut keys);
     add_response_headers(t, scope, &mut keys);
     if let Some((size, _)) = scope.value("route:max_body_size") {
         keys.set("max_body_size", size.clone());

@@ -5,6 +5,7 @@
 //! (`translate`, `directives`, `upstream`) and writes tables (`output`); the `report` counts each
 //! directive once, with the worst of what became of it.
 
+mod cache;
 mod directives;
 mod gzip;
 mod listen;

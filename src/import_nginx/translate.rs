@@ -82,6 +82,10 @@ pub struct Translator {
     pub resolver: Option<Table>,
     /// `[compression]`, made by the first `gzip on` or `gzip_*` setting.
     pub compression: Option<Table>,
+    /// `[cache.NAME]` zones, by name.
+    pub caches: BTreeMap<String, Table>,
+    /// The zone names `proxy_cache_path` defines.
+    pub cache_paths: HashSet<String>,
     /// `log_format` names.
     pub log_formats: HashSet<String>,
     /// A directive `nginx -t` would refuse (the import then fails with exit status 1).
@@ -106,6 +110,8 @@ impl Translator {
             access_log: None,
             resolver: None,
             compression: None,
+            caches: BTreeMap::new(),
+            cache_paths: HashSet::new(),
             log_formats: HashSet::new(),
             invalid: None,
         }
@@ -115,6 +121,7 @@ impl Translator {
     /// `conf.d/` file, or a snippet from a document).
     pub fn run(&mut self, tree: &[Directive]) {
         collect_upstream_names(tree, &mut self.upstream_names);
+        super::cache::collect_zone_names(tree, &mut self.cache_paths);
         let mut scope = Scope::default();
         self.block(tree, &mut scope, true);
         self.finish();

@@ -109,6 +109,9 @@ impl Translator {
         if let Some(compression) = &self.compression {
             compression.write(&mut out);
         }
+        for zone in self.caches.values() {
+            zone.write(&mut out);
+        }
         if self.listeners.is_empty() {
             out.push_str("# No nginx `server` block was read: a listener on nginx's default port, so that the file
 # loads; every request is answered 404 until routes are added.

@@ -65,7 +65,7 @@ fn with_certificate(name: &str) -> (tempfile::TempDir, PathBuf) {
 fn every_fixture_imports_with_its_exit_status_and_passes_check() {
     // (fixture, exit status): 3 where something that changes behaviour has no equivalent.
     let cases = [
-        ("seeds/scaling-frontend-backend.conf", 3),
+        ("seeds/scaling-frontend-backend.conf", 0),
         ("seeds/docker-replicas.conf", 0),
         ("seeds/health-location.conf", 3),
         ("seeds/ip-hash.conf", 0),
@@ -81,6 +81,7 @@ fn every_fixture_imports_with_its_exit_status_and_passes_check() {
         ("configs/proxy-uri.conf", 0),
         ("configs/headers.conf", 0),
         ("configs/compression.conf", 0),
+        ("configs/cache.conf", 0),
         ("configs/unsupported.conf", 3),
     ];
     for (name, status) in cases {
@@ -141,7 +142,7 @@ fn the_seed_config_translates_each_directive_as_the_docs_say() {
     }
     let file = "seeds/scaling-frontend-backend.conf";
     for expected in [
-        format!("{file}:34: proxy_cache: not supported: response caching is not supported"),
+        format!("{file}:34: proxy_cache: translated with a difference: no proxy_cache_path defines `frontend_cache`"),
         format!("{file}:29: proxy_set_header: translated with a difference: nginx sends $host"),
         format!(
             "{file}:4: server: translated with a difference: `frontend1` does not resolve here"
@@ -157,7 +158,13 @@ fn the_seed_config_translates_each_directive_as_the_docs_say() {
     }
     assert!(run
         .stderr
-        .contains("35 directives read: 20 translated exactly, 12 with differences, 3 not supported, 0 ignored"));
+        .contains("35 directives read: 22 translated exactly, 13 with differences, 0 not supported, 0 ignored"));
+    assert!(
+        run.toml.contains("[cache.frontend_cache]\nmax_size = \"256m\"")
+            && run.toml.contains("cache = \"frontend_cache\"\ncache_valid = { \"200\" = \"10m\", \"302\" = \"10m\", \"404\" = \"1m\" }"),
+        "{}",
+        run.toml
+    );
 }
 
 #[test]
@@ -422,4 +429,94 @@ fn gzip_directives_become_the_compression_section() {
         "no gzip, no compression keys: {}",
         without.toml
     );
+}
+
+#[test]
+fn proxy_cache_directives_become_cache_zones_and_route_keys() {
+    let run = import(&fixtures().join("configs/cache.conf"));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_checks(&run.toml, "cache.conf");
+    let config: toml::Value = toml::from_str(&run.toml).expect("TOML");
+    assert_eq!(
+        config["cache"]["pages"]["max_size"].as_str(),
+        Some("64m"),
+        "{}",
+        run.toml
+    );
+    assert_eq!(config["cache"]["api"]["max_size"].as_str(), Some("256m"));
+    let routes = config["route"].as_array().expect("routes");
+    let route = |path: &str| {
+        routes
+            .iter()
+            .find(|r| r["path"].as_str() == Some(path))
+            .unwrap_or_else(|| panic!("a route for {path}: {}", run.toml))
+    };
+    let strings = |value: &toml::Value| -> Vec<String> {
+        value
+            .as_array()
+            .expect("an array")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let root = route("/");
+    assert_eq!(root["cache"].as_str(), Some("pages"));
+    let valid = root["cache_valid"].as_table().expect("cache_valid");
+    assert_eq!(valid.len(), 3, "{valid:?}");
+    assert_eq!(valid["200"].as_str(), Some("10m"));
+    assert_eq!(valid["302"].as_str(), Some("10m"));
+    assert_eq!(valid["404"].as_str(), Some("1m"));
+    assert_eq!(
+        root["cache_lock"].as_str(),
+        Some("5s"),
+        "nginx's default lock timeout"
+    );
+    assert_eq!(
+        strings(&root["cache_use_stale"]),
+        ["error", "timeout", "updating", "http_500", "http_503"]
+    );
+    assert_eq!(root["cache_background_update"].as_bool(), Some(true));
+    assert!(root.get("cache_key").is_none(), "fulcrum's default key");
+    assert!(
+        root.get("response_headers").is_none(),
+        "X-Cache-Status is always sent"
+    );
+    let api = route("/api/");
+    assert_eq!(api["cache"].as_str(), Some("api"));
+    let valid = api["cache_valid"].as_table().expect("cache_valid");
+    assert_eq!(
+        valid.len(),
+        1,
+        "an inner proxy_cache_valid replaces the outer list: {valid:?}"
+    );
+    assert_eq!(valid["any"].as_str(), Some("5400s"));
+    assert_eq!(
+        strings(&api["cache_key"]),
+        ["host", "path", "query", "cookie:session"]
+    );
+    assert_eq!(api["cache_lock"].as_str(), Some("2s"));
+    let live = route("/live/");
+    assert!(live.get("cache").is_none(), "{}", run.toml);
+    for expected in [
+        "cache.conf:4: proxy_cache_path: translated with a difference: entries are kept in memory, not on disk at /var/cache/nginx/pages; entries leave by least recent use",
+        "cache.conf:5: proxy_cache_path: translated with a difference: entries are kept in memory, not on disk at /var/cache/nginx/api; nginx bounds the disk only by max_size",
+        "cache.conf:13: proxy_cache_use_stale: translated with a difference: http_404 cannot serve a stale entry here",
+        "cache.conf:21: proxy_cache_lock_timeout: translated with a difference: after it a waiting request goes to the server",
+    ] {
+        assert!(run.stderr.contains(expected), "want {expected}:\n{}", run.stderr);
+    }
+    for exact in [
+        ": proxy_cache:",
+        ": proxy_cache_valid:",
+        ": proxy_cache_lock:",
+        ": proxy_cache_background_update:",
+        ": proxy_cache_key:",
+        ": add_header:",
+    ] {
+        assert!(
+            !run.stderr.contains(exact),
+            "{exact} translates exactly: {}",
+            run.stderr
+        );
+    }
 }
