@@ -23,6 +23,9 @@ pub struct Fill {
     request_headers: HeaderMap,
     body: BytesMut,
     limit: u64,
+    /// The answer's `Content-Length`: the body is whole once that much has arrived (the client's
+    /// connection may stop reading there, before the body reports its end).
+    length: Option<u64>,
     /// Held until the entry is stored (or the fill is given up), so that waiters find it.
     _lock: Option<FillLock>,
 }
@@ -71,6 +74,7 @@ impl Fill {
             vary: head.vary,
             request_headers: head.request_headers,
             limit,
+            length: head.length,
             _lock: head.lock,
         })
     }
@@ -82,6 +86,11 @@ impl Fill {
         }
         self.body.extend_from_slice(data);
         true
+    }
+
+    /// Whether the whole body announced by `Content-Length` has arrived.
+    pub fn is_whole(&self) -> bool {
+        self.length == Some(self.body.len() as u64)
     }
 
     /// The body ended whole: the entry is stored (then the lock is released, with the drop).

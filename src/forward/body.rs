@@ -333,9 +333,9 @@ impl Body for UpstreamBody {
                         this.fill = None;
                     }
                 }
-                // The connection stops polling once the body says it is over (a known length read
-                // whole), so the entry is stored with the last piece.
-                if this.fill.is_some() && this.is_end_stream() {
+                // The connection stops polling once it has written a known length whole (before the
+                // body reports its end), so the entry is stored with the last piece.
+                if this.fill.as_ref().is_some_and(|fill| fill.is_whole()) || this.is_end_stream() {
                     if let Some(fill) = this.fill.take() {
                         fill.complete();
                     }

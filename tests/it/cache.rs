@@ -920,6 +920,68 @@ async fn a_zone_filled_far_past_max_size_stays_under_it() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_memory_stays_inside_max_size_when_six_times_as_much_is_cached() {
+    // 384 answers of 256 KiB (96 MiB) through a 16 MiB zone.
+    const BODY: usize = 256 << 10;
+    let backend = origin(|_, n| {
+        (
+            StatusCode::OK,
+            vec![("cache-control", "max-age=600".to_string())],
+            format!("{:x}", n % 16).repeat(BODY),
+        )
+    })
+    .await;
+    let binary = cached(
+        "max_size = \"16m\"\nmax_entry_size = \"1m\"",
+        "",
+        backend.addr(),
+    );
+    let client = TestClient::new();
+    // Warm the process (connections, buffers, allocator arenas) with 8 entries before measuring.
+    for n in 0..8 {
+        let reply = client.get(&url(&binary, &format!("/warm/{n}"))).await;
+        assert_eq!(reply.body.len(), BODY);
+    }
+    // Three times max_size, then three times more: once the zone is full, evicted entries' memory is
+    // reused and the process does not grow.
+    let before = binary.process.rss_kib();
+    let mut rss = Vec::new();
+    for phase in 0..2 {
+        for n in 0..192 {
+            let reply = client.get(&url(&binary, &format!("/p/{phase}/{n}"))).await;
+            assert_eq!((reply.status, reply.body.len()), (StatusCode::OK, BODY));
+            assert_eq!(cache_status(&reply), "MISS");
+        }
+        rss.push(binary.process.rss_kib());
+    }
+    let metrics = binary.metrics().await;
+    let zone = "zone=\"pages\"";
+    let bytes = sample(&metrics, "fulcrum_cache_bytes", &[zone]);
+    let entries = sample(&metrics, "fulcrum_cache_entries", &[zone]);
+    assert!(bytes <= 16.0 * 1024.0 * 1024.0, "zone bytes {bytes}");
+    assert!(
+        bytes >= entries * BODY as f64 && entries >= 50.0,
+        "{entries} entries in {bytes} bytes"
+    );
+    let (filled, refilled) = (rss[0].saturating_sub(before), rss[1].saturating_sub(rss[0]));
+    // Filling the zone costs about its size (plus the allocator's slack); without the bound the
+    // process would grow by the 96 MiB it was sent.
+    assert!(
+        filled < (2 * 16 + 8) * 1024,
+        "RSS grew by {filled} KiB while 48 MiB went through a 16 MiB zone"
+    );
+    assert!(
+        refilled < 8 * 1024,
+        "RSS grew by {refilled} KiB more while another 48 MiB replaced the zone's entries"
+    );
+    // The newest entries are still served from the zone.
+    assert_eq!(
+        cache_status(&client.get(&url(&binary, "/p/1/191")).await),
+        "HIT"
+    );
+}
+
 /// `fulcrum check` on a config with zone `pages` and one route with `route`; its exit status and stderr.
 fn check(route: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("temp dir");
