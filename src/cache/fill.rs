@@ -1,5 +1,6 @@
 //! Filling an entry from an answer as it streams to the client: the body is collected beside the client's
 //! copy and stored when it ends whole; past `max_entry_size` collecting stops and the answer passes through.
+//! An answer of known length is collected where the requests waiting on its key follow it.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use http::header::{HeaderMap, HeaderName};
 use http::StatusCode;
 
 use super::policy::Freshness;
+use super::share::SharedHead;
 use super::zone::{Entry, FillLock, Zone};
 
 /// An entry being filled.
@@ -22,12 +24,16 @@ pub struct Fill {
     vary: Vec<HeaderName>,
     request_headers: HeaderMap,
     body: BytesMut,
+    /// Body bytes collected so far.
+    received: usize,
     limit: u64,
     /// The answer's `Content-Length`: the body is whole once that much has arrived (the client's
     /// connection may stop reading there, before the body reports its end).
     length: Option<u64>,
     /// Held until the entry is stored (or the fill is given up), so that waiters find it.
-    _lock: Option<FillLock>,
+    lock: Option<FillLock>,
+    /// The body is collected in the lock's progress, which waiters follow, rather than in `body`.
+    shared: bool,
 }
 
 /// What a fill is made from: where it goes and the answer's head.
@@ -62,9 +68,33 @@ impl Fill {
         if head.length.is_some_and(|length| length > limit) {
             return None;
         }
-        let capacity = head.length.unwrap_or(0).min(limit);
+        // Only a known length is shared while it arrives: a waiter that has begun an answer cannot be
+        // given another if the body outgrows max_entry_size and the fill is given up.
+        let shared = match (&head.lock, head.length) {
+            (Some(lock), Some(length)) => {
+                let shared = SharedHead {
+                    status: head.status,
+                    headers: head.headers.clone(),
+                    length,
+                    allows_authorized: head.freshness.allows_authorized,
+                    variant: super::key::variant(&head.primary, &head.vary, &head.request_headers)
+                        .into_owned(),
+                    vary: head.vary.clone(),
+                };
+                lock.progress()
+                    .send_modify(|progress| progress.head = Some(Arc::new(shared)));
+                true
+            }
+            _ => false,
+        };
+        let capacity = if shared {
+            0
+        } else {
+            head.length.unwrap_or(0).min(limit)
+        };
         Some(Self {
             body: BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0)),
+            received: 0,
             zone: head.zone,
             status: head.status,
             headers: head.headers,
@@ -75,34 +105,55 @@ impl Fill {
             request_headers: head.request_headers,
             limit,
             length: head.length,
-            _lock: head.lock,
+            lock: head.lock,
+            shared,
         })
     }
 
     /// Adds a piece of the body; `false` once the body is over `max_entry_size` (drop the fill).
     pub fn push(&mut self, data: &Bytes) -> bool {
-        if (self.body.len() + data.len()) as u64 > self.limit {
+        if (self.received + data.len()) as u64 > self.limit {
             return false;
         }
-        self.body.extend_from_slice(data);
+        self.received += data.len();
+        match (&self.lock, self.shared) {
+            (Some(lock), true) => lock
+                .progress()
+                .send_modify(|progress| progress.pieces.push(data.clone())),
+            _ => self.body.extend_from_slice(data),
+        }
         true
     }
 
     /// Whether the whole body announced by `Content-Length` has arrived.
     pub fn is_whole(&self) -> bool {
-        self.length == Some(self.body.len() as u64)
+        self.length == Some(self.received as u64)
     }
 
     /// The body ended whole: the entry is stored (then the lock is released, with the drop).
-    pub fn complete(self) {
+    pub fn complete(mut self) {
+        let body = match (&self.lock, self.shared) {
+            (Some(lock), true) => {
+                let mut body = BytesMut::with_capacity(self.received);
+                for piece in &lock.progress().borrow().pieces {
+                    body.extend_from_slice(piece);
+                }
+                body.freeze()
+            }
+            _ => std::mem::take(&mut self.body).freeze(),
+        };
         let entry = Entry::new(
             self.status,
             self.headers,
-            self.body.freeze(),
+            body,
             self.freshness,
             self.primary,
             self.path,
         );
         self.zone.insert(entry, self.vary, &self.request_headers);
+        if let Some(lock) = &self.lock {
+            lock.progress()
+                .send_modify(|progress| progress.whole = true);
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use http::header::{self, HeaderMap};
 use http::Method;
 
+use super::share::{SharedHead, Watch};
 use super::zone::{Entry, FillLock};
 use super::{CacheStatus, RouteCache};
 use crate::config::UseStale;
@@ -17,6 +18,9 @@ pub enum Plan {
     Serve(Arc<Entry>, CacheStatus),
     /// Answer with this expired entry (UPDATING) and refresh it in the background under the lock.
     ServeAndRefresh(Arc<Entry>, FillLock),
+    /// Answer with the head of the answer another request is filling (a HIT), and follow its body as it
+    /// arrives.
+    Follow(Arc<SharedHead>, Watch),
     /// Send the request upstream.
     Forward(Pending),
 }
@@ -105,8 +109,22 @@ pub async fn plan(route: &RouteCache, primary: &str, method: &Method, headers: &
             }
             Err(mut filled) if !waited && !route.config.lock.is_zero() => {
                 waited = true;
-                // Either the fill ends (the channel closes) or cache_lock passes; then look again.
-                let _ = tokio::time::timeout(route.config.lock, filled.changed()).await;
+                // Until the fill's head can be followed, the fill ends (the channel closes) or
+                // cache_lock passes; then look again.
+                let deadline = tokio::time::Instant::now() + route.config.lock;
+                loop {
+                    let head = filled.borrow_and_update().head.clone();
+                    if let Some(head) = head.filter(|head| {
+                        (!authorized || head.allows_authorized)
+                            && super::key::variant(primary, &head.vary, headers) == head.variant
+                    }) {
+                        return Plan::Follow(head, filled);
+                    }
+                    match tokio::time::timeout_at(deadline, filled.changed()).await {
+                        Ok(Ok(())) => continue,
+                        _ => break,
+                    }
+                }
             }
             Err(_) => {
                 return Plan::Forward(Pending {

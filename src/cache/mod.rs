@@ -6,6 +6,7 @@ pub mod key;
 mod lookup;
 pub mod policy;
 mod serve;
+pub mod share;
 mod store;
 mod zone;
 
@@ -18,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 pub use fill::{Fill, FillHead};
 pub use lookup::{plan, Pending, Plan};
-pub use serve::{entry_answer, not_modified_answer};
+pub use serve::{entry_answer, follow_answer, not_modified_answer};
 pub use zone::{Entry, FillLock, Zone};
 
 use crate::config::{CacheZoneConfig, RouteCacheConfig};

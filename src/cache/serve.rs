@@ -2,10 +2,11 @@
 
 use std::time::SystemTime;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
 use super::policy::{age, Conditional};
+use super::share::SharedHead;
 use super::zone::Entry;
 use super::{CacheStatus, X_CACHE_STATUS};
 
@@ -43,8 +44,34 @@ pub fn entry_answer(
     let headers = response.headers_mut();
     headers.remove(header::TRANSFER_ENCODING);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
-    mark(&mut response, entry, status, now);
+    mark(&mut response, status, age(&entry.freshness, now));
     response
+}
+
+/// The head of the answer for a request following a fill (`head`: a HEAD request): a `304` when the
+/// client's validators match, else the fill's status and headers; and whether the body follows.
+pub fn follow_answer(
+    shared: &SharedHead,
+    status: CacheStatus,
+    head: bool,
+    conditional: &Conditional,
+) -> (Response<()>, bool) {
+    if shared.status == StatusCode::OK && conditional.not_modified(&shared.headers) {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        copy_not_modified_fields(&shared.headers, response.headers_mut());
+        mark(&mut response, status, 0);
+        return (response, false);
+    }
+    let mut response = Response::new(());
+    *response.status_mut() = shared.status;
+    *response.headers_mut() = shared.headers.clone();
+    let headers = response.headers_mut();
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(shared.length));
+    // Fetched from the server just now.
+    mark(&mut response, status, 0);
+    (response, !head)
 }
 
 /// A `304 Not Modified` for `entry`.
@@ -55,22 +82,21 @@ pub fn not_modified_answer(
 ) -> Response<bytes::Bytes> {
     let mut response = Response::new(bytes::Bytes::new());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
-    for name in &NOT_MODIFIED_FIELDS {
-        for value in entry.headers.get_all(name) {
-            response.headers_mut().append(name.clone(), value.clone());
-        }
-    }
-    mark(&mut response, entry, status, now);
+    copy_not_modified_fields(&entry.headers, response.headers_mut());
+    mark(&mut response, status, age(&entry.freshness, now));
     response
 }
 
-fn mark(
-    response: &mut Response<bytes::Bytes>,
-    entry: &Entry,
-    status: CacheStatus,
-    now: SystemTime,
-) {
+fn copy_not_modified_fields(from: &HeaderMap, to: &mut HeaderMap) {
+    for name in &NOT_MODIFIED_FIELDS {
+        for value in from.get_all(name) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+fn mark<B>(response: &mut Response<B>, status: CacheStatus, age: u64) {
     let headers = response.headers_mut();
     headers.insert(X_CACHE_STATUS.clone(), status.header_value());
-    headers.insert(header::AGE, HeaderValue::from(age(&entry.freshness, now)));
+    headers.insert(header::AGE, HeaderValue::from(age));
 }

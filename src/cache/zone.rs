@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::key;
 use super::policy::Freshness;
+use super::share::{Progress, Watch};
 use super::store::{Lru, Weighed};
 use super::CacheStatus;
 use crate::metrics::CacheZoneMetrics;
@@ -86,7 +87,7 @@ struct Store {
     /// how many variants are stored, so the record goes with the last of them.
     vary: HashMap<String, (Arc<[HeaderName]>, usize)>,
     /// Primary keys being filled now, each with the channel its waiters watch (closed when it ends).
-    filling: HashMap<String, watch::Sender<()>>,
+    filling: HashMap<String, Watch>,
 }
 
 impl Store {
@@ -113,18 +114,27 @@ pub struct Zone {
     metrics: CacheZoneMetrics,
 }
 
-/// The right to fill one primary key; waiters are released when it is dropped.
+/// The right to fill one primary key, and the channel its waiters watch; they are released when it is
+/// dropped.
 #[derive(Debug)]
 pub struct FillLock {
     zone: Arc<Zone>,
     primary: String,
+    progress: watch::Sender<Progress>,
+}
+
+impl FillLock {
+    /// What the waiters see of this fill.
+    pub(super) fn progress(&self) -> &watch::Sender<Progress> {
+        &self.progress
+    }
 }
 
 impl Drop for FillLock {
     fn drop(&mut self) {
-        // Dropping the sender closes the channel: every waiter's `changed()` returns.
-        let sender = self.zone.store.lock().filling.remove(&self.primary);
-        drop(sender);
+        // The sender goes with the lock, which closes the channel: every waiter's `changed()` returns.
+        let receiver = self.zone.store.lock().filling.remove(&self.primary);
+        drop(receiver);
     }
 }
 
@@ -196,17 +206,17 @@ impl Zone {
 
     /// The lock to fill `primary`, or (when another request holds it) a receiver that changes when
     /// that fill ends.
-    pub fn try_fill(self: &Arc<Self>, primary: &str) -> Result<FillLock, watch::Receiver<()>> {
+    pub fn try_fill(self: &Arc<Self>, primary: &str) -> Result<FillLock, Watch> {
         let mut store = self.store.lock();
-        if let Some(sender) = store.filling.get(primary) {
-            return Err(sender.subscribe());
+        if let Some(receiver) = store.filling.get(primary) {
+            return Err(receiver.clone());
         }
-        store
-            .filling
-            .insert(primary.to_string(), watch::Sender::new(()));
+        let (progress, receiver) = watch::channel(Progress::default());
+        store.filling.insert(primary.to_string(), receiver);
         Ok(FillLock {
             zone: Arc::clone(self),
             primary: primary.to_string(),
+            progress,
         })
     }
 

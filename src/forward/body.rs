@@ -182,6 +182,8 @@ enum Source {
     /// One of the others, compressed on its way out ([`crate::forward::compress`]); the inner body
     /// keeps the cache fill, which stores the answer as the server sent it.
     Compressed(Box<crate::forward::compress::Compressed<UpstreamBody>>),
+    /// Another request's answer as it fills the cache (`cache_lock`), piece by piece.
+    Shared(crate::cache::share::Follow),
 }
 
 impl Body for Source {
@@ -199,6 +201,9 @@ impl Body for Source {
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
             Source::Compressed(compressed) => Pin::new(compressed.as_mut()).poll_frame(cx),
+            Source::Shared(pieces) => pieces
+                .poll_piece(cx)
+                .map(|piece| piece.map(|piece| piece.map(Frame::data).map_err(BoxError::from))),
         }
     }
 
@@ -208,6 +213,7 @@ impl Body for Source {
             Source::Buffered(buffered) => buffered.is_end_stream(),
             Source::Whole(whole) => whole.is_end_stream(),
             Source::Compressed(compressed) => compressed.is_end_stream(),
+            Source::Shared(_) => false,
         }
     }
 
@@ -217,6 +223,7 @@ impl Body for Source {
             Source::Buffered(buffered) => buffered.size_hint(),
             Source::Whole(whole) => whole.size_hint(),
             Source::Compressed(compressed) => compressed.size_hint(),
+            Source::Shared(_) => SizeHint::default(),
         }
     }
 }
@@ -230,6 +237,41 @@ pub struct UpstreamBody {
     log: Option<Box<PendingLog>>,
     /// The cache entry this answer fills, collected as the client's copy goes by.
     fill: Option<Box<crate::cache::Fill>>,
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // The client went away before the answer it was filling ended: the rest is read for the cache
+        // (and the requests following the fill), as nginx keeps reading an answer it is caching. The
+        // read is bounded by the upstream's read_timeout and by max_entry_size.
+        let Some(fill) = self.fill.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let source = std::mem::replace(
+            &mut self.source,
+            Source::Whole(http_body_util::Full::new(Bytes::new())),
+        );
+        let mut rest = UpstreamBody {
+            source,
+            log: None,
+            fill: Some(fill),
+        };
+        runtime.spawn(async move {
+            use http_body_util::BodyExt;
+            while rest.fill.is_some() {
+                match rest.frame().await {
+                    Some(Ok(_)) => {}
+                    // Cut short or ended: the fill is stored or dropped by poll_frame; taking it here
+                    // keeps a task dropped at shutdown from starting another.
+                    _ => break,
+                }
+            }
+            rest.fill.take();
+        });
+    }
 }
 
 impl UpstreamBody {
@@ -266,18 +308,30 @@ impl UpstreamBody {
 
     /// The same body compressed with `algorithm` at `level` on its way to the client (after the response
     /// buffer, which keeps reading the upstream's bytes ahead).
-    pub fn compressed(self, algorithm: crate::config::Algorithm, level: i32) -> Self {
+    pub fn compressed(mut self, algorithm: crate::config::Algorithm, level: i32) -> Self {
         // The log counts the bytes the client gets, the fill those the server sent.
         let inner = Self {
-            source: self.source,
+            source: std::mem::replace(
+                &mut self.source,
+                Source::Whole(http_body_util::Full::new(Bytes::new())),
+            ),
             log: None,
-            fill: self.fill,
+            fill: self.fill.take(),
         };
         Self {
             source: Source::Compressed(Box::new(crate::forward::compress::Compressed::new(
                 inner, algorithm, level,
             ))),
-            log: self.log,
+            log: self.log.take(),
+            fill: None,
+        }
+    }
+
+    /// The body of an answer another request is filling, followed as it arrives.
+    pub fn shared(watch: crate::cache::share::Watch) -> Self {
+        Self {
+            source: Source::Shared(crate::cache::share::Follow::new(watch)),
+            log: None,
             fill: None,
         }
     }

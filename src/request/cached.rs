@@ -12,7 +12,7 @@ use super::{LocalAnswer, ProxyService, Routed, Trace};
 use crate::cache::policy::{self, Conditional};
 use crate::cache::{self, CacheStatus, Entry, Fill, FillHead, Pending, Plan, RouteCache};
 use crate::config::UseStale;
-use crate::forward::body::ProxyBody;
+use crate::forward::body::{ProxyBody, UpstreamBody};
 use crate::forward::{forward, Forward, UpstreamResponse};
 use crate::message::body::BodyLimits;
 use crate::message::error::ProxyError;
@@ -108,6 +108,18 @@ impl ProxyService {
                 ));
                 self.spawn_refresh(snapshot, routed, parts, trace, step);
                 return Err(answer);
+            }
+            Plan::Follow(shared, watch) => {
+                request.route.zone.count(CacheStatus::Hit);
+                let (response, body_follows) =
+                    cache::follow_answer(&shared, CacheStatus::Hit, head, &conditional);
+                return Err(response.map(|()| {
+                    if body_follows {
+                        Either::Left(UpstreamBody::shared(watch))
+                    } else {
+                        Either::Right(Full::new(bytes::Bytes::new()))
+                    }
+                }));
             }
             Plan::Forward(pending) => pending,
         };

@@ -393,6 +393,190 @@ async fn concurrent_misses_reach_the_upstream_once_with_cache_lock() {
     assert_eq!((misses, hits), (1, 49));
 }
 
+/// A backend whose first answer (`Content-Length: 20`, `max-age=60`) sends `first-half` at once and
+/// `second-hal` once `gate` gets a permit, or fails there when `fail` is set; later answers are whole
+/// at once. Counts its requests.
+async fn gated_origin(
+    gate: Arc<tokio::sync::Semaphore>,
+    fail: bool,
+) -> (Backend, Arc<AtomicUsize>) {
+    use http_body_util::BodyExt;
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let backend = backend_with(move |_request: Request<Incoming>| {
+        let (seen, gate) = (Arc::clone(&seen), Arc::clone(&gate));
+        async move {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            let body = if n == 1 {
+                let pieces = futures_util::stream::unfold(0, move |sent| {
+                    let gate = Arc::clone(&gate);
+                    async move {
+                        match sent {
+                            0 => Some((
+                                Ok(hyper::body::Frame::data(bytes::Bytes::from("first-half"))),
+                                1,
+                            )),
+                            1 => {
+                                let _permit = gate.acquire().await;
+                                if fail {
+                                    let cut: Box<dyn std::error::Error + Send + Sync> =
+                                        "cut".into();
+                                    return Some((Err(cut), 2));
+                                }
+                                Some((
+                                    Ok(hyper::body::Frame::data(bytes::Bytes::from("second-hal"))),
+                                    2,
+                                ))
+                            }
+                            _ => None,
+                        }
+                    }
+                });
+                http_body_util::StreamBody::new(pieces).boxed()
+            } else {
+                demo_body("first-halfsecond-hal")
+            };
+            let mut response = http::Response::new(body);
+            let headers = response.headers_mut();
+            headers.insert("cache-control", "max-age=60".parse().expect("value"));
+            headers.insert("content-length", "20".parse().expect("value"));
+            Ok(response)
+        }
+    })
+    .await;
+    (backend, count)
+}
+
+/// Sends a GET for `address`: its status, `X-Cache-Status` and first piece of body, and the rest.
+async fn first_piece(
+    client: &TestClient,
+    address: &str,
+) -> (StatusCode, String, bytes::Bytes, Incoming) {
+    use http_body_util::BodyExt;
+    let response = client
+        .response(Request::get(address).body(empty()).expect("GET"))
+        .await;
+    let status = response.status();
+    let cache = response
+        .headers()
+        .get("x-cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(none)")
+        .to_string();
+    let mut body = response.into_body();
+    let mut first = bytes::BytesMut::new();
+    while first.len() < "first-half".len() {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                first.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]))
+            }
+            other => panic!("the body ended before its first piece: {other:?}"),
+        }
+    }
+    (status, cache, first.freeze(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_lock_waiters_get_the_answer_while_it_arrives() {
+    use http_body_util::BodyExt;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (backend, count) = gated_origin(Arc::clone(&gate), false).await;
+    let binary = cached("", "cache_lock = \"5s\"", backend.addr());
+    let client = TestClient::new();
+    let address = url(&binary, "/live");
+    let (status, cache, first, filler) = first_piece(&client, &address).await;
+    assert_eq!(
+        (status, cache.as_str(), &first[..]),
+        (StatusCode::OK, "MISS", &b"first-half"[..])
+    );
+    // 20 more arrive while the server holds the rest: each gets the head and the first piece now.
+    let followers =
+        futures_util::future::join_all((0..20).map(|_| first_piece(&client, &address))).await;
+    for (status, cache, first, _) in &followers {
+        assert_eq!(
+            (*status, cache.as_str(), &first[..]),
+            (StatusCode::OK, "HIT", &b"first-half"[..])
+        );
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 1, "one request went upstream");
+    gate.add_permits(1);
+    let rest = filler
+        .collect()
+        .await
+        .expect("the filler's body")
+        .to_bytes();
+    assert_eq!(&rest[..], b"second-hal");
+    for (_, _, _, body) in followers {
+        let rest = body.collect().await.expect("a follower's body").to_bytes();
+        assert_eq!(&rest[..], b"second-hal");
+    }
+    let after = client.get(&address).await;
+    assert_eq!(
+        (cache_status(&after), after.body.as_str()),
+        ("HIT", "first-halfsecond-hal")
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_goes_on_for_its_followers_when_its_client_leaves() {
+    use http_body_util::BodyExt;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (backend, count) = gated_origin(Arc::clone(&gate), false).await;
+    let binary = cached("", "cache_lock = \"5s\"", backend.addr());
+    let address = url(&binary, "/live");
+    // The filling client on a connection of its own, closed after the first piece.
+    let leaving = TestClient::new();
+    let (_, cache, _, filler) = first_piece(&leaving, &address).await;
+    assert_eq!(cache, "MISS");
+    let client = TestClient::new();
+    let (_, cache, _, follower) = first_piece(&client, &address).await;
+    assert_eq!(cache, "HIT");
+    drop(filler);
+    drop(leaving);
+    gate.add_permits(1);
+    let rest = follower
+        .collect()
+        .await
+        .expect("the follower's body")
+        .to_bytes();
+    assert_eq!(&rest[..], b"second-hal");
+    let after = client.get(&address).await;
+    assert_eq!(
+        (cache_status(&after), after.body.as_str()),
+        ("HIT", "first-halfsecond-hal")
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 1, "one request went upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_of_a_fill_cut_short_are_cut_and_nothing_is_stored() {
+    use http_body_util::BodyExt;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (backend, count) = gated_origin(Arc::clone(&gate), true).await;
+    let binary = cached("", "cache_lock = \"5s\"", backend.addr());
+    let client = TestClient::new();
+    let address = url(&binary, "/live");
+    let (_, _, _, filler) = first_piece(&client, &address).await;
+    let (_, cache, _, follower) = first_piece(&client, &address).await;
+    assert_eq!(cache, "HIT");
+    gate.add_permits(1);
+    assert!(
+        filler.collect().await.is_err(),
+        "the filler's answer is cut"
+    );
+    assert!(
+        follower.collect().await.is_err(),
+        "the follower's answer is cut"
+    );
+    let after = client.get(&address).await;
+    assert_eq!(
+        (cache_status(&after), after.body.as_str()),
+        ("MISS", "first-halfsecond-hal")
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_cut_short_is_not_stored_and_releases_the_waiters() {
     use http_body_util::BodyExt;
