@@ -1,6 +1,7 @@
 //! Filling an entry from an answer as it streams to the client: the body is collected beside the client's
 //! copy and stored when it ends whole; past `max_entry_size` collecting stops and the answer passes through.
-//! An answer of known length is collected where the requests waiting on its key follow it.
+//! Under `cache_lock`, the body is collected where the requests waiting on its key follow it; an answer
+//! that outgrows `max_entry_size` is then still relayed to them (not stored), up to the zone's `max_size`.
 
 use std::sync::Arc;
 
@@ -34,6 +35,10 @@ pub struct Fill {
     lock: Option<FillLock>,
     /// The body is collected in the lock's progress, which waiters follow, rather than in `body`.
     shared: bool,
+    /// The answer is to be stored (false once it outgrew `max_entry_size`).
+    storing: bool,
+    /// How far a shared answer that is no longer stored is still relayed to its followers.
+    relay_limit: u64,
 }
 
 /// What a fill is made from: where it goes and the answer's head.
@@ -59,23 +64,24 @@ pub struct FillHead {
     pub lock: Option<FillLock>,
     /// The answer's `Content-Length`, when known.
     pub length: Option<u64>,
+    /// Requests waiting on this key may follow the answer as it arrives (`cache_lock` is on).
+    pub share: bool,
 }
 
 impl Fill {
     /// A fill for `head`, or `None` when the answer's length is already over `max_entry_size`.
     pub fn start(head: FillHead) -> Option<Self> {
         let limit = head.zone.max_entry_size();
+        let relay_limit = head.zone.max_size();
         if head.length.is_some_and(|length| length > limit) {
             return None;
         }
-        // Only a known length is shared while it arrives: a waiter that has begun an answer cannot be
-        // given another if the body outgrows max_entry_size and the fill is given up.
-        let shared = match (&head.lock, head.length) {
-            (Some(lock), Some(length)) => {
+        let shared = match (&head.lock, head.share) {
+            (Some(lock), true) => {
                 let shared = SharedHead {
                     status: head.status,
                     headers: head.headers.clone(),
-                    length,
+                    length: head.length,
                     allows_authorized: head.freshness.allows_authorized,
                     variant: super::key::variant(&head.primary, &head.vary, &head.request_headers)
                         .into_owned(),
@@ -105,14 +111,23 @@ impl Fill {
             request_headers: head.request_headers,
             limit,
             length: head.length,
+            relay_limit,
             lock: head.lock,
             shared,
+            storing: true,
         })
     }
 
-    /// Adds a piece of the body; `false` once the body is over `max_entry_size` (drop the fill).
+    /// Adds a piece of the body; `false` once there is nothing more to do with the rest (drop the fill):
+    /// the body is over `max_entry_size` and no request follows it (or it is over the relay's limit).
     pub fn push(&mut self, data: &Bytes) -> bool {
-        if (self.received + data.len()) as u64 > self.limit {
+        let total = (self.received + data.len()) as u64;
+        if self.storing && total > self.limit {
+            self.storing = false;
+            self.body = BytesMut::new();
+        }
+        let relaying = self.shared && self.has_followers() && total <= self.relay_limit;
+        if !self.storing && !relaying {
             return false;
         }
         self.received += data.len();
@@ -125,13 +140,28 @@ impl Fill {
         true
     }
 
+    /// Whether a request follows this fill (the zone's map holds one receiver while the lock is held).
+    fn has_followers(&self) -> bool {
+        self.lock
+            .as_ref()
+            .is_some_and(|lock| lock.progress().receiver_count() > 1)
+    }
+
     /// Whether the whole body announced by `Content-Length` has arrived.
     pub fn is_whole(&self) -> bool {
         self.length == Some(self.received as u64)
     }
 
-    /// The body ended whole: the entry is stored (then the lock is released, with the drop).
+    /// The body ended whole: the entry is stored unless it outgrew `max_entry_size`, its followers get
+    /// their end, and the lock is released (with the drop).
     pub fn complete(mut self) {
+        if !self.storing {
+            if let Some(lock) = &self.lock {
+                lock.progress()
+                    .send_modify(|progress| progress.whole = true);
+            }
+            return;
+        }
         let body = match (&self.lock, self.shared) {
             (Some(lock), true) => {
                 let mut body = BytesMut::with_capacity(self.received);

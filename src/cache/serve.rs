@@ -68,7 +68,9 @@ pub fn follow_answer(
     *response.headers_mut() = shared.headers.clone();
     let headers = response.headers_mut();
     headers.remove(header::TRANSFER_ENCODING);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(shared.length));
+    if let Some(length) = shared.length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     // Fetched from the server just now.
     mark(&mut response, status, 0);
     (response, !head)

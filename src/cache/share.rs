@@ -30,8 +30,8 @@ pub struct SharedHead {
     pub status: StatusCode,
     /// Its headers, as an entry keeps them.
     pub headers: HeaderMap,
-    /// Its `Content-Length` (only answers of a known length are followed).
-    pub length: u64,
+    /// Its `Content-Length`, when it has one.
+    pub length: Option<u64>,
     /// Whether it may answer requests with `Authorization`.
     pub allows_authorized: bool,
     /// The variant key it is stored under, and the header names its `Vary` lists.

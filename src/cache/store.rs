@@ -103,6 +103,11 @@ impl<E: Weighed> Lru<E> {
         keys.iter().filter_map(|key| self.remove(key)).collect()
     }
 
+    /// The most bytes it holds.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.bytes

@@ -163,6 +163,11 @@ impl Zone {
         self.publish(&store, evicted.len());
     }
 
+    /// The most bytes the zone holds (`max_size`).
+    pub fn max_size(&self) -> u64 {
+        self.store.lock().entries.max_bytes()
+    }
+
     /// Answers with longer bodies pass through unstored.
     pub fn max_entry_size(&self) -> u64 {
         self.max_entry_size

@@ -349,6 +349,7 @@ impl CacheStep {
             request_headers: self.request.into_parts().0.headers,
             lock: self.pending.lock,
             length,
+            share: !self.route.config.lock.is_zero(),
         };
         if let Some(fill) = Fill::start(head) {
             body.attach_fill(Box::new(fill));

@@ -393,12 +393,13 @@ async fn concurrent_misses_reach_the_upstream_once_with_cache_lock() {
     assert_eq!((misses, hits), (1, 49));
 }
 
-/// A backend whose first answer (`Content-Length: 20`, `max-age=60`) sends `first-half` at once and
-/// `second-hal` once `gate` gets a permit, or fails there when `fail` is set; later answers are whole
-/// at once. Counts its requests.
+/// A backend whose first answer (`max-age=60`; `Content-Length: 20` when `length`, else chunked) sends
+/// `first-half` at once and `second-hal` once `gate` gets a permit, or fails there when `fail` is set;
+/// later answers are whole at once. Counts its requests.
 async fn gated_origin(
     gate: Arc<tokio::sync::Semaphore>,
     fail: bool,
+    length: bool,
 ) -> (Backend, Arc<AtomicUsize>) {
     use http_body_util::BodyExt;
     let count = Arc::new(AtomicUsize::new(0));
@@ -439,7 +440,9 @@ async fn gated_origin(
             let mut response = http::Response::new(body);
             let headers = response.headers_mut();
             headers.insert("cache-control", "max-age=60".parse().expect("value"));
-            headers.insert("content-length", "20".parse().expect("value"));
+            if length {
+                headers.insert("content-length", "20".parse().expect("value"));
+            }
             Ok(response)
         }
     })
@@ -480,7 +483,7 @@ async fn first_piece(
 async fn cache_lock_waiters_get_the_answer_while_it_arrives() {
     use http_body_util::BodyExt;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let (backend, count) = gated_origin(Arc::clone(&gate), false).await;
+    let (backend, count) = gated_origin(Arc::clone(&gate), false, true).await;
     let binary = cached("", "cache_lock = \"5s\"", backend.addr());
     let client = TestClient::new();
     let address = url(&binary, "/live");
@@ -519,10 +522,60 @@ async fn cache_lock_waiters_get_the_answer_while_it_arrives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_is_shared_while_it_arrives_and_relayed_past_max_entry_size() {
+    use http_body_util::BodyExt;
+    for (zone, stored) in [
+        ("", true),
+        ("max_size = \"1m\"\nmax_entry_size = \"12\"", false),
+    ] {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (backend, count) = gated_origin(Arc::clone(&gate), false, false).await;
+        let binary = cached(zone, "cache_lock = \"5s\"", backend.addr());
+        let client = TestClient::new();
+        let address = url(&binary, "/live");
+        let (_, cache, _, filler) = first_piece(&client, &address).await;
+        assert_eq!(cache, "MISS");
+        let followers =
+            futures_util::future::join_all((0..5).map(|_| first_piece(&client, &address))).await;
+        for (status, cache, first, _) in &followers {
+            assert_eq!(
+                (*status, cache.as_str(), &first[..]),
+                (StatusCode::OK, "HIT", &b"first-half"[..]),
+                "{zone}"
+            );
+        }
+        gate.add_permits(1);
+        let rest = filler
+            .collect()
+            .await
+            .expect("the filler's body")
+            .to_bytes();
+        assert_eq!(&rest[..], b"second-hal");
+        // Past max_entry_size (12 bytes) the answer is not stored, but its followers get all of it.
+        for (_, _, _, body) in followers {
+            let rest = body.collect().await.expect("a follower's body").to_bytes();
+            assert_eq!(&rest[..], b"second-hal", "{zone}");
+        }
+        let after = client.get(&address).await;
+        let expected = if stored { "HIT" } else { "MISS" };
+        assert_eq!(
+            (cache_status(&after), after.body.as_str()),
+            (expected, "first-halfsecond-hal"),
+            "{zone}"
+        );
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            if stored { 1 } else { 2 },
+            "{zone}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_goes_on_for_its_followers_when_its_client_leaves() {
     use http_body_util::BodyExt;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let (backend, count) = gated_origin(Arc::clone(&gate), false).await;
+    let (backend, count) = gated_origin(Arc::clone(&gate), false, true).await;
     let binary = cached("", "cache_lock = \"5s\"", backend.addr());
     let address = url(&binary, "/live");
     // The filling client on a connection of its own, closed after the first piece.
@@ -553,7 +606,7 @@ async fn a_fill_goes_on_for_its_followers_when_its_client_leaves() {
 async fn followers_of_a_fill_cut_short_are_cut_and_nothing_is_stored() {
     use http_body_util::BodyExt;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let (backend, count) = gated_origin(Arc::clone(&gate), true).await;
+    let (backend, count) = gated_origin(Arc::clone(&gate), true, true).await;
     let binary = cached("", "cache_lock = \"5s\"", backend.addr());
     let client = TestClient::new();
     let address = url(&binary, "/live");
@@ -578,7 +631,7 @@ async fn followers_of_a_fill_cut_short_are_cut_and_nothing_is_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_cut_short_is_not_stored_and_releases_the_waiters() {
+async fn a_chunked_answer_cut_short_cuts_its_followers_and_is_not_stored() {
     use http_body_util::BodyExt;
     let count = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&count);
@@ -628,25 +681,41 @@ async fn an_answer_cut_short_is_not_stored_and_releases_the_waiters() {
         || count.load(Ordering::SeqCst) == 1,
     )
     .await;
-    // This one waits on the first one's fill, which fails: it goes upstream itself, long before 5 s.
+    // This one follows the first one's chunked fill, which fails: its answer is cut as the first's is,
+    // long before cache_lock's 5 s.
     let started = Instant::now();
-    let second = client.get(&url(&binary, "/a")).await;
+    let second = client
+        .response(Request::get(url(&binary, "/a")).body(empty()).expect("GET"))
+        .await;
+    assert_eq!(
+        second
+            .headers()
+            .get("x-cache-status")
+            .and_then(|v| v.to_str().ok()),
+        Some("HIT")
+    );
+    assert!(
+        second.into_body().collect().await.is_err(),
+        "the follower's answer was cut"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(
-        (cache_status(&second), second.body.as_str()),
-        ("MISS", "whole")
-    );
     assert!(
         first.await.expect("the first request"),
         "the first answer was cut"
     );
+    // Nothing was stored: the next request goes upstream, and its answer is stored.
     let third = client.get(&url(&binary, "/a")).await;
     assert_eq!(
         (cache_status(&third), third.body.as_str()),
+        ("MISS", "whole")
+    );
+    let fourth = client.get(&url(&binary, "/a")).await;
+    assert_eq!(
+        (cache_status(&fourth), fourth.body.as_str()),
         ("HIT", "whole")
     );
 }
