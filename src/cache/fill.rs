@@ -39,6 +39,8 @@ pub struct Fill {
     storing: bool,
     /// How far a shared answer that is no longer stored is still relayed to its followers.
     relay_limit: u64,
+    /// The zone's purge count when the fill began.
+    purges: u64,
 }
 
 /// What a fill is made from: where it goes and the answer's head.
@@ -73,6 +75,7 @@ impl Fill {
     pub fn start(head: FillHead) -> Option<Self> {
         let limit = head.zone.max_entry_size();
         let relay_limit = head.zone.max_size();
+        let purges = head.zone.purges();
         if head.length.is_some_and(|length| length > limit) {
             return None;
         }
@@ -112,6 +115,7 @@ impl Fill {
             limit,
             length: head.length,
             relay_limit,
+            purges,
             lock: head.lock,
             shared,
             storing: true,
@@ -180,7 +184,8 @@ impl Fill {
             self.primary,
             self.path,
         );
-        self.zone.insert(entry, self.vary, &self.request_headers);
+        self.zone
+            .insert_unless_purged(entry, self.vary, &self.request_headers, Some(self.purges));
         if let Some(lock) = &self.lock {
             lock.progress()
                 .send_modify(|progress| progress.whole = true);

@@ -110,6 +110,8 @@ pub struct Zone {
     /// The zone's name.
     pub name: String,
     max_entry_size: std::sync::atomic::AtomicU64,
+    /// Counts purges: a fill that began before one is not stored (it may hold what was purged).
+    purges: std::sync::atomic::AtomicU64,
     store: Mutex<Store>,
     metrics: CacheZoneMetrics,
 }
@@ -144,6 +146,7 @@ impl Zone {
         Self {
             name: name.to_string(),
             max_entry_size: max_entry_size.into(),
+            purges: 0.into(),
             store: Mutex::new(Store {
                 entries: Lru::new(max_size),
                 vary: HashMap::new(),
@@ -182,12 +185,32 @@ impl Zone {
         store.entries.get(&key)
     }
 
+    /// How many purges there have been.
+    pub fn purges(&self) -> u64 {
+        self.purges.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stores `entry`, the answer to a request with `request_headers`, varying by `vary`.
-    pub fn insert(&self, mut entry: Entry, vary: Vec<HeaderName>, request_headers: &HeaderMap) {
+    pub fn insert(&self, entry: Entry, vary: Vec<HeaderName>, request_headers: &HeaderMap) {
+        self.insert_unless_purged(entry, vary, request_headers, None);
+    }
+
+    /// Stores `entry` as [`Zone::insert`] does, unless a purge came after `purges` were counted.
+    pub fn insert_unless_purged(
+        &self,
+        mut entry: Entry,
+        vary: Vec<HeaderName>,
+        request_headers: &HeaderMap,
+        purges: Option<u64>,
+    ) {
         let key = key::variant(&entry.primary, &vary, request_headers).into_owned();
         entry.varies = !vary.is_empty();
         let primary = entry.primary.clone();
         let mut store = self.store.lock();
+        // Checked under the lock that purges take: a purge is either seen here or comes after.
+        if purges.is_some_and(|before| before != self.purges()) {
+            return;
+        }
         let (replaced, evicted) = store.entries.insert(&key, Arc::new(entry));
         store.forget(replaced.as_slice());
         store.forget(&evicted);
@@ -228,6 +251,8 @@ impl Zone {
     /// Removes every variant stored under primary key `key`; how many.
     pub fn purge_key(&self, key: &str) -> usize {
         let mut store = self.store.lock();
+        self.purges
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         store.vary.remove(key);
         let removed = store.entries.remove_where(|_, entry| entry.primary == key);
         self.publish(&store, 0);
@@ -237,6 +262,8 @@ impl Zone {
     /// Removes every entry whose request path starts with `prefix`; how many.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
         let mut store = self.store.lock();
+        self.purges
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let removed = store
             .entries
             .remove_where(|_, entry| entry.path.starts_with(prefix));

@@ -131,12 +131,12 @@ pub fn setting(t: &mut Translator, d: &Directive, scope: &mut Scope) -> bool {
             }
         }
         "proxy_cache_convert_head" => {
-            if first == "off" {
+            if first == "on" {
                 t.report.exact(d);
             } else {
                 t.report.differ(
                     d,
-                    "a HEAD miss is sent upstream as HEAD (its answer has no body to store); a GET fills the entry",
+                    "a HEAD miss is always sent upstream as a GET, whose answer is stored",
                 );
             }
         }

@@ -55,6 +55,8 @@ pub(super) struct CacheStep {
     /// Conditional headers from the stale entry were sent: a 304 confirms it.
     revalidating: bool,
     head: bool,
+    /// The client's HEAD was sent as a GET: its answer is stored, and the client gets the head only.
+    head_as_get: bool,
     /// A background refresh: no client sees its answer, so it is not counted.
     background: bool,
 }
@@ -123,13 +125,15 @@ impl ProxyService {
             }
             Plan::Forward(pending) => pending,
         };
-        Ok(Box::new(CacheStep::new(
-            request,
-            &mut routed.parts,
-            pending,
-            conditional,
-            false,
-        )))
+        // nginx's proxy_cache_convert_head: a HEAD that may fill the entry fetches the whole answer.
+        let head_as_get = head && pending.store;
+        if head_as_get {
+            routed.parts.method = Method::GET;
+        }
+        let mut step = CacheStep::new(request, &mut routed.parts, pending, conditional, false);
+        step.head = head;
+        step.head_as_get = head_as_get;
+        Ok(Box::new(step))
     }
 
     /// Refreshes an expired entry in a task of its own: forwarded as the client's request was, the
@@ -227,6 +231,7 @@ impl CacheStep {
             pending,
             revalidating,
             head: parts.method == Method::HEAD,
+            head_as_get: false,
             background,
         }
     }
@@ -306,8 +311,17 @@ impl CacheStep {
         if !self.background {
             self.route.zone.count(status);
         }
+        let head_as_get = self.head_as_get;
         if self.pending.store && response.extensions().get::<LocalAnswer>().is_none() {
             self.fill(response);
+        }
+        if head_as_get {
+            // The client asked for the head only. Dropping the body leaves a fill, if one started, to
+            // read the rest in a task of its own (see UpstreamBody's drop).
+            drop(std::mem::replace(
+                response.body_mut(),
+                Either::Right(Full::new(bytes::Bytes::new())),
+            ));
         }
         response
             .headers_mut()

@@ -989,6 +989,36 @@ async fn purge_by_key_and_by_prefix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_during_a_fill_keeps_that_fill_from_being_stored() {
+    use http_body_util::BodyExt;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (backend, count) = gated_origin(Arc::clone(&gate), false, true).await;
+    let binary = cached("", "", backend.addr());
+    let client = TestClient::new();
+    let address = url(&binary, "/live");
+    let (_, cache, _, filler) = first_piece(&client, &address).await;
+    assert_eq!(cache, "MISS");
+    // The page changed at the origin and is purged while the old answer is still arriving.
+    let purged = purge(&binary, "{\"prefix\": \"/live\"}").await;
+    assert_eq!(purged.status, StatusCode::OK, "{}", purged.body);
+    gate.add_permits(1);
+    let rest = filler
+        .collect()
+        .await
+        .expect("the filler's body")
+        .to_bytes();
+    assert_eq!(&rest[..], b"second-hal");
+    let after = client.get(&address).await;
+    assert_eq!(
+        cache_status(&after),
+        "MISS",
+        "the old answer was not stored"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    assert_eq!(cache_status(&client.get(&address).await), "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_needs_the_admin_token() {
     let backend = origin(versioned("max-age=60")).await;
     // The first lines of the TOML land in the [admin] table the harness opens.
@@ -1041,6 +1071,56 @@ async fn head_is_answered_from_the_entry_without_a_body() {
     assert_eq!(head.body, "");
     assert_eq!(head.headers["content-length"], "2");
     assert_eq!(backend.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_miss_fetches_the_whole_answer_and_stores_it() {
+    // nginx's proxy_cache_convert_head (on by default): the HEAD is sent as a GET.
+    let methods = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&methods);
+    let backend = origin(move |parts, n| {
+        seen.lock().push(parts.method.to_string());
+        (
+            StatusCode::OK,
+            vec![("cache-control", "max-age=60".to_string())],
+            format!("body {n} of a page").repeat(1000),
+        )
+    })
+    .await;
+    let binary = cached("", "", backend.addr());
+    let client = TestClient::new();
+    let head = client
+        .send(
+            Request::head(url(&binary, "/a"))
+                .body(empty())
+                .expect("HEAD"),
+        )
+        .await;
+    assert_eq!((head.status, cache_status(&head)), (StatusCode::OK, "MISS"));
+    assert_eq!(head.body, "");
+    let whole = "body 1 of a page".repeat(1000);
+    assert_eq!(
+        head.headers["content-length"],
+        whole.len().to_string().as_str()
+    );
+    wait_until_async(
+        Duration::from_secs(5),
+        "the HEAD's answer stored",
+        || async {
+            sample(
+                &binary.metrics().await,
+                "fulcrum_cache_entries",
+                &["zone=\"pages\""],
+            ) == 1.0
+        },
+    )
+    .await;
+    let get = client.get(&url(&binary, "/a")).await;
+    assert_eq!(
+        (cache_status(&get), get.body.as_str()),
+        ("HIT", whole.as_str())
+    );
+    assert_eq!(*methods.lock(), ["GET"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
