@@ -248,13 +248,27 @@ impl Zone {
         })
     }
 
-    /// Removes every variant stored under primary key `key`; how many.
+    /// Removes every variant stored under primary key `key`; how many. A key may be written as a URL
+    /// (`http://host/path?query`), and a key that starts with `/` names that path and query under every
+    /// host (the part of a key after the host).
     pub fn purge_key(&self, key: &str) -> usize {
+        let key = key
+            .strip_prefix("http://")
+            .or_else(|| key.strip_prefix("https://"))
+            .unwrap_or(key);
+        let any_host = key.starts_with('/');
         let mut store = self.store.lock();
         self.purges
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        store.vary.remove(key);
-        let removed = store.entries.remove_where(|_, entry| entry.primary == key);
+        let removed = store.entries.remove_where(|_, entry| {
+            entry.primary == key
+                || (any_host
+                    && entry
+                        .primary
+                        .find('/')
+                        .is_some_and(|at| &entry.primary[at..] == key))
+        });
+        store.forget(&removed);
         self.publish(&store, 0);
         removed.len()
     }

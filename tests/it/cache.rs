@@ -967,6 +967,23 @@ async fn purge_by_key_and_by_prefix() {
         cache_status(&client.get(&url(&binary, "/a/2")).await),
         "HIT"
     );
+    // A key written as a URL, and one without its host (that path under every host).
+    assert_eq!(
+        cache_status(&client.get(&url(&binary, "/a/1")).await),
+        "HIT"
+    );
+    let as_url = format!("{{\"key\": \"http://{}/a/1\"}}", binary.addr);
+    assert!(purge(&binary, &as_url).await.body.contains("\"purged\":1"));
+    assert_eq!(
+        cache_status(&client.get(&url(&binary, "/a/1")).await),
+        "MISS"
+    );
+    let purged = purge(&binary, "{\"key\": \"/a/1\"}").await;
+    assert!(purged.body.contains("\"purged\":1"), "{}", purged.body);
+    assert_eq!(
+        cache_status(&client.get(&url(&binary, "/a/1")).await),
+        "MISS"
+    );
     let purged = purge(&binary, "{\"prefix\": \"/a/\"}").await;
     assert!(purged.body.contains("\"purged\":2"), "{}", purged.body);
     assert_eq!(
