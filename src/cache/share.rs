@@ -19,7 +19,7 @@ pub struct Progress {
     pub head: Option<Arc<SharedHead>>,
     /// The body's pieces so far.
     pub pieces: Vec<Bytes>,
-    /// The body has arrived whole (the entry is stored).
+    /// The body has arrived whole (and is stored, unless it outgrew `max_entry_size`).
     pub whole: bool,
 }
 
@@ -34,7 +34,7 @@ pub struct SharedHead {
     pub length: Option<u64>,
     /// Whether it may answer requests with `Authorization`.
     pub allows_authorized: bool,
-    /// The variant key it is stored under, and the header names its `Vary` lists.
+    /// The variant key it is stored under (a waiter whose headers pick another variant does not follow).
     pub variant: String,
     /// The header names its `Vary` lists.
     pub vary: Vec<HeaderName>,
