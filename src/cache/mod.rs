@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 pub use fill::{Fill, FillHead};
 pub use lookup::{plan, Pending, Plan};
-pub use serve::{entry_answer, follow_answer, not_modified_answer};
+pub use serve::{entry_answer, follow_answer};
 pub use zone::{Entry, FillLock, Zone};
 
 use crate::config::{CacheZoneConfig, RouteCacheConfig};

@@ -30,21 +30,17 @@ pub fn entry_answer(
     conditional: &Conditional,
     now: SystemTime,
 ) -> Response<bytes::Bytes> {
-    if entry.status == StatusCode::OK && conditional.not_modified(&entry.headers) {
-        return not_modified_answer(entry, status, now);
-    }
-    let body = if head {
-        bytes::Bytes::new()
-    } else {
-        entry.body.clone()
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers.clone();
-    let headers = response.headers_mut();
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
-    mark(&mut response, status, age(&entry.freshness, now));
+    let length = Some(entry.body.len() as u64);
+    let age = age(&entry.freshness, now);
+    let (response, whole) = answer_head(entry.status, &entry.headers, length, conditional);
+    let mut response = response.map(|()| {
+        if whole && !head {
+            entry.body.clone()
+        } else {
+            bytes::Bytes::new()
+        }
+    });
+    mark(&mut response, status, age);
     response
 }
 
@@ -56,37 +52,35 @@ pub fn follow_answer(
     head: bool,
     conditional: &Conditional,
 ) -> (Response<()>, bool) {
-    if shared.status == StatusCode::OK && conditional.not_modified(&shared.headers) {
-        let mut response = Response::new(());
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        copy_not_modified_fields(&shared.headers, response.headers_mut());
-        mark(&mut response, status, 0);
-        return (response, false);
-    }
-    let mut response = Response::new(());
-    *response.status_mut() = shared.status;
-    *response.headers_mut() = shared.headers.clone();
-    let headers = response.headers_mut();
-    headers.remove(header::TRANSFER_ENCODING);
-    if let Some(length) = shared.length {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    }
+    let (mut response, whole) =
+        answer_head(shared.status, &shared.headers, shared.length, conditional);
     // Fetched from the server just now.
     mark(&mut response, status, 0);
-    (response, !head)
+    (response, whole && !head)
 }
 
-/// A `304 Not Modified` for `entry`.
-pub fn not_modified_answer(
-    entry: &Entry,
-    status: CacheStatus,
-    now: SystemTime,
-) -> Response<bytes::Bytes> {
-    let mut response = Response::new(bytes::Bytes::new());
-    *response.status_mut() = StatusCode::NOT_MODIFIED;
-    copy_not_modified_fields(&entry.headers, response.headers_mut());
-    mark(&mut response, status, age(&entry.freshness, now));
-    response
+/// The head for a stored (or arriving) answer with `status`, `headers` and body `length`: a `304` when
+/// the client's validators match, else the answer's own; and whether its body goes with it.
+fn answer_head(
+    status: StatusCode,
+    headers: &HeaderMap,
+    length: Option<u64>,
+    conditional: &Conditional,
+) -> (Response<()>, bool) {
+    let mut response = Response::new(());
+    if status == StatusCode::OK && conditional.not_modified(headers) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        copy_not_modified_fields(headers, response.headers_mut());
+        return (response, false);
+    }
+    *response.status_mut() = status;
+    *response.headers_mut() = headers.clone();
+    let headers = response.headers_mut();
+    headers.remove(header::TRANSFER_ENCODING);
+    if let Some(length) = length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    (response, true)
 }
 
 fn copy_not_modified_fields(from: &HeaderMap, to: &mut HeaderMap) {

@@ -250,10 +250,7 @@ impl Drop for UpstreamBody {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let source = std::mem::replace(
-            &mut self.source,
-            Source::Whole(http_body_util::Full::new(Bytes::new())),
-        );
+        let source = self.take_source();
         let mut rest = UpstreamBody {
             source,
             log: None,
@@ -311,10 +308,7 @@ impl UpstreamBody {
     pub fn compressed(mut self, algorithm: crate::config::Algorithm, level: i32) -> Self {
         // The log counts the bytes the client gets, the fill those the server sent.
         let inner = Self {
-            source: std::mem::replace(
-                &mut self.source,
-                Source::Whole(http_body_util::Full::new(Bytes::new())),
-            ),
+            source: self.take_source(),
             log: None,
             fill: self.fill.take(),
         };
@@ -325,6 +319,14 @@ impl UpstreamBody {
             log: self.log.take(),
             fill: None,
         }
+    }
+
+    /// Its source, leaving an empty one (for a body moved on while this one is dropped).
+    fn take_source(&mut self) -> Source {
+        std::mem::replace(
+            &mut self.source,
+            Source::Whole(http_body_util::Full::new(Bytes::new())),
+        )
     }
 
     /// The body of an answer another request is filling, followed as it arrives.

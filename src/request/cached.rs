@@ -54,9 +54,8 @@ pub(super) struct CacheStep {
     pending: Pending,
     /// Conditional headers from the stale entry were sent: a 304 confirms it.
     revalidating: bool,
+    /// The client asked with HEAD (its request may have gone upstream as a GET, to fill the entry).
     head: bool,
-    /// The client's HEAD was sent as a GET: its answer is stored, and the client gets the head only.
-    head_as_get: bool,
     /// A background refresh: no client sees its answer, so it is not counted.
     background: bool,
 }
@@ -106,6 +105,7 @@ impl ProxyService {
                     &mut parts,
                     pending,
                     Conditional::default(),
+                    false,
                     true,
                 ));
                 self.spawn_refresh(snapshot, routed, parts, trace, step);
@@ -126,14 +126,17 @@ impl ProxyService {
             Plan::Forward(pending) => pending,
         };
         // nginx's proxy_cache_convert_head: a HEAD that may fill the entry fetches the whole answer.
-        let head_as_get = head && pending.store;
-        if head_as_get {
+        if head && pending.store {
             routed.parts.method = Method::GET;
         }
-        let mut step = CacheStep::new(request, &mut routed.parts, pending, conditional, false);
-        step.head = head;
-        step.head_as_get = head_as_get;
-        Ok(Box::new(step))
+        Ok(Box::new(CacheStep::new(
+            request,
+            &mut routed.parts,
+            pending,
+            conditional,
+            head,
+            false,
+        )))
     }
 
     /// Refreshes an expired entry in a task of its own: forwarded as the client's request was, the
@@ -209,6 +212,7 @@ impl CacheStep {
         parts: &mut http::request::Parts,
         pending: Pending,
         conditional: Conditional,
+        head: bool,
         background: bool,
     ) -> Self {
         let mut revalidating = false;
@@ -230,8 +234,7 @@ impl CacheStep {
             request: copy,
             pending,
             revalidating,
-            head: parts.method == Method::HEAD,
-            head_as_get: false,
+            head,
             background,
         }
     }
@@ -311,7 +314,7 @@ impl CacheStep {
         if !self.background {
             self.route.zone.count(status);
         }
-        let head_as_get = self.head_as_get;
+        let head_as_get = self.head && self.request.method() == Method::GET;
         if self.pending.store && response.extensions().get::<LocalAnswer>().is_none() {
             self.fill(response);
         }

@@ -61,6 +61,16 @@ fn with_certificate(name: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// The `[[route]]` of the imported `config` (from `toml`) for `path`.
+fn route_at<'a>(config: &'a toml::Value, path: &str, toml: &str) -> &'a toml::Value {
+    config["route"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .find(|r| r["path"].as_str() == Some(path))
+        .unwrap_or_else(|| panic!("a route for {path}: {toml}"))
+}
+
 #[test]
 fn every_fixture_imports_with_its_exit_status_and_passes_check() {
     // (fixture, exit status): 3 where something that changes behaviour has no equivalent.
@@ -334,13 +344,7 @@ fn buffering_directives_become_buffering_keys() {
     assert_eq!(run.status, 0, "{}", run.stderr);
     assert_checks(&run.toml, "buffering.conf");
     let config: toml::Value = toml::from_str(&run.toml).expect("TOML");
-    let routes = config["route"].as_array().expect("routes");
-    let route = |path: &str| {
-        routes
-            .iter()
-            .find(|r| r["path"].as_str() == Some(path))
-            .unwrap_or_else(|| panic!("a route for {path}: {}", run.toml))
-    };
+    let route = |path: &str| route_at(&config, path, &run.toml);
     assert_eq!(
         route("/stream/").get("buffering").and_then(|v| v.as_bool()),
         Some(false)
@@ -402,12 +406,8 @@ fn gzip_directives_become_the_compression_section() {
     assert_eq!(types, ["text/html", "application/json", "text/css"]);
     assert_eq!(compression["min_size"].as_integer(), Some(1000));
     assert_eq!(compression["gzip_level"].as_integer(), Some(5));
-    let routes = config["route"].as_array().expect("routes");
     let compress = |path: &str| {
-        routes
-            .iter()
-            .find(|r| r["path"].as_str() == Some(path))
-            .unwrap_or_else(|| panic!("a route for {path}: {}", run.toml))
+        route_at(&config, path, &run.toml)
             .get("compress")
             .and_then(|v| v.as_bool())
     };
@@ -444,13 +444,7 @@ fn proxy_cache_directives_become_cache_zones_and_route_keys() {
         run.toml
     );
     assert_eq!(config["cache"]["api"]["max_size"].as_str(), Some("256m"));
-    let routes = config["route"].as_array().expect("routes");
-    let route = |path: &str| {
-        routes
-            .iter()
-            .find(|r| r["path"].as_str() == Some(path))
-            .unwrap_or_else(|| panic!("a route for {path}: {}", run.toml))
-    };
+    let route = |path: &str| route_at(&config, path, &run.toml);
     let strings = |value: &toml::Value| -> Vec<String> {
         value
             .as_array()
